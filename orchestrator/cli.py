@@ -1,0 +1,180 @@
+"""The `orch` command line. Each command is a thin shell over one module.
+
+Exit codes: 0 done; 2 bad input (nothing started, nothing written); 1 anything else.
+Heavy imports (torch, ray, mlflow) happen inside the commands so `orch --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from trainers.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="orch: captioning ablations on Ray Tune, tracked in MLflow.")
+console = Console(stderr=True)
+
+
+def _exits_cleanly(command):
+    """Map InputError to exit 2 with its message; let typer handle its own exits."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+@app.command()
+@_exits_cleanly
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the Karpathy-format JSON and images into."),
+    n: int = typer.Option(2000, "--n", help="Number of images."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same dataset."),
+):
+    """Write a synthetic captioning dataset in the Karpathy split JSON format."""
+    from trainers.data.synthetic import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(out, n=n, size=size, seed=seed)
+    console.print(summary.describe(), highlight=False)
+
+
+@app.command()
+@_exits_cleanly
+def prepare(
+    karpathy_json: Path = typer.Argument(..., help="dataset_flickr8k.json / dataset_coco.json / orch synth's dataset.json"),
+    images: Path = typer.Option(..., "--images", help="Folder holding the images (COCO: the folder above val2014/)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the prepared dataset into (appears atomically)."),
+    min_word_freq: int = typer.Option(5, "--min-word-freq", help="Train-split words rarer than this become <unk>."),
+    max_len: int = typer.Option(50, "--max-len", help="Captions longer than this many words are truncated."),
+    image_size: int = typer.Option(256, "--image-size", help="Images are resized to this square side."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip and list unreadable images instead of failing."),
+):
+    """Turn a Karpathy split JSON and its images into a prepared dataset for training."""
+    from trainers.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(karpathy_json, images, out, min_word_freq=min_word_freq, max_len=max_len,
+                               image_size=image_size, skip_bad_images=skip_bad_images)
+    console.print(manifest.describe(), highlight=False)
+
+
+@app.command()
+@_exits_cleanly
+def score(
+    references: Path = typer.Option(..., "--references", help="Reference captions, COCO caption format."),
+    predictions: Path = typer.Option(..., "--predictions", help="Predicted captions, COCO results format."),
+    metrics: Optional[List[str]] = typer.Option(None, "--metric", help="Bleu, METEOR, ROUGE_L, CIDEr (repeatable; default all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Score predicted captions with pycocoevalcap's standard pipeline."""
+    from trainers.metrics import score_files, format_scores
+
+    scores = score_files(references, predictions, metrics=metrics)
+    if as_json:
+        print(json.dumps(scores))
+    else:
+        print(format_scores(scores))
+
+
+@app.command()
+@_exits_cleanly
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML (one configuration: no ablation grid)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.lr=1e-3 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="End the output with one JSON object of test metrics."),
+):
+    """Train one configuration in this process (no Ray), tracked in MLflow."""
+    from orchestrator.config import load_config
+    from orchestrator.single import train_one
+
+    summary = train_one(load_config(config, set_ or []), console)
+    if as_json:
+        print(json.dumps(summary))
+
+
+@app.command()
+@_exits_cleanly
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML: its ablation grid and search become Ray Tune trials."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.epochs=3 (repeatable)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (overrides ray.address)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit: nothing is started."),
+):
+    """Run an ablation as Ray Tune trials, every trial and decode variant tracked in MLflow."""
+    from orchestrator.config import load_config
+    from orchestrator.plan import make_plan, render_plan
+
+    experiment = load_config(config, set_ or [])
+    plan = make_plan(experiment)
+    if dry_run:
+        Console().print(render_plan(plan, experiment))
+        return
+    console.print(render_plan(plan, experiment))
+    from orchestrator.launch import run_plan
+
+    raise typer.Exit(run_plan(experiment, plan, console, address=address))
+
+
+@app.command()
+@_exits_cleanly
+def resume(
+    name_or_dir: str = typer.Argument(..., help="An experiment name (its latest run) or a run folder."),
+    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder the name lives in."),
+):
+    """Continue an interrupted `orch run`: finished trials stay, unfinished ones resume from checkpoints."""
+    from orchestrator.launch import resume_invocation
+
+    raise typer.Exit(resume_invocation(name_or_dir, storage, console))
+
+
+@app.command()
+@_exits_cleanly
+def status(
+    name: Optional[str] = typer.Argument(None, help="Experiment name (default: every experiment in the store)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
+    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """The trials and decode variants of an experiment's latest run, with metrics and statuses."""
+    from orchestrator.inspect import show_status
+
+    show_status(name, config, storage, as_json, console)
+
+
+@app.command()
+@_exits_cleanly
+def ui(
+    config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
+    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+):
+    """The MLflow UI on the configured tracking store."""
+    import subprocess
+
+    from orchestrator.inspect import store_uri
+
+    uri = store_uri(config, storage)
+    console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                      "--host", host, "--port", str(port)]))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`orch status` and the store lookups `orch ui` needs: read-only views of what MLflow holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from orchestrator.status import cell_rows, cell_table, latest_invocation, rows_as_json, sort_rows
+from orchestrator.tracking import Tracker, default_tracking_uri
+from trainers.errors import InputError
+
+
+def store_uri(config: Optional[Path], storage: Path) -> str:
+    """The tracking URI of a config file, or the embedded default store under `storage`."""
+    if config is not None:
+        from orchestrator.config import load_config
+
+        return load_config(config).tracking.uri
+    return default_tracking_uri(storage)
+
+
+def experiment_names(uri: str) -> list[str]:
+    from mlflow import MlflowClient
+
+    return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+
+
+def show_status(name: Optional[str], config: Optional[Path], storage: Path, as_json: bool, console: Console) -> None:
+    uri = store_uri(config, storage)
+    if not uri.startswith(("http://", "https://")) and uri.startswith("sqlite:///") \
+            and not Path(uri[len("sqlite:///"):]).exists():
+        raise InputError(f"no MLflow store at {uri}: run `orch run` first, or pass --storage / --config")
+    names = [name] if name else experiment_names(uri)
+    report = {}
+    for experiment in names:
+        if name and experiment not in experiment_names(uri):
+            raise InputError(f"no experiment named {experiment!r} in {uri} "
+                             f"(known: {', '.join(experiment_names(uri)) or 'none'})")
+        tracker = Tracker(uri, experiment)
+        repaired = tracker.repair_orphans()
+        invocation = latest_invocation(tracker)
+        rows = sort_rows(cell_rows(tracker, invocation), "CIDEr") if invocation else []
+        report[experiment] = {"invocation": invocation, "repaired": repaired, "cells": rows_as_json(rows)}
+        if not as_json:
+            if repaired:
+                console.print(f"marked {len(repaired)} run(s) left RUNNING by a dead driver as KILLED")
+            Console().print(cell_table(rows, "CIDEr", f"{experiment} ({invocation or 'no runs'})"))
+    if as_json:
+        print(json.dumps(report, default=str))

@@ -1,0 +1,215 @@
+"""`orch run` / `orch resume`: a plan becomes Ray Tune trials; the driver records them in MLflow.
+
+Layout of one invocation under `ray.storage`:
+
+    <storage>/<name>/<invocation>/orch.yaml     the resolved config (what `orch resume` re-reads)
+    <storage>/<name>/<invocation>/plan.json     the plan
+    <storage>/<name>/<invocation>/<study>/      Ray Tune's experiment folder(s): trials, checkpoints
+
+A study is one Tuner: all grid cells at once, except with Optuna, which searches each cell in a
+study of its own (one sampler per cell), one study after another.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from orchestrator.config import ExperimentConfig, dump_resolved
+from orchestrator.plan import Plan
+from orchestrator.provenance import log_provenance
+from orchestrator.single import tracking_uri
+from orchestrator.status import cell_rows, cell_table, sort_rows
+from orchestrator.tracking import Tracker
+from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
+from trainers.errors import InputError
+
+CONFIG_FILE = "orch.yaml"
+PLAN_FILE = "plan.json"
+
+
+@dataclass
+class Study:
+    name: str  # Ray Tune experiment name, a folder under the invocation folder
+    cells: list[str]
+
+
+def studies_of(config: ExperimentConfig, plan: Plan) -> list[Study]:
+    if config.search is not None and config.search.algorithm == "optuna" and len(plan.cells) > 1:
+        return [Study(f"trials-{cell.id}", [cell.id]) for cell in plan.cells]
+    return [Study("trials", [cell.id for cell in plan.cells])]
+
+
+def invocation_folder(config: ExperimentConfig, invocation: str) -> Path:
+    return Path(config.ray.storage).resolve() / config.name / invocation
+
+
+def trainer_base(config: ExperimentConfig) -> dict:
+    """The trainer config every trial starts from, with paths made absolute (trials run elsewhere)."""
+    base = config.trainer_config({}).model_dump(mode="json")
+    base["data"]["prepared"] = str(Path(base["data"]["prepared"]).resolve())
+    if base["data"]["cache_dir"]:
+        base["data"]["cache_dir"] = str(Path(base["data"]["cache_dir"]).resolve())
+    return base
+
+
+def _search_space(config: ExperimentConfig) -> dict:
+    from ray import tune
+
+    makers = {"uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+              "int": lambda a: tune.randint(a[0], a[1] + 1), "choice": lambda a: tune.choice(list(a))}
+    return {key: makers[dim.kind](dim.args) for key, dim in config.search.space.items()}
+
+
+def _scheduler(config: ExperimentConfig, metric: str):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    s = config.scheduler
+    if s.kind == "asha":
+        return ASHAScheduler(metric=metric, mode="max", max_t=s.max_t, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, time_attr="training_iteration")
+    if s.kind == "median":
+        return MedianStoppingRule(metric=metric, mode="max", grace_period=s.grace_period,
+                                  time_attr="training_iteration")
+    return FIFOScheduler()
+
+
+def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, callbacks: list, metric: str):
+    from ray import tune
+
+    param_space: dict = {"cell": tune.grid_search(study.cells)}
+    search_alg, samples = None, 1
+    if config.search is not None:
+        samples = config.search.num_samples
+        space = _search_space(config)
+        if config.search.algorithm == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=metric, mode=config.search.mode, seed=config.train.seed)
+            param_space = {"cell": study.cells[0], "search": space}
+        else:
+            param_space["search"] = space
+    max_concurrent = (config.search.max_concurrent if config.search and config.search.max_concurrent
+                      else config.resources.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=samples, search_alg=search_alg,
+                                    scheduler=_scheduler(config, metric), max_concurrent_trials=max_concurrent,
+                                    trial_name_creator=lambda t: f"{t.config['cell']}-{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"{t.config['cell']}-{t.trial_id}"),
+        run_config=tune.RunConfig(
+            name=study.name, storage_path=str(folder), verbose=0, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints,
+                                                    checkpoint_score_attribute=metric,
+                                                    checkpoint_score_order="max")),
+    )
+
+
+def _init_ray(config: ExperimentConfig, address: Optional[str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or config.ray.address or None, log_to_driver=False, include_dashboard=False,
+             configure_logging=True, logging_level="ERROR")
+
+
+def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address: Optional[str] = None,
+             invocation: Optional[str] = None) -> int:
+    """Run (or, given an existing invocation, resume) every study of the plan; returns the exit code."""
+    from ray import tune
+
+    from orchestrator.trainable import train_trial
+
+    resuming = invocation is not None
+    invocation = invocation or time.strftime("run-%Y%m%d-%H%M%S")
+    folder = invocation_folder(config, invocation)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (folder / CONFIG_FILE).write_text(dump_resolved(config))
+        (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
+    metric = f"val_{config.eval.select_by}"
+    base = trainer_base(config)
+    cells = {cell.id: cell.overrides for cell in plan.cells}
+    variants = {d.id: d.overrides for d in plan.decode_variants}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=base, cells=cells, variants=variants),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+
+    uri, experiment = tracking_uri(config), config.tracking.experiment or config.name
+    tracker = Tracker(uri, experiment, artifact_root=config.ray.storage)
+    tracker.repair_orphans()
+    run_key = f"{config.name}/{invocation}"
+    parent = tracker.parent_run(run_key, f"orch run {invocation}",
+                                {"orch.results": str(folder), "orch.ray_address": config.ray.address or "local"})
+    if not resuming:
+        log_provenance(tracker, parent, dump_resolved(config), plan.to_dict())
+    callbacks = [MlflowRecorder(uri, experiment, str(Path(config.ray.storage).resolve()), parent, run_key, base, cells,
+                                {d.id: d.params for d in plan.decode_variants}),
+                 LiveTable(plan, metric, cells)]
+
+    _init_ray(config, address)
+    failures: list[str] = []
+    status, reason = "FAILED", "the driver stopped"
+    try:
+        for study in studies_of(config, plan):
+            study_path = folder / study.name
+            if resuming and (study_path / "tuner.pkl").exists():
+                tuner = tune.Tuner.restore(str(study_path), trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                tuner = _tuner(config, study, folder, trainable, callbacks, metric)
+            grid = tuner.fit()
+            failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
+                         for r in grid if r.error is not None]
+        status, reason = ("FAILED", "; ".join(failures)) if failures else ("FINISHED", "")
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted (Ctrl-C)"
+        raise
+    finally:
+        close_unfinished(tracker, run_key, "KILLED", "the driver stopped before this run ended")
+        tracker.end(parent, status, reason)
+    rows = sort_rows(cell_rows(tracker, run_key), config.eval.select_by)
+    console.print(cell_table(rows, config.eval.select_by, f"{config.name} ({invocation}): every ablation cell, "
+                                                          f"best val {config.eval.select_by} first"))
+    for failure in failures:
+        console.print(f"[red]failed[/] {failure}", highlight=False)
+    console.print(f"results: {folder}\nMLflow: {uri}\nnext: `orch report {config.name}`, "
+                  f"`orch status {config.name}`, `orch ui`", highlight=False)
+    return 1 if failures else 0
+
+
+def close_unfinished(tracker: Tracker, run_key: str, status: str, reason: str) -> None:
+    """No run of this invocation stays RUNNING after the command, however it ended."""
+    for run in tracker.runs(invocation=run_key):
+        if run.info.status == "RUNNING" and run.data.tags.get("orch.kind") != "parent":
+            tracker.end(run.info.run_id, status, reason)
+
+
+def find_invocation(name_or_dir: str, storage: Path) -> Path:
+    """An invocation folder: given directly, or the newest run of experiment `name` under `storage`."""
+    given = Path(name_or_dir)
+    if (given / CONFIG_FILE).is_file():
+        return given.resolve()
+    runs = sorted((storage / name_or_dir).glob(f"run-*/{CONFIG_FILE}")) if (storage / name_or_dir).is_dir() else []
+    if not runs:
+        raise InputError(f"{name_or_dir!r}: neither a run folder (with {CONFIG_FILE}) nor an experiment "
+                         f"with runs under {storage}/")
+    return runs[-1].parent.resolve()
+
+
+def resume_invocation(name_or_dir: str, storage: Path, console: Console) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.plan import make_plan
+
+    folder = find_invocation(name_or_dir, storage)
+    config = load_config(folder / CONFIG_FILE)
+    config.ray.storage = str(folder.parent.parent)
+    console.print(f"resuming {folder}", highlight=False)
+    return run_plan(config, make_plan(config), console, invocation=folder.name)

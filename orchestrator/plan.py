@@ -1,0 +1,194 @@
+"""The plan of an experiment: which models to train and how each trained model is evaluated.
+
+The ablation grid is the cartesian product of its lists. Keys under `decode.` never retrain: they
+are split off into decode variants and every trained model is evaluated once per variant, so the
+coursework grid (2 encoders x 2 decoders x 3 sampling rates x 4 β) trains 12 models and evaluates
+48. A `search:` section makes Ray Tune draw `num_samples` trainings inside every grid cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.keys import flatten
+
+DECODE_PREFIX = "decode."
+
+
+@dataclass(frozen=True)
+class TrainingCell:
+    """One training configuration of the grid: the values of the training keys that vary."""
+
+    id: str  # "c001"
+    overrides: dict[str, Any]  # dotted key -> value
+
+
+@dataclass(frozen=True)
+class DecodeVariant:
+    """One way of decoding every trained model."""
+
+    id: str  # "d01"
+    overrides: dict[str, Any]  # the decode keys that vary -> this variant's values
+    params: dict[str, Any]  # the whole decode section, dotted: what the variant's run records
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    cells: tuple[TrainingCell, ...]
+    decode_variants: tuple[DecodeVariant, ...]
+    varying_keys: tuple[str, ...]  # the training keys of the grid (decode keys excluded)
+    decode_keys: tuple[str, ...]  # the decode keys of the grid
+    samples_per_cell: int  # search samples drawn in each cell; 1 without a search
+    search_space: dict[str, dict]  # dotted key -> {distribution: args}; empty without a search
+    resources: dict[str, Any]  # per trial, and the concurrency that implies
+
+    @property
+    def n_trainings(self) -> int:
+        return len(self.cells) * self.samples_per_cell
+
+    @property
+    def n_evaluations(self) -> int:
+        return self.n_trainings * len(self.decode_variants)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only: logged as the parent run's plan artifact."""
+        return {
+            "name": self.name,
+            "n_trainings": self.n_trainings,
+            "n_evaluations": self.n_evaluations,
+            "samples_per_cell": self.samples_per_cell,
+            "varying_keys": list(self.varying_keys),
+            "decode_keys": list(self.decode_keys),
+            "cells": [{"id": c.id, "overrides": c.overrides} for c in self.cells],
+            "decode_variants": [{"id": d.id, "overrides": d.overrides, "params": d.params}
+                                for d in self.decode_variants],
+            "search_space": self.search_space,
+            "resources": self.resources,
+        }
+
+
+def make_plan(config: ExperimentConfig) -> Plan:
+    """Expand the ablation grid into training cells and decode variants (config is already validated)."""
+    varying_keys = tuple(k for k in config.ablation if not k.startswith(DECODE_PREFIX))
+    decode_keys = tuple(k for k in config.ablation if k.startswith(DECODE_PREFIX))
+    trainings = _combinations(config.ablation, varying_keys)
+    decodings = _combinations(config.ablation, decode_keys)
+    cells = tuple(TrainingCell(_short_id("c", i, len(trainings), 3), overrides)
+                  for i, overrides in enumerate(trainings, start=1))
+    variants = tuple(
+        DecodeVariant(_short_id("d", i, len(decodings), 2), overrides,
+                      flatten(config.trainer_config(overrides).decode.model_dump(mode="json"), prefix=DECODE_PREFIX))
+        for i, overrides in enumerate(decodings, start=1))
+    search = config.search
+    return Plan(
+        name=config.name,
+        cells=cells,
+        decode_variants=variants,
+        varying_keys=varying_keys,
+        decode_keys=decode_keys,
+        samples_per_cell=search.num_samples if search else 1,
+        search_space={k: d.model_dump(mode="json") for k, d in search.space.items()} if search else {},
+        resources=_resources(config),
+    )
+
+
+def render_plan(plan: Plan, config: ExperimentConfig) -> Group:
+    """What `orch run CONFIG --dry-run` prints: every training, every decode variant, the counts,
+    the search, the scheduler and what the resources per trial imply."""
+    per_cell = f" x {plan.samples_per_cell} search samples" if config.search else ""
+    lines: list[Any] = [
+        Text(f"Plan for {plan.name!r} (trainer {config.trainer})", style="bold"),
+        Text(f"{_count(plan.n_trainings, 'training')} ({_count(len(plan.cells), 'grid cell')}{per_cell}); "
+             f"{_count(plan.n_evaluations, 'evaluation')} ({_count(plan.n_trainings, 'training')} x "
+             f"{_count(len(plan.decode_variants), 'decode variant')})"),
+        _table("Trainings", "cell", plan.varying_keys, [(c.id, c.overrides) for c in plan.cells]),
+        _table("Decode variants", "variant", plan.decode_keys or tuple(plan.decode_variants[0].params),
+               [(d.id, d.overrides or d.params) for d in plan.decode_variants]),
+        Text(f"search: {_describe_search(config)}"),
+        Text(f"scheduler: {_describe_scheduler(config)}"),
+        Text(f"resources: {_describe_resources(plan.resources)}"),
+        Text(f"ray: {config.ray.address or 'a local Ray started for this run'}, storage {config.ray.storage}, "
+             f"max_failures {config.ray.max_failures}; tracking: {config.tracking.uri}, "
+             f"experiment {config.tracking.experiment!r}"),
+    ]
+    return Group(*lines)
+
+
+def _combinations(grid: dict[str, list], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The cartesian product of the grid's lists for `keys`, last key varying fastest; [{}] for no keys."""
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _short_id(prefix: str, index: int, count: int, min_width: int) -> str:
+    return f"{prefix}{index:0{max(min_width, len(str(count)))}d}"
+
+
+def _resources(config: ExperimentConfig) -> dict[str, Any]:
+    """Per-trial reservation, trials sharing one GPU, and the tightest cap on concurrent trials."""
+    gpu = config.resources.gpu
+    caps = [n for n in (config.resources.max_concurrent, config.search and config.search.max_concurrent) if n]
+    return {
+        "cpu_per_trial": config.resources.cpu,
+        "gpu_per_trial": gpu,
+        "trials_per_gpu": math.floor(1 / gpu + 1e-9) if 0 < gpu <= 1 else None,
+        "max_concurrent": min(caps) if caps else None,
+    }
+
+
+def _table(title: str, id_header: str, keys: tuple[str, ...], rows: list[tuple[str, dict]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(id_header)
+    for key in keys or ("overrides",):
+        table.add_column(key)
+    for row_id, values in rows:
+        table.add_row(row_id, *([_text(values[k]) for k in keys] or ["(the base config)"]))
+    return table
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _describe_search(config: ExperimentConfig) -> str:
+    search = config.search
+    if search is None:
+        return "none (one training per grid cell)"
+    goal = "maximise" if search.mode == "max" else "minimise"
+    cap = f", at most {search.max_concurrent} at once" if search.max_concurrent else ""
+    space = "; ".join(f"{key} ~ {d.kind} {_text(d.args)}" for key, d in search.space.items())
+    return f"{search.algorithm}, {search.num_samples} samples per cell, {goal} {search.metric}{cap}; {space}"
+
+
+def _describe_scheduler(config: ExperimentConfig) -> str:
+    s = config.scheduler
+    if s.kind == "fifo":
+        return f"fifo (every trial trains to the end, up to {s.max_t} epochs)"
+    return f"{s.kind} (grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, max_t {s.max_t})"
+
+
+def _describe_resources(resources: dict[str, Any]) -> str:
+    cpu, gpu = resources["cpu_per_trial"], resources["gpu_per_trial"]
+    if gpu == 0:
+        gpus = "no GPU"
+    elif gpu <= 1:
+        n = resources["trials_per_gpu"]
+        gpus = f"gpu {gpu:g}/trial: up to {_count(n, 'trial')} per GPU"
+    else:
+        gpus = f"gpu {gpu:g}/trial: {int(gpu)} whole GPUs each"
+    cap = resources["max_concurrent"]
+    at_once = f"at most {cap} trials at once" if cap else "as many at once as the cluster's CPUs and GPUs hold"
+    return f"cpu {cpu:g}/trial, {gpus}; {at_once}"

@@ -1,0 +1,88 @@
+"""`orch train`: one configuration, in this process, no Ray; tracked in MLflow like any trial."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import ExperimentConfig, dump_resolved
+from orchestrator.keys import flatten
+from orchestrator.provenance import log_provenance
+from orchestrator.tracking import Tracker, TrialRecorder, default_tracking_uri
+from trainers.errors import InputError
+
+EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
+                 ("val BLEU-4", "val_Bleu_4", "{:.3f}"), ("val CIDEr", "val_CIDEr", "{:.3f}"),
+                 ("time (s)", "epoch_time_s", "{:.1f}")]
+FINAL_KEYS = ["test_Bleu_1", "test_Bleu_2", "test_Bleu_3", "test_Bleu_4", "test_METEOR", "test_ROUGE_L",
+              "test_CIDEr", "test_mean_caption_length", "test_distinct_captions", "test_content_accuracy"]
+
+
+def tracking_uri(config: ExperimentConfig) -> str:
+    return config.tracking.uri or default_tracking_uri(config.ray.storage)
+
+
+def _row(metrics: dict) -> list[str]:
+    return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in EPOCH_COLUMNS]
+
+
+def train_one(config: ExperimentConfig, console: Console) -> dict:
+    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints."""
+    if config.ablation or config.search is not None:
+        raise InputError(f"'{config.name}' has an ablation grid or a search space: run it with `orch run`, "
+                         "or pin one value per key with --set")
+    from trainers.evaluation import DecodeVariant
+    from trainers.loop import run_training
+
+    trainer_config = config.trainer_config({})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.ray.storage) / config.name / f"train-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=config.ray.storage)
+    invocation = f"train-{stamp}"
+    parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": str(run_dir.resolve())})
+    log_provenance(tracker, parent, dump_resolved(config), plan=None)
+    variants = [DecodeVariant("d01", trainer_config.decode)]
+    recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
+                             params=flatten(trainer_config.model_dump(mode="json")),
+                             variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
+    table = Table(*[title for title, _, _ in EPOCH_COLUMNS], title=f"orch train {config.name}")
+
+    def on_epoch(result) -> None:
+        report = result.as_report()
+        recorder.record(report)
+        if result.final:
+            recorder.complete(report, result.checkpoint)
+        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(EPOCH_COLUMNS, _row(result.metrics))),
+                      highlight=False)
+        table.add_row(*_row(result.metrics))
+
+    status, reason = "FAILED", ""
+    try:
+        final = run_training(trainer_config, run_dir, variants=variants, on_epoch=on_epoch, progress=True)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted (Ctrl-C)"
+        raise
+    except Exception as error:  # the run fails; MLflow must say so before we re-raise
+        reason = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        recorder.end(status, reason)
+        tracker.end(parent, status, reason)
+    console.print(table)
+    summary = {key: final.metrics[key] for key in FINAL_KEYS if key in final.metrics}
+    summary.update(mean_caption_length=final.metrics.get("test_mean_caption_length"),
+                   distinct_captions=final.metrics.get("test_distinct_captions"),
+                   predictions=str(final.predictions["d01"]), best_epoch=final.metrics["best_epoch"],
+                   stop_reason=final.stop_reason, results=str(run_dir), mlflow_run_id=recorder.run_id)
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
+                  f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions: {summary['predictions']}; "
+                  f"MLflow: {tracking_uri(config)} (`orch ui`)", highlight=False)
+    return summary

@@ -1,0 +1,89 @@
+"""The table of every ablation cell (trial × decode variant), read back from MLflow.
+
+One source for the end of `orch run` and for `orch status`: what the user sees is what MLflow
+holds, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from rich.table import Table
+
+from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
+
+SHOWN_METRICS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mean_caption_length")
+
+
+@dataclass
+class CellRow:
+    trial: str
+    trial_name: str
+    variant: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    reason: str = ""
+    epochs: float = 0.0
+    varying: dict[str, str] = field(default_factory=dict)
+
+
+def latest_invocation(tracker: Tracker) -> Optional[str]:
+    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'parent'",
+                                         max_results=1, order_by=["attributes.start_time DESC"])
+    return parents[0].data.tags.get(TAG_INVOCATION) if parents else None
+
+
+def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
+    """Every trial × variant of an invocation; a trial that never reached its variants shows alone."""
+    runs = tracker.runs(invocation=invocation)
+    trials = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.data.tags.get(TAG_KIND) == "trial"}
+    rows = []
+    for run in runs:
+        if run.data.tags.get(TAG_KIND) != "variant":
+            continue
+        trial = trials.get(run.data.tags.get(TAG_TRIAL))
+        rows.append(CellRow(
+            trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
+            variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
+            metrics=dict(run.data.metrics), reason=run.data.tags.get(TAG_REASON, ""),
+            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0))
+    _mark_varying(rows)
+    return rows
+
+
+def _mark_varying(rows: list[CellRow]) -> None:
+    keys = {k for row in rows for k in row.params if not k.startswith("orch.")}
+    varying = sorted(k for k in keys if len({row.params.get(k) for row in rows}) > 1)
+    for row in rows:
+        row.varying = {k: row.params.get(k, "") for k in varying}
+
+
+def sort_rows(rows: list[CellRow], metric: str) -> list[CellRow]:
+    def key(row: CellRow) -> float:
+        value = row.metrics.get(f"val_{metric}", math.nan)
+        return -value if not math.isnan(value) else math.inf
+    return sorted(rows, key=key)
+
+
+def cell_table(rows: list[CellRow], metric: str, title: str) -> Table:
+    varying = list(rows[0].varying) if rows else []
+    table = Table(title=title)
+    for column in ["trial", *[k.rsplit(".", 1)[-1] for k in varying], "epochs", f"val {metric}",
+                   *[f"test {m}" for m in SHOWN_METRICS], "status"]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        def fmt(name: str) -> str:
+            value = row.metrics.get(name)
+            return "-" if value is None else f"{value:.3f}"
+        status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:60]}"
+        table.add_row(f"{row.trial_name}/{row.variant}", *[row.varying[k] for k in varying], f"{row.epochs:.0f}",
+                      fmt(f"val_{metric}"), *[fmt(f"test_{m}") for m in SHOWN_METRICS], status)
+    return table
+
+
+def rows_as_json(rows: list[CellRow]) -> list[dict]:
+    return [{"trial": r.trial, "trial_name": r.trial_name, "variant": r.variant, "status": r.status,
+             "reason": r.reason, "varying": r.varying, "metrics": r.metrics} for r in rows]

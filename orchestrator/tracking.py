@@ -1,0 +1,240 @@
+"""MLflow, laid out as DESIGN.md says: parent run ► trial runs ► decode-variant runs.
+
+One process writes (the `orch run` driver, or `orch train` itself), so concurrent trials never
+contend for a sqlite lock. Runs are found again by their tags (`orch.invocation`, `orch.trial`,
+`orch.variant`) before any is created, so a resumed experiment continues its runs instead of
+duplicating them. Every run is ended with a true status; `repair_orphans` ends the runs a driver
+killed with SIGKILL left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+TAG_INVOCATION = "orch.invocation"
+TAG_TRIAL = "orch.trial"
+TAG_VARIANT = "orch.variant"
+TAG_KIND = "orch.kind"  # parent | trial | variant
+TAG_DRIVER = "orch.driver"  # host:pid of the writing process, to find orphans
+TAG_REASON = "orch.failure_reason"
+MAX_PARAM_LENGTH = 6000
+TRIAL_METRIC = re.compile(r"^((train|val|test)_\w+|lr|ss_rate|epoch|epoch_time_s|best_epoch)$")
+
+
+def default_tracking_uri(results: str | Path) -> str:
+    """The embedded default: a sqlite file in the results folder."""
+    return f"sqlite:///{(Path(results).resolve() / 'mlflow.db')}"
+
+
+def _driver_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = None
+            if artifact_root is not None and not uri.startswith(("http://", "https://", "databricks")):
+                location = (Path(artifact_root).resolve() / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    # ------------------------------------------------------------------------------ find or create
+    def _find(self, tags: Mapping[str, str]) -> Optional[str]:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def _find_or_create(self, tags: dict[str, str], run_name: str, parent: Optional[str]) -> tuple[str, bool]:
+        existing = self._find(tags)
+        if existing is not None:
+            self.client.update_run(existing, status="RUNNING")
+            self.client.set_tag(existing, TAG_DRIVER, _driver_id())
+            return existing, False
+        all_tags = {**tags, TAG_DRIVER: _driver_id()}
+        if parent is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name)
+        return run.info.run_id, True
+
+    def parent_run(self, invocation: str, run_name: str, tags: Mapping[str, str] = ()) -> str:
+        run_id, _ = self._find_or_create({TAG_INVOCATION: invocation, TAG_KIND: "parent"}, run_name, None)
+        if tags:
+            self.set_tags(run_id, tags)
+        return run_id
+
+    def trial_run(self, parent: str, invocation: str, trial: str, run_name: str,
+                  params: Mapping[str, object]) -> str:
+        run_id, created = self._find_or_create({TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_KIND: "trial"},
+                                               run_name, parent)
+        if created:
+            self.log_params(run_id, params)
+        return run_id
+
+    def variant_run(self, trial_run: str, invocation: str, trial: str, variant: str, run_name: str,
+                    params: Mapping[str, object]) -> str:
+        tags = {TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_VARIANT: variant, TAG_KIND: "variant"}
+        run_id, created = self._find_or_create(tags, run_name, trial_run)
+        if created:
+            self.log_params(run_id, params)
+        return run_id
+
+    # ------------------------------------------------------------------------------------ logging
+    def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
+        items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        stamp = _now_ms()
+        items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start:start + 500])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, object]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_json(self, run_id: str, data, artifact_file: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=1, default=str), artifact_file)
+
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+        if reason:
+            self.set_tags(run_id, {TAG_REASON: reason[:5000]})
+        self.client.set_terminated(run_id, status=status)
+
+    # -------------------------------------------------------------------------------- housekeeping
+    def runs(self, invocation: Optional[str] = None, kind: Optional[str] = None) -> list:
+        clauses = []
+        if invocation:
+            clauses.append(f"tags.`{TAG_INVOCATION}` = '{invocation}'")
+        if kind:
+            clauses.append(f"tags.`{TAG_KIND}` = '{kind}'")
+        return list(_all_pages(self.client, self.experiment_id, " and ".join(clauses)))
+
+    def repair_orphans(self, alive: Iterable[str] = ()) -> list[str]:
+        """End as KILLED every RUNNING run whose driver process is gone; returns their ids."""
+        alive = set(alive) | {_driver_id()}
+        repaired = []
+        for run in _all_pages(self.client, self.experiment_id, "attributes.status = 'RUNNING'"):
+            driver = run.data.tags.get(TAG_DRIVER, "")
+            if driver in alive or _process_alive(driver):
+                continue
+            self.end(run.info.run_id, "KILLED", reason=f"driver {driver or '?'} ended without closing this run")
+            repaired.append(run.info.run_id)
+        return repaired
+
+
+def _all_pages(client: MlflowClient, experiment_id: str, filter_string: str):
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _process_alive(driver: str) -> bool:
+    """True when `host:pid` names a live process on this host (other hosts: assume alive)."""
+    host, _, pid = driver.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return bool(driver) and host != socket.gethostname()
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _param_text(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+class TrialRecorder:
+    """The MLflow side of one training trial: its run, one nested run per decode variant.
+
+    It consumes the flat per-epoch reports a trainer emits (`EpochResult.as_report()`), whether
+    they arrive in-process (`orch train`) or through Ray Tune to the driver (`orch run`).
+    """
+
+    def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
+                 params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]]):
+        self.tracker = tracker
+        self.run_id = tracker.trial_run(parent, invocation, trial, run_name, params)
+        self.variant_runs = {
+            vid: tracker.variant_run(self.run_id, invocation, trial, vid, f"{run_name}/{vid}",
+                                     {**params, **decode_params})
+            for vid, decode_params in variants.items()}
+        self.closed = False
+
+    def record(self, report: Mapping[str, object]) -> None:
+        """Log one epoch's metrics on the trial run and each variant run, with step = epoch.
+
+        Only the trainer's own metrics are logged, not the bookkeeping Ray adds to a result.
+        """
+        epoch = int(report["epoch"])
+        own = {k: v for k, v in report.items() if TRIAL_METRIC.match(k)}
+        self.tracker.log_metrics(self.run_id, own, step=epoch)
+        for vid, run_id in self.variant_runs.items():
+            prefix = f"{vid}/"
+            self.tracker.log_metrics(run_id, {k[len(prefix):]: v for k, v in report.items() if k.startswith(prefix)},
+                                     step=epoch)
+
+    def complete(self, report: Mapping[str, object], checkpoint: Optional[Path],
+                 status: str = "FINISHED", reason: str = "") -> None:
+        """Attach the best checkpoint, sample captions and test predictions, then end the runs."""
+        samples = json.loads(str(report.get("samples_json") or "[]"))
+        self.tracker.log_json(self.run_id, samples, "sample_captions.json")
+        if checkpoint is not None:
+            for name in ("best_model.pt", "meta.json"):
+                if (Path(checkpoint) / name).is_file():
+                    self.tracker.log_file(self.run_id, Path(checkpoint) / name, "best_checkpoint")
+        predictions = json.loads(str(report.get("predictions_json") or "{}"))
+        for vid, path in predictions.items():
+            if vid in self.variant_runs and Path(path).is_file():
+                self.tracker.log_file(self.variant_runs[vid], Path(path), "predictions")
+        self.tracker.set_tags(self.run_id, {"orch.stop_reason": report.get("stop_reason") or reason,
+                                            "orch.best_variant": report.get("best_variant", "")})
+        self.end(status, reason)
+
+    def end(self, status: str, reason: str = "") -> None:
+        """End the trial run and its variant runs with one status (FINISHED, FAILED or KILLED)."""
+        if self.closed:
+            return
+        for run_id in self.variant_runs.values():
+            self.tracker.end(run_id, status, reason)
+        self.tracker.end(self.run_id, status, reason)
+        self.closed = True

@@ -1,0 +1,60 @@
+"""The Ray Tune trainable: a plain function of `config` that trains one cell and reports each epoch.
+
+It runs in a Ray worker, possibly on another node. It receives the resolved trainer config as a
+plain dict (absolute paths), applies its cell's and its search sample's overrides, resumes from
+the checkpoint Tune hands back after a failure, and calls `tune.report(metrics, checkpoint=...)`
+once per epoch (DESIGN.md item 10). MLflow is written by the driver, never here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator.keys import apply_overrides
+from trainers.config import DecodeConfig, TrainerConfig
+from trainers.evaluation import DecodeVariant
+from trainers.loop import run_training
+
+FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail each trial once at this epoch
+
+
+def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict]) -> None:
+    overrides = {**cells[params["cell"]], **params.get("search", {})}
+    config = TrainerConfig.model_validate(apply_overrides(base, overrides))
+    decode_variants = decode_variants_of(config, variants)
+    run_dir = Path(tune.get_context().get_trial_dir())
+    resume_from = _restored_checkpoint(run_dir)
+    fail_at = int(os.environ.get(FAIL_ONCE_ENV, "0") or 0)
+
+    def report(result) -> None:
+        tune.report(result.as_report(), checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
+        marker = run_dir / "injected_failure_done"
+        if fail_at and result.epoch == fail_at and not result.final and not marker.exists():
+            marker.write_text("1")
+            raise RuntimeError(f"injected failure at epoch {result.epoch} ({FAIL_ONCE_ENV})")
+
+    run_training(config, run_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
+
+
+def decode_variants_of(config: TrainerConfig, variants: dict[str, dict]) -> list[DecodeVariant]:
+    """Each variant's dotted `decode.*` values applied to the trial's own decode config."""
+    trial = config.model_dump(mode="json")
+    return [DecodeVariant(vid, DecodeConfig.model_validate(apply_overrides(trial, dotted)["decode"]))
+            for vid, dotted in variants.items()]
+
+
+def _restored_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint Tune restores after a failure or `orch resume`, copied next to the trial."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    target = run_dir / "restored_checkpoint"
+    shutil.rmtree(target, ignore_errors=True)
+    with checkpoint.as_directory() as folder:
+        shutil.copytree(folder, target)
+    return target

@@ -1,0 +1,155 @@
+"""Ray Tune callbacks of the `orch run` driver: MLflow recording and the live trial table.
+
+Ray pickles the run config, callbacks included, so `orch resume` can rebuild it; both callbacks
+therefore hold only plain data and open their MLflow client or console lazily, and a restored
+recorder finds its runs again by their tags rather than remembering them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.keys import apply_overrides, flatten
+from orchestrator.plan import Plan
+from orchestrator.tracking import Tracker, TrialRecorder
+
+
+def trial_overrides(trial_config: dict, cells: dict[str, dict]) -> dict:
+    """The dotted training keys a trial sets: its grid cell's, then its search sample's."""
+    return {**cells[trial_config["cell"]], **trial_config.get("search", {})}
+
+
+def short_params(overrides: dict) -> str:
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items())
+
+
+class MlflowRecorder(Callback):
+    """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str, parent: str, run_key: str,
+                 base: dict, cells: dict[str, dict], variants: dict[str, dict]):
+        self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
+        self.parent, self.run_key = parent, run_key
+        self.base, self.cells, self.variants = base, cells, variants
+        self._tracker: Optional[Tracker] = None
+        self._recorders: dict[str, TrialRecorder] = {}
+        self._last: dict[str, dict] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tracker": None, "_recorders": {}, "_last": {}}
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.experiment, artifact_root=Path(self.artifact_root))
+        return self._tracker
+
+    def _recorder(self, trial) -> TrialRecorder:
+        if trial.trial_id not in self._recorders:
+            overrides = trial_overrides(trial.config, self.cells)
+            params = flatten(apply_overrides(self.base, overrides))
+            params["orch.cell"] = trial.config["cell"]
+            name = f"{trial.config['cell']} {short_params(overrides)}".strip()
+            self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key, trial.trial_id,
+                                                            name, params, self.variants)
+        return self._recorders[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._recorder(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._recorder(trial).record(result)
+        self._last[trial.trial_id] = dict(result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        recorder = self._recorder(trial)
+        self.tracker.set_tags(recorder.run_id, {"orch.retries": trial.num_failures,
+                                                "orch.last_error": _error_text(trial)})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self._last.get(trial.trial_id, {})
+        with _local_checkpoint(trial) as checkpoint:
+            if last.get("final"):
+                self._recorder(trial).complete(last, checkpoint)
+            else:
+                epoch = last.get("epoch", 0)
+                self._recorder(trial).complete(last, checkpoint, status="KILLED",
+                                               reason=f"stopped early by the scheduler after epoch {epoch:.0f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._recorder(trial).end("FAILED", _error_text(trial))
+
+
+def _error_text(trial) -> str:
+    """The last line of the trial's error: the exception and its message."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else "the trial failed (no error text)"
+
+
+class _local_checkpoint:
+    """The trial's latest checkpoint as a local folder (downloaded when storage is remote)."""
+
+    def __init__(self, trial):
+        self.checkpoint = getattr(trial, "checkpoint", None)
+        self._context = None
+
+    def __enter__(self) -> Optional[Path]:
+        if self.checkpoint is None:
+            return None
+        self._context = self.checkpoint.as_directory()
+        return Path(self._context.__enter__())
+
+    def __exit__(self, *exc):
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        return False
+
+
+class LiveTable(Callback):
+    """One live table (trial, varying params, epoch, metric, status) instead of a wall of logs."""
+
+    def __init__(self, plan: Plan, metric: str, cells: dict[str, dict]):
+        self.metric, self.cells = metric, cells
+        self.title = f"{plan.name}: {plan.n_trainings} trainings x {len(plan.decode_variants)} decode variants"
+        self._live: Optional[Live] = None
+        self._shown = 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_live": None, "_shown": 0.0}
+
+    def _table(self, trials) -> Table:
+        table = Table("trial", "params", "epoch", self.metric, "status", title=self.title)
+        for trial in trials:
+            result = trial.last_result or {}
+            value = result.get(self.metric)
+            table.add_row(trial.trial_id, short_params(trial_overrides(trial.config, self.cells)),
+                          f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}", trial.status)
+        return table
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._shown < 1.0:
+            return
+        self._shown = time.monotonic()
+        if self._live is None:
+            self._live = Live(self._table(trials), console=Console(stderr=True), refresh_per_second=2,
+                              transient=False)
+            self._live.start()
+        else:
+            self._live.update(self._table(trials))
+
+    def on_experiment_end(self, trials, **info):
+        if self._live is not None:
+            self._live.update(self._table(trials))
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,1 @@
+"""Captioning models, data, training and evaluation. Knows nothing of Ray or MLflow."""

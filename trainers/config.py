@@ -1,0 +1,144 @@
+"""Typed configuration of one training run, validated once at the edge.
+
+These are the sections of the YAML contract in DESIGN.md that a trainer reads (`data`, `model`,
+`train`, `decode`, `eval`). The orchestrator composes them with its own sections (ablation,
+search, resources, tracking, ray); trainers never see those.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticData(Strict):
+    """When `data.prepared` is absent, generate (`orch synth`) and prepare it with these options."""
+
+    n: int = Field(600, ge=10)
+    size: int = Field(64, ge=16)
+    seed: int = 0
+    min_word_freq: int = Field(1, ge=1)
+
+
+class DataConfig(Strict):
+    prepared: str = "data/synth/prepared"
+    synthetic: SyntheticData | None = None
+    image_size: int = Field(256, ge=16)
+    num_workers: int = Field(4, ge=0)
+    feature_cache: bool = True
+    cache_dir: str | None = None  # default: <prepared>/features
+
+
+class ModelConfig(Strict):
+    encoder: str = "resnet101"
+    weights: str = "imagenet"  # imagenet | none | PATH to a state dict (.pt/.pth or .safetensors)
+    fine_tune: Union[bool, int] = False  # false, true (all), or N = the last N blocks
+    encoded_size: int = Field(14, ge=1)
+    decoder: Literal["rnn", "lstm", "gru", "mrnn"] = "lstm"
+    attention: Literal["none", "soft", "dot"] = "soft"
+    embed_dim: int = Field(512, ge=1)
+    hidden_dim: int = Field(512, ge=1)
+    attention_dim: int = Field(512, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @field_validator("fine_tune")
+    @classmethod
+    def _blocks_non_negative(cls, v):
+        if not isinstance(v, bool) and v < 0:
+            raise ValueError("fine_tune must be false, true or a number of blocks >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _mrnn_has_no_attention(self):
+        if self.decoder == "mrnn" and self.attention != "none":
+            raise ValueError("decoder 'mrnn' sees the image once and takes no attention: set model.attention: none")
+        return self
+
+
+class ScheduledSampling(Strict):
+    """Probability of feeding the model's own token instead of the ground truth (Bengio et al. 2015)."""
+
+    schedule: Literal["constant", "linear", "exponential", "inverse_sigmoid"] = "linear"
+    max_rate: float = Field(0.0, ge=0.0, le=1.0)
+    start_epoch: int = Field(0, ge=0)
+    ramp_epochs: int = Field(10, ge=1)
+    per: Literal["token", "sequence"] = "token"
+
+
+class LRSchedule(Strict):
+    kind: Literal["none", "plateau", "step"] = "plateau"
+    factor: float = Field(0.8, gt=0.0, le=1.0)
+    patience: int = Field(8, ge=0)  # plateau: epochs without improvement of eval.select_by
+    step_size: int = Field(10, ge=1)  # step: decay every step_size epochs
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(80, ge=1)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr: float = Field(4.0e-4, gt=0.0)
+    encoder_lr: float = Field(1.0e-4, gt=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    grad_clip_mode: Literal["value", "norm"] = "value"
+    alpha_c: float = Field(1.0, ge=0.0)
+    seed: int = 0
+    scheduled_sampling: ScheduledSampling = ScheduledSampling()
+    lr_schedule: LRSchedule = LRSchedule()
+    early_stopping: int | None = Field(20, ge=1)  # epochs without improvement of eval.select_by
+    divergence_factor: float = Field(20.0, gt=1.0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke runs
+
+
+class DecodeConfig(Strict):
+    """How captions are generated at evaluation. `decode.*` keys never retrain a model."""
+
+    strategy: Literal["beam", "greedy", "sample"] = "beam"
+    beam_size: int = Field(3, ge=1)
+    length_penalty: float = Field(0.0, ge=0.0)  # β: score = log P(y) / ((5 + |y|) / 6) ** β
+    max_len: int = Field(50, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    block_unk: bool = True
+
+
+METRIC_NAMES = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")
+SELECTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "neg_loss")
+
+
+class EvalConfig(Strict):
+    metrics: list[Literal["Bleu", "METEOR", "ROUGE_L", "CIDEr"]] = list(METRIC_NAMES)
+    select_by: str = "CIDEr"
+    val_images: int | None = Field(None, ge=1)  # decode only the first N val images each epoch
+    sample_captions: int = Field(8, ge=0)
+
+    @model_validator(mode="after")
+    def _select_by_is_computed(self):
+        if self.select_by not in SELECTABLE:
+            raise ValueError(f"select_by must be one of {', '.join(SELECTABLE)}")
+        family = "Bleu" if self.select_by.startswith("Bleu") else self.select_by
+        if family != "neg_loss" and family not in self.metrics:
+            raise ValueError(f"select_by {self.select_by!r} needs {family!r} in eval.metrics")
+        return self
+
+
+class TrainerConfig(Strict):
+    """Everything one training run reads."""
+
+    name: str = "orch"
+    trainer: Literal["captioner"] = "captioner"
+    results: str = "results"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+    eval: EvalConfig = EvalConfig()

@@ -1,0 +1,172 @@
+"""Caption generation, batched: greedy, temperature sampling and beam search with the β penalty.
+
+This is the only decoding code in orch (training evaluation, `orch evaluate` and `orch caption`
+all call `decode`). It needs from a decoder only `prepare`, `init_state`, `step` and
+`reorder_state` (trainers.models.decoder), so it never special-cases a model.
+
+Conventions, the same for every strategy:
+- A caption is at most `max_len` tokens: decoding runs at most `max_len` steps.
+- |y| is the number of words: <end> is not counted. A finished caption thus has at most
+  max_len - 1 words, an unfinished one max_len.
+- `log_prob` is log P(y) under the model, including P(<end>) when the caption finished. It is the
+  model's own probability: neither the sampling temperature nor the <unk> block changes it.
+- `score` = log_prob / ((5 + |y|) / 6) ** β (Wu et al. 2016; β = 0 is the raw log-probability).
+- Beam search ranks partial captions by log-probability, and a finished caption by its score.
+  The beam narrows by one each time a caption ends (as in the Show, Attend and Tell tutorial) and
+  the search for an image stops when all of its beams have ended. The answer is the best-scoring
+  finished caption; an image where no caption ended within max_len gets its most probable
+  unfinished one (marked `finished=False`) instead of an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from trainers.config import DecodeConfig
+from trainers.models.decoder import Decoder, Memory
+
+START, END, UNK = 1, 2, 3
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # the words, without <start> and <end>
+    log_prob: float  # log P(y), summed over the steps
+    score: float  # log_prob with the length penalty
+    alphas: torch.Tensor  # (len(tokens), P): the attention that produced each word, on the CPU
+    finished: bool  # whether the caption ended with <end> within max_len
+
+
+def length_penalised(log_prob: torch.Tensor, words: torch.Tensor | int, beta: float) -> torch.Tensor:
+    """score = log P(y) / ((5 + |y|) / 6) ** β, with |y| the number of words."""
+    return log_prob / ((5.0 + words) / 6.0) ** beta
+
+
+@torch.no_grad()
+def decode(decoder: Decoder, features: torch.Tensor, cfg: DecodeConfig,
+           generator: torch.Generator | None = None) -> list[Hypothesis]:
+    """One caption per image of features (B, P, C), by `cfg.strategy`. Runs the decoder in eval mode."""
+    with _eval_mode(decoder):
+        memory = decoder.prepare(features)
+        if cfg.strategy == "beam":
+            return _beam_search(decoder, memory, cfg)
+        return _one_token_at_a_time(decoder, memory, cfg, generator)
+
+
+def _one_token_at_a_time(decoder: Decoder, memory: Memory, cfg: DecodeConfig,
+                         generator: torch.Generator | None) -> list[Hypothesis]:
+    """Greedy (the most likely token) or sampling (softmax(log p / temperature)), the whole batch at once."""
+    batch = memory.features.shape[0]
+    device = memory.features.device
+    state = decoder.init_state(memory)
+    tokens = torch.full((batch,), START, dtype=torch.long, device=device)  # (B,)
+    log_prob = torch.zeros(batch, device=device)  # (B,)
+    words = torch.full((batch,), cfg.max_len, device=device)  # (B,)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+    chosen, alphas = [], []
+    for t in range(cfg.max_len):
+        logprobs, state, alpha = decoder.step(tokens, state, memory)  # (B, V), (B, P)
+        allowed = _block_unk(logprobs, cfg)  # (B, V)
+        if cfg.strategy == "greedy":
+            tokens = allowed.argmax(dim=1)  # (B,)
+        else:
+            probs = (allowed / cfg.temperature).softmax(dim=1)  # (B, V)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        step_log_prob = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
+        log_prob = log_prob + step_log_prob.masked_fill(finished, 0.0)
+        ends_now = ~finished & (tokens == END)  # (B,)
+        words = words.masked_fill(ends_now, t)
+        finished = finished | ends_now
+        chosen.append(tokens)
+        alphas.append(alpha)
+        if finished.all():
+            break
+    return _hypotheses(torch.stack(chosen, dim=1), words, log_prob, torch.stack(alphas, dim=1),
+                       finished, cfg.length_penalty)
+
+
+def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig) -> list[Hypothesis]:
+    """Beam search over the whole batch at once: B images x K beams are B*K rows of one step."""
+    batch, pixels = memory.features.shape[:2]
+    device = memory.features.device
+    k, beta = cfg.beam_size, cfg.length_penalty
+    images = torch.arange(batch, device=device)  # (B,)
+    # K consecutive rows per image; the memory stays one row per image (the attention broadcasts).
+    state = decoder.reorder_state(decoder.init_state(memory), images.repeat_interleave(k))  # (B*K, ...)
+    tokens = torch.full((batch * k,), START, dtype=torch.long, device=device)  # (B*K,)
+    beam_log_prob = torch.full((batch, k), float("-inf"), device=device)  # (B, K)
+    beam_log_prob[:, 0] = 0.0  # one live beam per image at the start, so no duplicates
+    width = torch.full((batch,), k, device=device)  # (B,) beams still searching per image
+    history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)  # (B*K, t)
+    alpha_history = torch.zeros(batch * k, 0, pixels, device=device)  # (B*K, t, P)
+    # The best finished caption of each image so far.
+    best_score = torch.full((batch,), float("-inf"), device=device)  # (B,)
+    best_log_prob = torch.zeros(batch, device=device)  # (B,)
+    best_words = torch.full((batch,), cfg.max_len, device=device)  # (B,)
+    best_tokens = torch.zeros(batch, cfg.max_len, dtype=torch.long, device=device)  # (B, L)
+    best_alphas = torch.zeros(batch, cfg.max_len, pixels, device=device)  # (B, L, P)
+    for t in range(cfg.max_len):
+        logprobs, state, alpha = decoder.step(tokens, state, memory)  # (B*K, V), (B*K, P)
+        vocab = logprobs.shape[1]
+        candidates = beam_log_prob.view(-1, 1) + _block_unk(logprobs, cfg)  # (B*K, V)
+        top, flat = candidates.view(batch, k * vocab).topk(k, dim=1)  # (B, K), sorted
+        kept = (torch.arange(k, device=device) < width.unsqueeze(1)) & top.isfinite()  # (B, K)
+        origin = (images.unsqueeze(1) * k + flat // vocab).view(-1)  # (B*K,) row each beam extends
+        tokens = (flat % vocab).view(-1)  # (B*K,)
+        state = decoder.reorder_state(state, origin)
+        history = torch.cat([history[origin], tokens.unsqueeze(1)], dim=1)  # (B*K, t+1)
+        alpha_history = torch.cat([alpha_history[origin], alpha[origin].unsqueeze(1)], dim=1)  # (B*K, t+1, P)
+        ended = kept & (tokens.view(batch, k) == END)  # (B, K)
+        if ended.any():
+            ended_score = length_penalised(top, t, beta).masked_fill(~ended, float("-inf"))  # (B, K)
+            step_best, slot = ended_score.max(dim=1)  # (B,)
+            better = step_best > best_score  # (B,)
+            source = (images * k + slot)[better]  # rows of the improved images' best endings
+            best_score = torch.where(better, step_best, best_score)
+            best_log_prob = torch.where(better, top.gather(1, slot.unsqueeze(1)).squeeze(1), best_log_prob)
+            best_words = best_words.masked_fill(better, t)
+            best_tokens[better, :t] = history[source, :t]
+            best_alphas[better, :t] = alpha_history[source, :t]
+            width = width - ended.sum(dim=1)
+        beam_log_prob = top.masked_fill(ended | ~kept, float("-inf"))
+        if (width == 0).all():
+            break
+    finished = best_score > float("-inf")  # (B,)
+    if not finished.all():  # no caption ended within max_len: take the most probable unfinished one
+        unfinished = ~finished
+        slot = beam_log_prob.argmax(dim=1)  # (B,)
+        source = (images * k + slot)[unfinished]
+        best_log_prob[unfinished] = beam_log_prob.gather(1, slot.unsqueeze(1)).squeeze(1)[unfinished]
+        best_tokens[unfinished] = history[source]
+        best_alphas[unfinished] = alpha_history[source]
+    return _hypotheses(best_tokens, best_words, best_log_prob, best_alphas, finished, beta)
+
+
+def _block_unk(logprobs: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+    if not cfg.block_unk:
+        return logprobs
+    return logprobs.index_fill(1, torch.tensor([UNK], device=logprobs.device), float("-inf"))
+
+
+def _hypotheses(tokens: torch.Tensor, words: torch.Tensor, log_prob: torch.Tensor, alphas: torch.Tensor,
+                finished: torch.Tensor, beta: float) -> list[Hypothesis]:
+    """Per-image results from batched tensors: tokens (B, L), words (B,), alphas (B, L, P)."""
+    score = length_penalised(log_prob, words, beta)  # (B,)
+    tokens, words, alphas = tokens.cpu(), words.cpu().tolist(), alphas.float().cpu()
+    return [Hypothesis(tokens=tokens[i, :n].tolist(), log_prob=float(log_prob[i]), score=float(score[i]),
+                       alphas=alphas[i, :n].clone(), finished=bool(finished[i]))
+            for i, n in enumerate(words)]
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Decode without dropout, then give the module back in the mode it came in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

@@ -1,0 +1,89 @@
+"""The encoder feature cache: a frozen encoder's grid features, computed once and reused.
+
+When the encoder is frozen, every epoch of every trial that shares (dataset, encoder, weights,
+image size, encoded size) would push the same images through the same CNN. Instead the features
+are computed once per split, stored as float16 `.npy` files that later and concurrent runs
+memory-map. A file lock makes concurrent trials wait for one writer; a cache is only used once its
+`complete.json` marker exists, which is written last, so a half-written cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+
+from trainers.data.prepared import PreparedDataset
+
+COMPLETE = "complete.json"
+
+
+def encoder_digest(encoder: torch.nn.Module) -> str:
+    """A hash of the encoder's weights: random (`weights: none`) encoders differ per seed."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(dataset: PreparedDataset, encoder: torch.nn.Module, encoder_name: str,
+              image_size: int, encoded_size: int) -> str:
+    source = dataset.manifest["source_sha256"] + json.dumps(dataset.manifest["options"], sort_keys=True)
+    parts = [source, encoder_name, encoder_digest(encoder), str(image_size), str(encoded_size)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (B,3,S,S) -> float [0,1] (B,3,image_size,image_size); resized only when sizes differ."""
+    images = images.float().div_(255.0)  # (B, 3, S, S)
+    if images.shape[-1] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                               antialias=True, align_corners=False)
+    return images
+
+
+@torch.no_grad()
+def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, device: torch.device,
+                  batch_size: int) -> None:
+    n = images.shape[0]
+    probe = encoder(resize_batch(torch.from_numpy(np.asarray(images[:1])).to(device), image_size))  # (1, P, C)
+    staging = out_path.with_suffix(".npy.partial")
+    out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float16, shape=(n, *probe.shape[1:]))
+    for start in range(0, n, batch_size):
+        batch = torch.from_numpy(np.asarray(images[start:start + batch_size])).to(device)
+        out[start:start + batch.shape[0]] = encoder(resize_batch(batch, image_size)).half().cpu().numpy()  # (b, P, C)
+    out.flush()
+    del out
+    os.replace(staging, out_path)
+
+
+def cached_features(dataset: PreparedDataset, encoder: torch.nn.Module, *, encoder_name: str,
+                    image_size: int, encoded_size: int, cache_dir: Path, device: torch.device,
+                    splits=("train", "val", "test"), batch_size: int = 64) -> dict[str, Path]:
+    """Per split, the `.npy` file of float16 features (N, P, C), computed if no run has yet."""
+    folder = Path(cache_dir) / cache_key(dataset, encoder, encoder_name, image_size, encoded_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = [s for s in splits if len(dataset.split(s)) > 0]
+    with FileLock(str(folder) + ".lock"):
+        marker = folder / COMPLETE
+        done = json.loads(marker.read_text())["splits"] if marker.exists() else []
+        missing = [s for s in wanted if s not in done]
+        if missing:
+            was_training = encoder.training
+            encoder.eval()
+            for split in missing:
+                _encode_split(encoder, dataset.split(split).images, folder / f"{split}.npy", image_size,
+                              device, batch_size)
+            encoder.train(was_training)
+            staging = marker.with_suffix(".partial")
+            staging.write_text(json.dumps({"splits": sorted(set(done) | set(missing)),
+                                           "encoder": encoder_name, "image_size": image_size}))
+            os.replace(staging, marker)
+    return {s: folder / f"{s}.npy" for s in wanted}

@@ -1,0 +1,370 @@
+"""One training run of one configuration: setup, train, evaluate, finish.
+
+It knows nothing of Ray or MLflow: after every epoch it hands an `EpochResult` (metrics and the
+checkpoint folder) to a callback, which `orch train` logs to MLflow and the Ray trainable reports
+to Tune. The last epoch's result also carries the test split's metrics, decoded from the best
+checkpoint, so a caller sees one stream of results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import track
+from torch.utils.data import DataLoader, Subset
+
+from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainers.config import TrainerConfig
+from trainers.data.auto import ensure_prepared
+from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
+from trainers.data.prepared import PreparedDataset
+from trainers.evaluation import DecodeVariant, caption_batches, score_split, write_predictions
+from trainers.features import cached_features, resize_batch
+from trainers.models import attention_regularisation, build_captioner
+from trainers.schedules import lr_factor_at, ss_rate_at
+
+PAD = 0
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or grew past `train.divergence_factor` times its start."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    metrics: dict[str, float]  # train_loss, val_loss, val_<metric> (best variant), lr, epoch_time_s, ...
+    variant_metrics: dict[str, dict[str, float]]  # decode variant id -> its val_* (and test_* when final)
+    checkpoint: Path
+    is_best: bool
+    final: bool
+    stop_reason: str = ""
+    samples: list[dict] = field(default_factory=list)
+    predictions: dict[str, Path] = field(default_factory=dict)  # variant id -> test captions file
+
+
+    def as_report(self) -> dict:
+        """A flat dict of numbers and strings: what Ray Tune carries to the driver.
+
+        Variant metrics appear as `<variant>/<metric>` (e.g. `d02/val_CIDEr`).
+        """
+        report = {k: v for k, v in self.metrics.items()}
+        for vid, metrics in self.variant_metrics.items():
+            report.update({f"{vid}/{k}": v for k, v in metrics.items()})
+        report.update(is_best=self.is_best, final=self.final, stop_reason=self.stop_reason,
+                      samples_json=json.dumps(self.samples),
+                      predictions_json=json.dumps({k: str(v) for k, v in self.predictions.items()}))
+        return report
+
+
+EpochCallback = Callable[[EpochResult], None]
+
+
+def default_variants(config: TrainerConfig) -> list[DecodeVariant]:
+    return [DecodeVariant("d01", config.decode)]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def caption_loss(decoder, features, captions, lengths, *, ss_rate: float, ss_per: str,
+                 alpha_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over real tokens (pads ignored) plus doubly stochastic attention regularisation."""
+    logits, alphas = decoder(features, captions, lengths, ss_rate=ss_rate, ss_per=ss_per)  # (B, T-1, V), (B, T-1, P)
+    targets = captions[:, 1:]  # (B, T-1)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)
+    loss = ce
+    if alpha_c > 0 and alphas is not None:
+        loss = loss + alpha_c * attention_regularisation(alphas, targets != PAD)
+    return loss, ce
+
+
+class CaptionRecipe:
+    """Holds the state of one run; `run()` reads top to bottom: setup, epochs, finish."""
+
+    def __init__(self, config: TrainerConfig, run_dir: Path, variants: Optional[list[DecodeVariant]] = None,
+                 on_epoch: Optional[EpochCallback] = None, progress: bool = False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.variants = variants or default_variants(config)
+        self.on_epoch = on_epoch or (lambda result: None)
+        self.progress = progress
+        self.checkpoint_dir = self.run_dir / "checkpoint"
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self, resume_from: Optional[Path] = None) -> None:
+        cfg = self.config
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.dataset: PreparedDataset = ensure_prepared(cfg.data)
+        self.vocab = self.dataset.vocab
+        self.model = build_captioner(cfg.model, len(self.vocab)).to(self.device)
+        if self.device.type == "cuda":
+            self.model.encoder.to(memory_format=torch.channels_last)
+        self.use_cache = cfg.data.feature_cache and not self.model.encoder.trainable_parameters()
+        self.inputs = self._input_arrays()
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_lr_schedule()
+        amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+        self.autocast_dtype = amp
+        self.scaler = torch.amp.GradScaler(enabled=(amp == torch.float16 and self.device.type == "cuda"))
+        self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
+        self.start_loss: Optional[float] = None
+        self.history: list[dict] = []
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    def _input_arrays(self) -> dict[str, Optional[LazyArray]]:
+        """Per split: cached features (N, P, C) float16 when the encoder is frozen, else None (images)."""
+        cfg = self.config
+        if not self.use_cache:
+            return {s: None for s in ("train", "val", "test")}
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.prepared) / "features"
+        paths = cached_features(self.dataset, self.model.encoder, encoder_name=cfg.model.encoder,
+                                image_size=cfg.data.image_size, encoded_size=cfg.model.encoded_size,
+                                cache_dir=cache_dir, device=self.device)
+        return {s: LazyArray(path) for s, path in paths.items()}
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.train
+        groups = self.model.param_groups(t.lr, t.encoder_lr)
+        if t.optimizer == "adam":
+            return torch.optim.Adam(groups, weight_decay=t.weight_decay)
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.RMSprop(groups, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    def _make_lr_schedule(self):
+        s = self.config.train.lr_schedule
+        if s.kind == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=s.factor,
+                                                              patience=s.patience)
+        if s.kind == "step":
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor_at(e, s))
+        return None
+
+    def _resume(self, folder: Path) -> None:
+        checkpoint = load_checkpoint(folder)
+        state = checkpoint.training_state(map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.best_state = checkpoint.best_model(map_location=self.device)
+        self.start_epoch = state["epoch"] + 1
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.stale_epochs, self.start_loss = state["stale_epochs"], state["start_loss"]
+        self.history = state["history"]
+        restore_rng_state(state["rng"])
+
+    # -------------------------------------------------------------------------------- batches
+    def _to_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A batch of cached features (B, P, C) or uint8 images (B, 3, S, S) -> float features (B, P, C)."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.use_cache:
+            return inputs.float()
+        images = resize_batch(inputs, self.config.data.image_size)  # (B, 3, H, W)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model.encoder(images)
+
+    def _loader(self, dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
+        return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    # ---------------------------------------------------------------------------------- train
+    def train_epoch(self, epoch: int) -> float:
+        t = self.config.train
+        self.model.train()
+        rate = ss_rate_at(epoch - 1, t.scheduled_sampling)
+        pairs = CaptionPairs(self.dataset.split("train"), self.inputs["train"])
+        total, count = 0.0, 0
+        batches = self._loader(pairs, True, epoch)
+        if self.progress:
+            n = len(batches) if not t.max_batches_per_epoch else min(len(batches), t.max_batches_per_epoch)
+            batches = track(batches, description=f"epoch {epoch}/{t.epochs}", total=n, transient=True,
+                            console=Console(stderr=True))
+        for batch_index, (inputs, captions, lengths, _rows) in enumerate(batches):
+            if t.max_batches_per_epoch and batch_index >= t.max_batches_per_epoch:
+                break
+            captions, lengths = captions.to(self.device), lengths.to(self.device)
+            with self._autocast():
+                loss, ce = caption_loss(self.model.decoder, self._to_features(inputs), captions, lengths,
+                                        ss_rate=rate, ss_per=t.scheduled_sampling.per, alpha_c=t.alpha_c)
+            self._guard_divergence(loss.item(), epoch, batch_index)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if t.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                if t.grad_clip_mode == "norm":
+                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                else:
+                    torch.nn.utils.clip_grad_value_(params, t.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total, count = total + loss.item(), count + 1
+        return total / max(count, 1)
+
+    def _guard_divergence(self, loss: float, epoch: int, batch: int) -> None:
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"diverged: loss is {loss} at epoch {epoch}, batch {batch}")
+        if self.start_loss is None:
+            self.start_loss = loss
+        limit = self.config.train.divergence_factor * self.start_loss
+        if loss > limit:
+            raise TrainingDiverged(f"diverged: loss {loss:.3g} at epoch {epoch}, batch {batch} is above "
+                                   f"{self.config.train.divergence_factor:g}x its start ({self.start_loss:.3g})")
+
+    # ------------------------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        self.model.eval()
+        pairs = CaptionPairs(self.dataset.split("val"), self.inputs["val"])
+        total, count = 0.0, 0
+        for inputs, captions, lengths, _rows in self._loader(pairs, False):
+            captions, lengths = captions.to(self.device), lengths.to(self.device)
+            with self._autocast():
+                _, ce = caption_loss(self.model.decoder, self._to_features(inputs), captions, lengths,
+                                     ss_rate=0.0, ss_per="token", alpha_c=0.0)
+            total, count = total + ce.item() * captions.shape[0], count + captions.shape[0]
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, split_name: str, limit: Optional[int] = None) -> dict[str, tuple[list[str], dict]]:
+        """Decode `split_name` (its first `limit` images) with every variant: id -> (captions, scores)."""
+        self.model.eval()
+        split = self.dataset.split(split_name)
+        images = SplitImages(split, self.inputs[split_name])
+        if limit is not None and limit < len(images):
+            images = Subset(images, range(limit))
+        with self._autocast():
+            captions = caption_batches(self._loader(images, False), self._to_features, self.model.decoder,
+                                       self.vocab, self.variants)
+        metrics = list(self.config.eval.metrics)
+        return {vid: (caps, score_split(split, caps, metrics)) for vid, caps in captions.items()}
+
+    def _selection_score(self, metrics: dict) -> float:
+        key = self.config.eval.select_by
+        return -metrics["val_loss"] if key == "neg_loss" else metrics[f"val_{key}"]
+
+    # ---------------------------------------------------------------------------------- run
+    def run(self) -> EpochResult:
+        cfg = self.config
+        result = None
+        for epoch in range(self.start_epoch, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            metrics = {"train_loss": train_loss, "val_loss": self.validation_loss(),
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "ss_rate": ss_rate_at(epoch - 1, cfg.train.scheduled_sampling)}
+            evaluated = self.evaluate("val", cfg.eval.val_images)
+            variant_metrics = {vid: {f"val_{k}": v for k, v in scores.items()} for vid, (_, scores) in evaluated.items()}
+            best_vid = max(variant_metrics, key=lambda vid: variant_metrics[vid].get(f"val_{cfg.eval.select_by}", 0.0))
+            metrics.update(variant_metrics[best_vid])
+            score = self._selection_score(metrics)
+            is_best = score > self.best_score
+            if is_best:
+                self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                self.stale_epochs += 1
+            self._step_lr_schedule(score)
+            stop_reason = self._stop_reason(epoch)
+            metrics.update(epoch=epoch, epoch_time_s=time.perf_counter() - started, best_epoch=self.best_epoch)
+            self.history.append(dict(metrics))
+            result = EpochResult(epoch, metrics, variant_metrics, self.checkpoint_dir, is_best, bool(stop_reason),
+                                 stop_reason, samples=self._samples(evaluated[best_vid][0]))
+            if result.final:
+                self._finish(result)
+            self._save(epoch)
+            self.on_epoch(result)
+            if result.final:
+                break
+        if result is None:  # resumed after the last epoch: nothing left to train
+            raise RuntimeError(f"nothing to train: the checkpoint is already at epoch {self.start_epoch - 1}")
+        return result
+
+    def _step_lr_schedule(self, score: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(score)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def _stop_reason(self, epoch: int) -> str:
+        patience = self.config.train.early_stopping
+        if patience is not None and self.stale_epochs >= patience:
+            return f"early stopping: no better val_{self.config.eval.select_by} in {patience} epochs"
+        if epoch >= self.config.train.epochs:
+            return "completed all epochs"
+        return ""
+
+    def _samples(self, captions: list[str]) -> list[dict]:
+        split = self.dataset.split("val")
+        n = min(self.config.eval.sample_captions, len(captions))
+        return [{"image_id": split.image_ids[i], "file": split.filenames[i], "caption": captions[i],
+                 "references": split.references[i][:2]} for i in range(n)]
+
+    def _finish(self, result: EpochResult) -> None:
+        """Decode the test split with the best weights; test metrics join the final result."""
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.best_state)
+        evaluated = self.evaluate("test")
+        self.model.load_state_dict(current)
+        for vid, (captions, scores) in evaluated.items():
+            result.variant_metrics[vid].update({f"test_{k}": v for k, v in scores.items()})
+            result.predictions[vid] = write_predictions(self.run_dir / "predictions" / f"test_{vid}.json",
+                                                        self.dataset.split("test"), captions)
+        best_vid = max(result.variant_metrics,
+                       key=lambda vid: result.variant_metrics[vid].get(f"val_{self.config.eval.select_by}", 0.0))
+        result.metrics.update({k: v for k, v in result.variant_metrics[best_vid].items() if k.startswith("test_")})
+        result.metrics["best_variant"] = best_vid
+
+    def _save(self, epoch: int) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                 "epoch": epoch, "best_score": self.best_score,
+                 "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "start_loss": self.start_loss,
+                 "history": self.history, "rng": rng_state()}
+        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        meta = {"config": self.config.model_dump(mode="json"), "vocab": list(self.vocab.itos), "epoch": epoch,
+                "best_epoch": self.best_epoch, "best_metrics": best,
+                "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants}}
+        save_checkpoint(self.checkpoint_dir, state, self.best_state, meta)
+
+
+def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,
+                 on_epoch: Optional[EpochCallback] = None, resume_from: Optional[Path] = None,
+                 progress: bool = False) -> EpochResult:
+    """Train one configuration to the end; returns the final epoch's result (with test metrics)."""
+    recipe = CaptionRecipe(config, run_dir, variants, on_epoch, progress)
+    recipe.setup(resume_from)
+    return recipe.run()

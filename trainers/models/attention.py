@@ -1,0 +1,104 @@
+"""Attention over the encoder grid: (features (B, P, C), hidden (B, H)) -> context, alpha (B, P).
+
+Each module splits its work in two: `prepare(features)` does the per-image part once per caption
+(projecting the grid), `forward(features, hidden, prepared)` the per-step part. Training and beam
+search call `prepare` once and reuse it at every step; `forward` computes it itself when omitted.
+`context_dim` is the width of the context vector the decoder receives.
+
+`hidden` may hold K consecutive rows per image (beam search's beams): hidden (B*K, H) with
+features (B, P, C) gives context (B*K, D) and alpha (B*K, P), so the grid is never copied per beam.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from trainers.models.registry import Registry
+
+ATTENTIONS: Registry = Registry("attention", "model.attention")
+
+
+@ATTENTIONS.register("soft")
+class SoftAttention(nn.Module):
+    """Show, Attend and Tell's additive attention: softmax_p(w · relu(W_e f_p + W_d h))."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.context_dim = feature_dim
+        self.encoder_att = nn.Linear(feature_dim, attention_dim)
+        self.decoder_att = nn.Linear(hidden_dim, attention_dim)
+        self.full_att = nn.Linear(attention_dim, 1)
+
+    def prepare(self, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder_att(features)  # (B, P, A)
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor,
+                prepared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        prepared = self.prepare(features) if prepared is None else prepared  # (B, P, A)
+        batch, pixels, _ = prepared.shape
+        att_h = self.decoder_att(hidden).view(batch, -1, 1, prepared.shape[2])  # (B, K, 1, A)
+        energy = (prepared.unsqueeze(1) + att_h).relu_()  # (B, K, P, A)
+        alpha = self.full_att(energy).squeeze(3).softmax(dim=2)  # (B, K, P)
+        context = torch.bmm(alpha, features)  # (B, K, C)
+        return context.view(-1, self.context_dim), alpha.view(-1, pixels)
+
+
+@ATTENTIONS.register("dot")
+class DotAttention(nn.Module):
+    """The EECS assignment's scaled dot-product attention over a projected grid.
+
+    The grid is projected once to A = W f (B, P, attention_dim), which serves as keys and values;
+    the query is a projection of the hidden state; weights = softmax(A q / sqrt(attention_dim)).
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.context_dim = attention_dim
+        self.project = nn.Linear(feature_dim, attention_dim)
+        self.query = nn.Linear(hidden_dim, attention_dim)
+        self.scale = 1.0 / math.sqrt(attention_dim)
+
+    def prepare(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(features)  # (B, P, A)
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor,
+                prepared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        prepared = self.prepare(features) if prepared is None else prepared  # (B, P, A)
+        batch, pixels, _ = prepared.shape
+        query = self.query(hidden).view(batch, -1, self.context_dim)  # (B, K, A)
+        alpha = (torch.bmm(query, prepared.transpose(1, 2)) * self.scale).softmax(dim=2)  # (B, K, P)
+        context = torch.bmm(alpha, prepared)  # (B, K, A)
+        return context.view(-1, self.context_dim), alpha.view(-1, pixels)
+
+
+@ATTENTIONS.register("none")
+class NoAttention(nn.Module):
+    """No attention: the context is the mean encoding and the weights are uniform."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.context_dim = feature_dim
+
+    def prepare(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=1)  # (B, C)
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor,
+                prepared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.prepare(features) if prepared is None else prepared  # (B, C)
+        rows_per_image = hidden.shape[0] // mean.shape[0]
+        context = mean.repeat_interleave(rows_per_image, dim=0)  # (B*K, C)
+        alpha = features.new_full((hidden.shape[0], features.shape[1]), 1.0 / features.shape[1])  # (B*K, P)
+        return context, alpha
+
+
+def attention_regularisation(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Doubly stochastic attention (Xu et al. 2015): push each pixel's total attention towards 1.
+
+    alphas (B, T, P), mask (B, T) true at real (non-pad) steps -> mean over the batch of
+    sum_p (1 - sum_t alpha_tp)^2, the sum over t running over real steps only.
+    """
+    attended = (alphas * mask.unsqueeze(2).to(alphas.dtype)).sum(dim=1)  # (B, P)
+    return ((1.0 - attended) ** 2).sum(dim=1).mean()

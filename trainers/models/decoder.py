@@ -1,0 +1,116 @@
+"""The decoder shell: embedding, attention, a swappable recurrent core, dropout, output layer.
+
+One step (`_step`) serves training (`forward`, with scheduled sampling) and decoding (`step`, used
+by trainers.decoding), so no sampling or search code lives in a model (ImageCaptioning.pytorch's
+AttModel + cores, without copying the sampling code into each model).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from trainers.config import ModelConfig
+from trainers.models.attention import ATTENTIONS
+from trainers.models.cores import DECODERS, State
+
+
+class Memory(NamedTuple):
+    """What every step reads about the images, computed once per caption by `Decoder.prepare`."""
+
+    features: torch.Tensor  # (B, P, C)
+    prepared: torch.Tensor  # the attention's per-image projection, (B, P, A) or (B, C)
+    mean: torch.Tensor  # (B, C)
+
+    def select(self, index) -> "Memory":
+        """Rows picked by `index` (a slice, or (B',) row indices: beam search expands images to beams)."""
+        return Memory(*(part[index] for part in self))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, feature_dim: int, vocab_size: int):
+        super().__init__()
+        core_class = DECODERS.get(cfg.decoder)
+        self.vocab_size = vocab_size
+        self.learns_attention = cfg.attention != "none"  # only then does attention regularisation apply
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.attention = ATTENTIONS.get(cfg.attention)(feature_dim, cfg.hidden_dim, cfg.attention_dim)
+        context_dim = self.attention.context_dim
+        # Show, Attend and Tell gates the soft-attention context with sigmoid(f_beta(h)).
+        self.f_beta = nn.Linear(cfg.hidden_dim, context_dim) if cfg.attention == "soft" else None
+        input_dim = cfg.embed_dim + (context_dim if core_class.takes_context else 0)
+        self.core = core_class(input_dim, cfg.hidden_dim, feature_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden_dim, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.fc.weight, -0.1, 0.1)
+        nn.init.zeros_(self.fc.bias)
+
+    def prepare(self, features: torch.Tensor) -> Memory:
+        return Memory(features, self.attention.prepare(features), features.mean(dim=1))
+
+    def init_state(self, memory: Memory) -> State:
+        return self.core.init_state(memory.mean)
+
+    def reorder_state(self, state: State, index) -> State:
+        return self.core.reorder(state, index)
+
+    def step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One decoding step: tokens (B,) -> log-probabilities (B, V), next state, alpha (B, P)."""
+        logits, state, alpha = self._step(tokens, state, memory)
+        return logits.log_softmax(dim=1), state, alpha
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                ss_rate: float = 0.0, ss_per: Literal["token", "sequence"] = "token",
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T-1, V) predicting captions[:, 1:], and attention weights (B, T-1, P).
+
+        captions (B, T) start with <start>; lengths (B,) count <start> and <end>. Steps past a
+        caption's end are not computed (their outputs are zeros). With scheduled sampling
+        (Bengio et al. 2015) a coin per token, or one per caption for `ss_per: sequence`, replaces
+        the ground-truth input with probability `ss_rate` by a token sampled from the model's
+        previous output. `ss_rate` 0 draws no coins, so it is exactly teacher forcing.
+        """
+        batch, length = captions.shape
+        # Sorted longest first, the captions still running at step t are a prefix of the batch.
+        order = lengths.cpu().argsort(descending=True, stable=True)
+        steps_needed = lengths.cpu()[order] - 1  # (B,)
+        captions = captions[order]  # (B, T)
+        memory = self.prepare(features[order])
+        state = self.init_state(memory)
+        logits = features.new_zeros(batch, length - 1, self.vocab_size)  # (B, T-1, V)
+        alphas = features.new_zeros(batch, length - 1, features.shape[1])  # (B, T-1, P)
+        if ss_per == "sequence":
+            model_fed = self._coins(batch, ss_rate, captions.device, generator)  # (B,)
+        for t in range(length - 1):
+            rows = int((steps_needed > t).sum())
+            if rows == 0:
+                break
+            state, memory = self.reorder_state(state, slice(rows)), memory.select(slice(rows))
+            tokens = captions[:rows, t]  # (rows,)
+            if t > 0 and ss_rate > 0:
+                coins = model_fed[:rows] if ss_per == "sequence" else self._coins(rows, ss_rate, captions.device, generator)
+                sampled = torch.multinomial(logits[:rows, t - 1].detach().softmax(dim=1), 1,
+                                            generator=generator).squeeze(1)  # (rows,)
+                tokens = torch.where(coins, sampled, tokens)
+            logits[:rows, t], state, alphas[:rows, t] = self._step(tokens, state, memory)
+        inverse = order.argsort()
+        return logits[inverse], alphas[inverse]
+
+    @staticmethod
+    def _coins(n: int, rate: float, device, generator) -> torch.Tensor:
+        """(n,) booleans, true with probability `rate`: feed the model's own token."""
+        return torch.rand(n, device=device, generator=generator) < rate
+
+    def _step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        hidden = self.core.hidden(state)  # (B, H)
+        context, alpha = self.attention(memory.features, hidden, memory.prepared)  # (B, D), (B, P)
+        if self.f_beta is not None:
+            context = torch.sigmoid(self.f_beta(hidden)) * context  # (B, D)
+        x = self.embedding(tokens)  # (B, E)
+        if self.core.takes_context:
+            x = torch.cat([x, context], dim=1)  # (B, E + D)
+        h, state = self.core(x, state)  # (B, H)
+        return self.fc(self.dropout(h)), state, alpha  # (B, V)
