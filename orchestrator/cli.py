@@ -17,7 +17,7 @@ from rich.console import Console
 
 from trainers.errors import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="orch: captioning ablations on Ray Tune, tracked in MLflow.")
 console = Console(stderr=True)
 

@@ -10,11 +10,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rich import box
 from rich.table import Table
 
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
 
-SHOWN_METRICS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mean_caption_length")
+SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
+SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
+               "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
 
 
 @dataclass
@@ -69,18 +72,19 @@ def sort_rows(rows: list[CellRow], metric: str) -> list[CellRow]:
 
 
 def cell_table(rows: list[CellRow], metric: str, title: str) -> Table:
+    """Cell (trial/variant), the params that vary, val metric, the test metrics present, status."""
     varying = list(rows[0].varying) if rows else []
-    table = Table(title=title)
-    for column in ["trial", *[k.rsplit(".", 1)[-1] for k in varying], "epochs", f"val {metric}",
-                   *[f"test {m}" for m in SHOWN_METRICS], "status"]:
-        table.add_column(column, overflow="fold")
+    shown = [m for m in SHOWN_METRICS if any(f"test_{m}" in row.metrics for row in rows)]
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ["cell", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying], f"val {metric}", *[f"test {SHORT_NAMES.get(m, m)}" for m in shown], "status"]:
+        table.add_column(column, no_wrap=True)
     for row in rows:
         def fmt(name: str) -> str:
             value = row.metrics.get(name)
-            return "-" if value is None else f"{value:.3f}"
-        status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:60]}"
-        table.add_row(f"{row.trial_name}/{row.variant}", *[row.varying[k] for k in varying], f"{row.epochs:.0f}",
-                      fmt(f"val_{metric}"), *[fmt(f"test_{m}") for m in SHOWN_METRICS], status)
+            return "-" if value is None else f"{value:.1f}" if name.endswith("length") else f"{value:.3f}"
+        status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:80]}"
+        table.add_row(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", *[row.varying[k] for k in varying],
+                      fmt(f"val_{metric}"), *[fmt(f"test_{m}") for m in shown], status)
     return table
 
 

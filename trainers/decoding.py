@@ -11,11 +11,12 @@ Conventions, the same for every strategy:
 - `log_prob` is log P(y) under the model, including P(<end>) when the caption finished. It is the
   model's own probability: neither the sampling temperature nor the <unk> block changes it.
 - `score` = log_prob / ((5 + |y|) / 6) ** β (Wu et al. 2016; β = 0 is the raw log-probability).
-- Beam search ranks partial captions by log-probability, and a finished caption by its score.
-  The beam narrows by one each time a caption ends (as in the Show, Attend and Tell tutorial) and
-  the search for an image stops when all of its beams have ended. The answer is the best-scoring
-  finished caption; an image where no caption ended within max_len gets its most probable
-  unfinished one (marked `finished=False`) instead of an error.
+- Beam search ranks partial captions by log-probability and complete ones by score. The beam
+  narrows by one each time a caption ends (as in the Show, Attend and Tell tutorial); the search
+  for an image stops when all its beams have ended, or at max_len, where the captions still running
+  join the ended ones as they are (`finished=False`). The answer is the best score among them all,
+  so a model that never says <end> gets its best max_len-word caption instead of a crash.
+  The set of candidates does not depend on β, so a larger β never picks a shorter caption.
 """
 
 from __future__ import annotations
@@ -102,12 +103,7 @@ def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig) -> list[Hy
     width = torch.full((batch,), k, device=device)  # (B,) beams still searching per image
     history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)  # (B*K, t)
     alpha_history = torch.zeros(batch * k, 0, pixels, device=device)  # (B*K, t, P)
-    # The best finished caption of each image so far.
-    best_score = torch.full((batch,), float("-inf"), device=device)  # (B,)
-    best_log_prob = torch.zeros(batch, device=device)  # (B,)
-    best_words = torch.full((batch,), cfg.max_len, device=device)  # (B,)
-    best_tokens = torch.zeros(batch, cfg.max_len, dtype=torch.long, device=device)  # (B, L)
-    best_alphas = torch.zeros(batch, cfg.max_len, pixels, device=device)  # (B, L, P)
+    best = _BestSoFar(batch, cfg.max_len, pixels, device)
     for t in range(cfg.max_len):
         logprobs, state, alpha = decoder.step(tokens, state, memory)  # (B*K, V), (B*K, P)
         vocab = logprobs.shape[1]
@@ -121,28 +117,40 @@ def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig) -> list[Hy
         alpha_history = torch.cat([alpha_history[origin], alpha[origin].unsqueeze(1)], dim=1)  # (B*K, t+1, P)
         ended = kept & (tokens.view(batch, k) == END)  # (B, K)
         if ended.any():
-            ended_score = length_penalised(top, t, beta).masked_fill(~ended, float("-inf"))  # (B, K)
-            step_best, slot = ended_score.max(dim=1)  # (B,)
-            better = step_best > best_score  # (B,)
-            source = (images * k + slot)[better]  # rows of the improved images' best endings
-            best_score = torch.where(better, step_best, best_score)
-            best_log_prob = torch.where(better, top.gather(1, slot.unsqueeze(1)).squeeze(1), best_log_prob)
-            best_words = best_words.masked_fill(better, t)
-            best_tokens[better, :t] = history[source, :t]
-            best_alphas[better, :t] = alpha_history[source, :t]
+            best.offer(top.masked_fill(~ended, float("-inf")), t, history, alpha_history, beta, finished=True)
             width = width - ended.sum(dim=1)
         beam_log_prob = top.masked_fill(ended | ~kept, float("-inf"))
         if (width == 0).all():
             break
-    finished = best_score > float("-inf")  # (B,)
-    if not finished.all():  # no caption ended within max_len: take the most probable unfinished one
-        unfinished = ~finished
-        slot = beam_log_prob.argmax(dim=1)  # (B,)
-        source = (images * k + slot)[unfinished]
-        best_log_prob[unfinished] = beam_log_prob.gather(1, slot.unsqueeze(1)).squeeze(1)[unfinished]
-        best_tokens[unfinished] = history[source]
-        best_alphas[unfinished] = alpha_history[source]
-    return _hypotheses(best_tokens, best_words, best_log_prob, best_alphas, finished, beta)
+    else:  # max_len reached: the captions still running compete too, as they are
+        best.offer(beam_log_prob, cfg.max_len, history, alpha_history, beta, finished=False)
+    return _hypotheses(best.tokens, best.words, best.log_prob, best.alphas, best.finished, beta)
+
+
+class _BestSoFar:
+    """The best-scoring caption offered so far for each of B images, kept as batched tensors."""
+
+    def __init__(self, batch: int, max_len: int, pixels: int, device: torch.device):
+        self.score = torch.full((batch,), float("-inf"), device=device)  # (B,)
+        self.log_prob = torch.zeros(batch, device=device)  # (B,)
+        self.words = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+        self.tokens = torch.zeros(batch, max_len, dtype=torch.long, device=device)  # (B, L)
+        self.alphas = torch.zeros(batch, max_len, pixels, device=device)  # (B, L, P)
+
+    def offer(self, log_prob: torch.Tensor, words: int, history: torch.Tensor, alpha_history: torch.Tensor,
+              beta: float, finished: bool) -> None:
+        """Candidates: log_prob (B, K), -inf where there is none, each the first `words` tokens of its history row."""
+        batch, k = log_prob.shape
+        score, slot = length_penalised(log_prob, words, beta).max(dim=1)  # (B,)
+        better = score > self.score  # (B,)
+        rows = (torch.arange(batch, device=score.device) * k + slot)[better]  # history rows of the winners
+        self.score = torch.where(better, score, self.score)
+        self.log_prob = torch.where(better, log_prob.gather(1, slot.unsqueeze(1)).squeeze(1), self.log_prob)
+        self.words = self.words.masked_fill(better, words)
+        self.finished = self.finished.masked_fill(better, finished)
+        self.tokens[better, :words] = history[rows, :words]
+        self.alphas[better, :words] = alpha_history[rows, :words]
 
 
 def _block_unk(logprobs: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:

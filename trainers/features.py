@@ -53,11 +53,11 @@ def resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
 def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, device: torch.device,
                   batch_size: int) -> None:
     n = images.shape[0]
-    probe = encoder(resize_batch(torch.from_numpy(np.asarray(images[:1])).to(device), image_size))  # (1, P, C)
+    probe = encoder(resize_batch(torch.from_numpy(np.array(images[:1])).to(device), image_size))  # (1, P, C)
     staging = out_path.with_suffix(".npy.partial")
     out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float16, shape=(n, *probe.shape[1:]))
     for start in range(0, n, batch_size):
-        batch = torch.from_numpy(np.asarray(images[start:start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
         out[start:start + batch.shape[0]] = encoder(resize_batch(batch, image_size)).half().cpu().numpy()  # (b, P, C)
     out.flush()
     del out

@@ -4,10 +4,13 @@
 number in MLflow means the same as a number in a paper: Stanford PTB tokenization of both sides,
 then pycocoevalcap 1.2's Bleu(4), Meteor(), Rouge() and Cider() (CIDEr-D).
 
-The scorers are run unchanged; only the plumbing around them is faster than COCOEvalCap's:
-references and predictions go through one PTB process instead of two, METEOR's JVM starts first
-and scores in a thread while Python computes the others, and METEOR's lines are streamed to it
-instead of one round trip per image. Scores are identical (to 1e-7) to COCOEvalCap's.
+The scorers run unchanged; only the plumbing around them differs from COCOEvalCap's, to save time:
+- the two PTB processes (references, predictions) run at once;
+- METEOR's JVM starts once per process and is kept, since loading its paraphrase table takes
+  seconds and training scores every epoch (`stop_meteor` frees its 1 GB sooner);
+- METEOR's lines are streamed to it instead of one round trip per image, and it scores in a
+  thread while Python computes the other metrics.
+Scores are identical (to 1e-7) to COCOEvalCap's.
 
 Without Java (or with ORCH_NO_JAVA=1) scoring still works, so a training run never dies at its
 first validation: a warning is issued, captions are tokenized by `trainers.text.tokenize`, and
@@ -16,6 +19,7 @@ METEOR is left out of the result (its key is absent, never NaN, so JSON and MLfl
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -48,10 +52,10 @@ NO_JAVA_ENV = "ORCH_NO_JAVA"  # set to 1 to score as if Java were missing
 Tokenizer = Literal["ptb", "python", "none"]
 
 _PTB_JAR = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
-# Characters the PTB tokenizer treats as line ends; a caption holding one would shift every later
-# caption onto the wrong image, so they become spaces first.
+# Characters the PTB tokenizer and METEOR treat as line ends; a caption holding one would shift
+# every later caption onto the wrong image, so they become spaces first.
 _LINE_BREAKS = str.maketrans({ch: " " for ch in "\n\r\x0b\x0c\x85\u2028\u2029"})
-_SHOWN_IDS = 10
+_SHOWN_KEYS = 10
 
 
 def java_available() -> bool:
@@ -75,39 +79,37 @@ def score_captions(
     absent when Java is missing.
     """
     families = _chosen_families(metrics)
-    _check_matching_keys(references, predictions)
     if tokenizer not in ("ptb", "python", "none"):
         raise InputError(f"unknown tokenizer {tokenizer!r}: use 'ptb', 'python' or 'none'")
+    _check_matching_keys(references, predictions)
     if not java_available() and (tokenizer == "ptb" or "METEOR" in families):
-        warnings.warn("Java not found (needed by pycocoevalcap's PTB tokenizer and METEOR): "
-                      "tokenizing captions in Python and leaving METEOR out of the scores",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn("Java not found (pycocoevalcap's PTB tokenizer and METEOR need it): tokenizing "
+                      "captions in Python and leaving METEOR out of the scores", RuntimeWarning, stacklevel=2)
         tokenizer = "python" if tokenizer == "ptb" else tokenizer
         families = [family for family in families if family != "METEOR"]
 
-    meteor = _StreamingMeteor() if "METEOR" in families else None  # its JVM loads while we tokenize
-    try:
-        refs, preds = _tokenized(references, predictions, tokenizer)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            meteor_score = pool.submit(meteor.compute_score, refs, preds) if meteor else None
-            scores = _python_scores(families, refs, preds)
-            if meteor_score:
-                scores["METEOR"] = float(meteor_score.result()[0])
-    finally:
-        if meteor:
-            meteor.close()
+    meteor = _shared_meteor() if "METEOR" in families else None  # a new JVM loads while we tokenize
+    refs, preds = _tokenized(references, predictions, tokenizer)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        meteor_score = pool.submit(meteor.compute_score, refs, preds) if meteor else None
+        scores = _python_scores(families, refs, preds)
+        if meteor_score:
+            scores["METEOR"] = float(meteor_score.result()[0])
     return {name: scores[name] for family in families for name in SCORE_NAMES[family]}
 
 
 def score_files(references_path: str | Path, predictions_path: str | Path,
                 metrics: Iterable[str] | None = None) -> dict[str, float]:
-    """Score a COCO results file against a COCO caption-format reference file."""
+    """Score a COCO results file against a COCO caption-format reference file (PTB tokenizer)."""
     references = _read_references(Path(references_path))
     predictions = _read_predictions(Path(predictions_path))
     try:
         return score_captions(references, predictions, metrics)
     except _KeyMismatch as error:
-        raise InputError(f"{predictions_path} does not match {references_path}: {error}") from None
+        same_as_text = {str(key) for key in predictions} == {str(key) for key in references}
+        hint = " (the ids match as text: make image_id the same type, string or integer, in both files)"
+        raise InputError(f"{predictions_path} does not match {references_path}: {error}"
+                         f"{hint if same_as_text else ''}") from None
 
 
 def format_scores(scores: Mapping[str, float]) -> str:
@@ -135,8 +137,8 @@ def _chosen_families(metrics: Iterable[str] | None) -> list[str]:
 
 
 def _describe_keys(keys: Sequence[Hashable]) -> str:
-    shown = ", ".join(repr(key) for key in keys[:_SHOWN_IDS])
-    more = len(keys) - _SHOWN_IDS
+    shown = ", ".join(repr(key) for key in keys[:_SHOWN_KEYS])
+    more = len(keys) - _SHOWN_KEYS
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
@@ -161,33 +163,51 @@ def _tokenized(references: Mapping[Hashable, Sequence[str]], predictions: Mappin
                tokenizer: Tokenizer) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
     """Both sides in pycocoevalcap's shape: {key: [space-joined tokens, ...]}, one prediction each."""
     keys = list(references)
-    sentences = [caption for key in keys for caption in references[key]] + [predictions[key] for key in keys]
+    reference_lines = [caption for key in keys for caption in references[key]]
+    prediction_lines = [predictions[key] for key in keys]
     if tokenizer == "ptb":
-        tokenized = _ptb_tokenize(sentences)
+        reference_lines, prediction_lines = _ptb_tokenize(reference_lines, prediction_lines)
     elif tokenizer == "python":
-        tokenized = [" ".join(tokenize(sentence)) for sentence in sentences]
-    else:
-        tokenized = list(sentences)
-    lines = iter(tokenized)
-    refs = {key: [next(lines) for _ in references[key]] for key in keys}
-    preds = {key: [next(lines)] for key in keys}
+        reference_lines = [" ".join(tokenize(line)) for line in reference_lines]
+        prediction_lines = [" ".join(tokenize(line)) for line in prediction_lines]
+    tokenized_references = iter(reference_lines)
+    refs = {key: [next(tokenized_references) for _ in references[key]] for key in keys}
+    preds = {key: [line] for key, line in zip(keys, prediction_lines)}
     return refs, preds
 
 
-def _ptb_tokenize(sentences: list[str]) -> list[str]:
-    """pycocoevalcap's PTBTokenizer on many sentences in one JVM, one output line per sentence."""
+def _ptb_tokenize(*batches: list[str]) -> list[list[str]]:
+    """pycocoevalcap's PTBTokenizer on each batch, one JVM per batch, all started together.
+
+    Each batch gets a file of its own, as in COCOEvalCap: PTB looks past the end of a line ("U.S.
+    The" reads differently from "U.S." at the end), so a caption's neighbours must stay the same.
+    """
     with tempfile.TemporaryDirectory(prefix="orch-ptb-") as folder:
-        text_file = Path(folder) / "captions.txt"
-        text_file.write_text("\n".join(sentence.translate(_LINE_BREAKS) for sentence in sentences),
-                             encoding="utf-8")
-        command = ["java", "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
-                   "-preserveLines", "-lowerCase", str(text_file)]
-        result = subprocess.run(command, capture_output=True, check=True)
-    lines = result.stdout.decode("utf-8").split("\n")[: len(sentences)]
-    if len(lines) != len(sentences):
-        raise RuntimeError(f"PTB tokenizer returned {len(lines)} lines for {len(sentences)} captions")
+        files = []
+        for index, sentences in enumerate(batches):
+            files.append(Path(folder) / f"captions-{index}.txt")
+            files[-1].write_text("\n".join(sentence.translate(_LINE_BREAKS) for sentence in sentences),
+                                 encoding="utf-8")
+        with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+            outputs = list(pool.map(_run_ptb, files))
     dropped = set(ptbtokenizer.PUNCTUATIONS)
-    return [" ".join(word for word in line.rstrip().split(" ") if word not in dropped) for line in lines]
+    tokenized = []
+    for sentences, output in zip(batches, outputs):
+        lines = output.split("\n")[: len(sentences)]
+        if len(lines) != len(sentences):
+            raise RuntimeError(f"PTB tokenizer returned {len(lines)} lines for {len(sentences)} captions")
+        tokenized.append([" ".join(word for word in line.rstrip().split(" ") if word not in dropped)
+                          for line in lines])
+    return tokenized
+
+
+def _run_ptb(text_file: Path) -> str:
+    command = ["java", "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
+               "-preserveLines", "-lowerCase", str(text_file)]
+    result = subprocess.run(command, capture_output=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"PTB tokenizer failed: {result.stderr.decode(errors='replace')[-2000:]}")
+    return result.stdout.decode("utf-8")
 
 
 def _python_scores(families: list[str], refs: dict, preds: dict) -> dict[str, float]:
@@ -213,13 +233,21 @@ class _StreamingMeteor(Meteor):
     def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
         keys = list(gts)
         score_lines = [self._score_line(res[key][0], gts[key]) for key in keys]
-        writer = threading.Thread(target=self._write, args=(score_lines,))
-        writer.start()
-        stats = [self._read_line() for _ in keys]
-        writer.join()
-        self._write(["EVAL ||| " + " ||| ".join(stats)])
-        per_image = [float(self._read_line()) for _ in keys]
-        return float(self._read_line()), per_image
+        with self.lock:
+            try:
+                writer = threading.Thread(target=self._write, args=(score_lines,))
+                writer.start()
+                stats = [self._read_line() for _ in keys]
+                writer.join()
+                self._write(["EVAL ||| " + " ||| ".join(stats)])
+                per_image = [float(self._read_line()) for _ in keys]
+                return float(self._read_line()), per_image
+            except BaseException:
+                self.close()  # out of step with the JVM now; the next caller starts a fresh one
+                raise
+
+    def is_running(self) -> bool:
+        return self.meteor_p.poll() is None
 
     def close(self) -> None:
         self.meteor_p.stdin.close()
@@ -239,8 +267,31 @@ class _StreamingMeteor(Meteor):
     def _read_line(self) -> str:
         line = self.meteor_p.stdout.readline().decode().strip()
         if not line:
-            raise RuntimeError(f"METEOR stopped: {self.meteor_p.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"METEOR stopped: {self.meteor_p.stderr.read().decode(errors='replace')[-2000:]}")
         return line
+
+
+_meteor_lock = threading.Lock()
+_meteor: _StreamingMeteor | None = None
+
+
+def stop_meteor() -> None:
+    """End this process's METEOR JVM (about 1 GB resident) now rather than at exit; scoring restarts it."""
+    global _meteor
+    with _meteor_lock:
+        if _meteor is not None:
+            _meteor.close()
+            _meteor = None
+
+
+def _shared_meteor() -> _StreamingMeteor:
+    """This process's METEOR JVM, started on first use and closed when the process exits."""
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or not _meteor.is_running():
+            _meteor = _StreamingMeteor()
+            atexit.register(_meteor.close)
+        return _meteor
 
 
 def _read_json(path: Path, what: str):
@@ -262,26 +313,28 @@ def _caption_entries(entries, path: Path, where: str) -> list[tuple[Hashable, st
     pairs = []
     for index, entry in enumerate(entries):
         if not (isinstance(entry, dict) and isinstance(entry.get("caption"), str)
-                and isinstance(entry.get("image_id"), Hashable) and "image_id" in entry):
-            raise InputError(f"{path}: {where}[{index}] must have an 'image_id' and a string 'caption', "
-                             f"got {str(entry)[:200]}")
+                and isinstance(entry.get("image_id"), (str, int))):
+            raise InputError(f"{path}: {where}[{index}] needs an 'image_id' (string or integer) and a "
+                             f"string 'caption', got {str(entry)[:200]}")
         pairs.append((entry["image_id"], entry["caption"]))
     return pairs
 
 
 def _read_references(path: Path) -> dict[Hashable, list[str]]:
+    """{image_id: captions}, in the order of the file's 'images' list as COCOEvalCap scores them."""
     data = _read_json(path, "references")
     if not isinstance(data, dict) or "annotations" not in data:
         raise InputError(f"{path}: references must be COCO caption format, an object with 'annotations'")
-    references: dict[Hashable, list[str]] = {}
+    captions: dict[Hashable, list[str]] = {}
     for image_id, caption in _caption_entries(data["annotations"], path, "annotations"):
-        references.setdefault(image_id, []).append(caption)
-    listed = [image["id"] for image in data.get("images", []) if isinstance(image, dict) and "id" in image]
-    uncaptioned = [image_id for image_id in listed if image_id not in references]
+        captions.setdefault(image_id, []).append(caption)
+    listed = [image.get("id") for image in data.get("images", []) if isinstance(image, dict)]
+    uncaptioned = [image_id for image_id in listed if image_id not in captions]
     if uncaptioned:
         raise InputError(f"{path}: {len(uncaptioned)} image(s) in 'images' have no caption in 'annotations': "
                          f"{_describe_keys(uncaptioned)}")
-    return references
+    order = list(dict.fromkeys(listed + list(captions)))
+    return {image_id: captions[image_id] for image_id in order}
 
 
 def _read_predictions(path: Path) -> dict[Hashable, str]:

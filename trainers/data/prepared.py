@@ -24,7 +24,6 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainers.data.karpathy import SPLITS
 from trainers.data.vocab import Vocab
 from trainers.errors import InputError
 
@@ -163,7 +162,7 @@ class PreparedDataset:
         self._splits: dict[str, PreparedSplit] = {}
 
     def split(self, name: str) -> PreparedSplit:
-        if name not in SPLITS or name not in self._manifest.splits:
+        if name not in self._manifest.splits:
             raise InputError(f"{self.root}: no split {name!r}; it has {', '.join(self._manifest.splits)}")
         if name not in self._splits:
             self._splits[name] = PreparedSplit(self.root / name, self._manifest.splits[name], self._manifest.options)

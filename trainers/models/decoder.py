@@ -74,28 +74,33 @@ class Decoder(nn.Module):
         previous output. `ss_rate` 0 draws no coins, so it is exactly teacher forcing.
         """
         batch, length = captions.shape
+        lengths = lengths.cpu()
         # Sorted longest first, the captions still running at step t are a prefix of the batch.
-        order = lengths.cpu().argsort(descending=True, stable=True)
-        steps_needed = lengths.cpu()[order] - 1  # (B,)
+        order = lengths.argsort(descending=True, stable=True)  # (B,)
+        steps_needed = lengths[order] - 1  # (B,)
         captions = captions[order]  # (B, T)
         memory = self.prepare(features[order])
         state = self.init_state(memory)
         logits = features.new_zeros(batch, length - 1, self.vocab_size)  # (B, T-1, V)
         alphas = features.new_zeros(batch, length - 1, features.shape[1])  # (B, T-1, P)
-        if ss_per == "sequence":
-            model_fed = self._coins(batch, ss_rate, captions.device, generator)  # (B,)
+        sampling = ss_rate > 0
+        if sampling and ss_per == "sequence":
+            caption_coins = self._coins(batch, ss_rate, captions.device, generator)  # (B,)
         for t in range(length - 1):
             rows = int((steps_needed > t).sum())
             if rows == 0:
                 break
             state, memory = self.reorder_state(state, slice(rows)), memory.select(slice(rows))
             tokens = captions[:rows, t]  # (rows,)
-            if t > 0 and ss_rate > 0:
-                coins = model_fed[:rows] if ss_per == "sequence" else self._coins(rows, ss_rate, captions.device, generator)
-                sampled = torch.multinomial(logits[:rows, t - 1].detach().softmax(dim=1), 1,
-                                            generator=generator).squeeze(1)  # (rows,)
+            if sampling and t > 0:
+                coins = (caption_coins[:rows] if ss_per == "sequence"
+                         else self._coins(rows, ss_rate, captions.device, generator))  # (rows,)
+                previous = logits[:rows, t - 1].detach().softmax(dim=1)  # (rows, V)
+                sampled = torch.multinomial(previous, 1, generator=generator).squeeze(1)  # (rows,)
                 tokens = torch.where(coins, sampled, tokens)
-            logits[:rows, t], state, alphas[:rows, t] = self._step(tokens, state, memory)
+            step_logits, state, alpha = self._step(tokens, state, memory)
+            logits[:rows, t] = step_logits  # (rows, V)
+            alphas[:rows, t] = alpha  # (rows, P)
         inverse = order.argsort()
         return logits[inverse], alphas[inverse]
 

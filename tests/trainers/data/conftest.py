@@ -1,4 +1,4 @@
-"""Tiny datasets for the data tests: a 40-image synthetic set and hand-written Karpathy JSON files."""
+"""Hand-written Karpathy JSON files for the data tests (the synthetic set is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,6 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.data.karpathy_files import image_entry, write_karpathy
-from trainers.data.synthetic import write_synthetic_dataset
-
-
-@pytest.fixture(scope="session")
-def synth_dir(tmp_path_factory) -> Path:
-    """orch synth output, 40 images of 32 px (32 train, 4 val, 4 test)."""
-    out = tmp_path_factory.mktemp("synth") / "synth"
-    write_synthetic_dataset(out, n=40, size=32, seed=0)
-    return out
-
-
-@pytest.fixture(scope="session")
-def prepared_dir(synth_dir, tmp_path_factory) -> Path:
-    from trainers.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare_dataset(synth_dir / "dataset.json", synth_dir, out, min_word_freq=1, max_len=30, image_size=32)
-    return out
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.trainers.data.karpathy_files import image_entry
 from trainers.data.karpathy import parse_karpathy, read_karpathy_json
@@ -87,3 +89,17 @@ def test_missing_or_broken_files_are_input_errors(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"images": [image_entry("a.jpg", "train", 0, ["x"])]}))
     assert read_karpathy_json(good).name == "good"
+
+
+sentences = st.lists(st.lists(st.from_regex(r"[a-z]{2,8}", fullmatch=True), min_size=1, max_size=12), min_size=1, max_size=5)
+
+
+@given(captions=sentences, shout=st.booleans(), ending=st.sampled_from(["!", " .", "?", ""]))
+def test_raw_text_is_lower_cased_and_stripped_of_punctuation_like_tokens(captions, shout, ending):
+    raw = [", ".join(words).upper() + ending if shout else " ".join(words) + ending for words in captions]
+    entry = image_entry("a.jpg", "train", 0, raw)
+    from_raw = parse([entry]).images[0].captions
+    for sentence, words in zip(entry["sentences"], captions):
+        sentence["tokens"] = words
+        del sentence["raw"]
+    assert from_raw == parse([entry]).images[0].captions == tuple(tuple(words) for words in captions)

@@ -1,0 +1,44 @@
+"""Fixtures every test package shares: a tiny synthetic dataset and a tiny trainer config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainers.data.synthetic import write_synthetic_dataset
+
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """orch synth output, 40 images of 32 px (32 train, 4 val, 4 test)."""
+    out = tmp_path_factory.mktemp("synth") / "synth"
+    write_synthetic_dataset(out, n=40, size=32, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synth_dir, tmp_path_factory) -> Path:
+    from trainers.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare_dataset(synth_dir / "dataset.json", synth_dir, out, min_word_freq=1, max_len=30, image_size=32)
+    return out
+
+
+def tiny_trainer_dict(prepared: Path, **sections) -> dict:
+    """A trainer config small enough to train in seconds on one CPU core."""
+    config = {
+        "name": "tiny",
+        "data": {"prepared": str(prepared), "image_size": 32, "num_workers": 0},
+        "model": {"encoder": "resnet18", "weights": "none", "fine_tune": False, "encoded_size": 2,
+                  "decoder": "lstm", "attention": "soft", "embed_dim": 16, "hidden_dim": 16,
+                  "attention_dim": 16, "dropout": 0.0},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "seed": 0},
+        "decode": {"beam_size": 2, "max_len": 12},
+        "eval": {"metrics": ["Bleu", "CIDEr"]},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config

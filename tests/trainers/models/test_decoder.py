@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from trainers.config import ModelConfig
+from trainers.models import Decoder, attention_regularisation
+from trainers.models.cores import MultimodalRNNCore
+
+VOCAB, FEATURES, PIXELS = 13, 6, 4
+
+
+def decoder(name="lstm", attention="soft", dropout=0.0, seed=0) -> Decoder:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(decoder=name, attention=attention, embed_dim=8, hidden_dim=10, attention_dim=7, dropout=dropout)
+    return Decoder(cfg, FEATURES, VOCAB)
+
+
+def batch(size=4, length=7, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(4, VOCAB, (size, length), generator=generator)
+    captions[:, 0] = 1
+    captions[:, -1] = 2
+    features = torch.rand(size, PIXELS, FEATURES, generator=generator)
+    return features, captions, torch.full((size,), length)
+
+
+@pytest.mark.parametrize("per", ["token", "sequence"])
+@pytest.mark.parametrize("name,attention", [("lstm", "soft"), ("gru", "dot"), ("rnn", "none"), ("mrnn", "none")])
+def test_zero_sampling_rate_is_exactly_teacher_forcing(name, attention, per):
+    """Dropout on and the same seed: forward at ss_rate 0 equals stepping through the ground truth, bit
+    for bit (so it draws nothing from the global generator either)."""
+    model = decoder(name, attention, dropout=0.5).train()
+    features, captions, lengths = batch()
+
+    torch.manual_seed(7)
+    logits, alphas = model(features, captions, lengths, ss_rate=0.0, ss_per=per)
+    torch.manual_seed(7)
+    memory = model.prepare(features)
+    state = model.init_state(memory)
+    for t in range(captions.shape[1] - 1):
+        logprobs, state, alpha = model.step(captions[:, t], state, memory)
+        assert torch.equal(logits[:, t].log_softmax(dim=1), logprobs)
+        assert torch.equal(alphas[:, t], alpha)
+
+
+@pytest.mark.parametrize("per", ["token", "sequence"])
+def test_full_sampling_rate_never_reads_the_ground_truth_after_start(per):
+    model = decoder().eval()
+    features, captions, lengths = batch()
+    other_words = captions.clone()
+    other_words[:, 1:-1] = (captions[:, 1:-1] + 1 - 4) % (VOCAB - 4) + 4
+
+    fed_own, _ = model(features, captions, lengths, ss_rate=1.0, ss_per=per, generator=torch.Generator().manual_seed(3))
+    fed_own_again, _ = model(features, other_words, lengths, ss_rate=1.0, ss_per=per,
+                             generator=torch.Generator().manual_seed(3))
+    teacher_forced, _ = model(features, captions, lengths)
+
+    assert torch.equal(fed_own, fed_own_again)
+    assert not torch.equal(fed_own, teacher_forced)
+
+
+def test_one_coin_per_caption_feeds_whole_captions_one_way():
+    """Per sequence, about half the captions are teacher-forced throughout; per token, almost none are."""
+    model = decoder().eval()
+    features, captions, lengths = batch(size=64, length=9)
+    teacher_forced, _ = model(features, captions, lengths)
+
+    def captions_untouched(per):
+        logits, _ = model(features, captions, lengths, ss_rate=0.5, ss_per=per, generator=torch.Generator().manual_seed(5))
+        return int((logits == teacher_forced).flatten(1).all(dim=1).sum())
+
+    assert 16 <= captions_untouched("sequence") <= 48
+    assert captions_untouched("token") <= 6
+
+
+def test_steps_past_a_caption_end_are_skipped_and_do_not_change_the_others():
+    model = decoder().eval()
+    features, captions, _ = batch(size=3, length=6)
+    lengths = torch.tensor([4, 6, 2])
+    captions[0, 4:] = 0
+    captions[2, 2:] = 0
+
+    logits, alphas = model(features, captions, lengths)
+    alone, _ = model(features[:1], captions[:1, :4], lengths[:1])
+
+    assert torch.allclose(logits[0, :3], alone[0], atol=1e-6)
+    assert logits[0, 3:].abs().sum() == 0 and logits[2, 1:].abs().sum() == 0
+    assert torch.allclose(alphas[1].sum(dim=1), torch.ones(5))
+
+
+@pytest.mark.parametrize("attention", ["soft", "dot", "none"])
+def test_attention_weights_are_a_distribution_over_the_grid(attention):
+    features, captions, lengths = batch()
+    _, alphas = decoder("gru", attention).eval()(features, captions, lengths)
+    assert (alphas >= 0).all()
+    assert torch.allclose(alphas.sum(dim=2), torch.ones(alphas.shape[:2]))
+
+
+def test_attention_regularisation_counts_only_real_steps():
+    alphas = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+                           [[1.0, 0.0], [1.0, 0.0], [9.0, 9.0]]])  # (B=2, T=3, P=2); last step of caption 2 is padding
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    # caption 1 attends 1.5 to each pixel: 2 * 0.25; caption 2 attends 2 and 0: 1 + 1
+    assert attention_regularisation(alphas, mask).item() == pytest.approx((0.5 + 2.0) / 2)
+
+
+def test_multimodal_rnn_adds_the_image_at_the_first_step_only():
+    torch.manual_seed(0)
+    core = MultimodalRNNCore(input_dim=5, hidden_dim=4, feature_dim=3)
+    image, words = torch.rand(2, 3), torch.rand(3, 2, 5)
+    state = core.init_state(image)
+    h1, state = core(words[0], state)
+    h2, _ = core(words[1], state)
+
+    assert torch.allclose(h1, torch.relu(core.input(words[0]) + core.image(image)))
+    assert torch.allclose(h2, torch.relu(core.input(words[1]) + core.recurrent(h1)))

@@ -1,0 +1,223 @@
+"""Caption scores reproduce pycocoevalcap and nlg-eval, and bad input is named, not crashed on."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainers.errors import InputError
+from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+ALL_SCORES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need Java")
+
+
+def fixture_dir(name: str) -> Path:
+    folder = FIXTURES / name
+    if not folder.is_dir():
+        pytest.skip(f"fixture {folder} not present")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nlgeval():
+    folder = fixture_dir("nlgeval")
+    lines = {name: (folder / name).read_text(encoding="utf-8").splitlines() for name in ("hyp.txt", "ref1.txt", "ref2.txt")}
+    # nlg-eval's setup: no PTB tokenization, lines stripped, case kept.
+    references = {i: [lines["ref1.txt"][i].strip(), lines["ref2.txt"][i].strip()] for i in range(len(lines["hyp.txt"]))}
+    predictions = {i: hyp.strip() for i, hyp in enumerate(lines["hyp.txt"])}
+    return references, predictions, json.loads((folder / "expected.json").read_text(encoding="utf-8"))
+
+
+def test_nlgeval_corpus_scores_without_meteor(nlgeval):
+    references, predictions, expected = nlgeval
+    scores = score_captions(references, predictions, metrics=["Bleu", "ROUGE_L", "CIDEr"], tokenizer="none")
+    assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
+    for name, value in scores.items():
+        assert value == pytest.approx(expected["expected_corpus_scores_5dp"][name], abs=1e-5), name
+
+
+@needs_java
+def test_nlgeval_corpus_meteor(nlgeval):
+    references, predictions, expected = nlgeval
+    scores = score_captions(references, predictions, metrics=["METEOR"], tokenizer="none")
+    assert scores["METEOR"] == pytest.approx(expected["expected_corpus_scores_5dp"]["METEOR"], abs=1e-5)
+
+
+@needs_java
+@pytest.mark.parametrize("case", range(3), ids=["english", "french", "japanese"])
+def test_nlgeval_single_pairs_to_their_stated_precision(nlgeval, case):
+    expected = nlgeval[2]["expected_single_pair_cases_5dp"][case]
+    scores = score_captions({0: expected["refs"]}, {0: expected["hyp"]}, tokenizer="none")
+    checked = {key: value for key, value in expected.items() if key not in ("refs", "hyp")}
+    for key, value in checked.items():
+        tolerance = 1e-3 if key.endswith("_3dp") else 1e-5
+        assert scores[key.removesuffix("_3dp")] == pytest.approx(value, abs=tolerance), key
+
+
+@pytest.mark.integration
+@needs_java
+def test_coco_karpathy_test_split_matches_pycocoevalcap_to_1e7():
+    folder = fixture_dir("coco_karpathy_test_eval")
+    expected = json.loads((folder / "expected.json").read_text())
+    scores = score_files(folder / expected["files"]["references"], folder / expected["files"]["predictions"])
+    assert list(scores) == ALL_SCORES
+    for name in ALL_SCORES:
+        assert scores[name] == pytest.approx(expected["expected"][name], abs=expected["tolerance"]), name
+
+
+@pytest.mark.integration
+def test_python_tokenizer_scores_the_coco_split_as_the_java_one_does(monkeypatch):
+    """Measured: all of Bleu, ROUGE_L and CIDEr equal the PTB-tokenized scores (|difference| < 1e-12)."""
+    folder = fixture_dir("coco_karpathy_test_eval")
+    expected = json.loads((folder / "expected.json").read_text())
+    monkeypatch.setenv(NO_JAVA_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="Java not found"):
+        scores = score_files(folder / expected["files"]["references"], folder / expected["files"]["predictions"])
+    assert "METEOR" not in scores
+    assert scores["CIDEr"] == pytest.approx(expected["expected"]["CIDEr"], abs=1e-6)
+    for name in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L"):
+        assert scores[name] == pytest.approx(expected["expected"][name], abs=1e-6), name
+
+
+REFERENCES = {
+    "dog": ["A dog runs on the grass.", "A brown dog is running outside."],
+    "cat": ["A cat sleeps on a red sofa.", "The cat is asleep on the couch."],
+    "bus": ["A bus drives down the street.", "A red bus on a city road."],
+}
+PREDICTIONS = {"dog": "A dog is running on grass.", "cat": "A cat sleeping on a sofa.", "bus": "A bus on the street."}
+
+
+def test_without_java_scores_use_the_python_tokenizer_and_leave_out_meteor(monkeypatch):
+    monkeypatch.setenv(NO_JAVA_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="Java not found"):
+        scores = score_captions(REFERENCES, PREDICTIONS)
+    assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
+    assert scores == score_captions(REFERENCES, PREDICTIONS, metrics=["Bleu", "ROUGE_L", "CIDEr"], tokenizer="python")
+    assert "n/a (Java not found)" in format_scores(scores)
+
+
+@needs_java
+def test_ptb_and_python_tokenizers_agree_on_ordinary_captions():
+    metrics = ["Bleu", "ROUGE_L", "CIDEr"]
+    assert score_captions(REFERENCES, PREDICTIONS, metrics) == score_captions(REFERENCES, PREDICTIONS, metrics, "python")
+
+
+@needs_java
+def test_a_line_break_inside_a_caption_does_not_shift_the_others():
+    broken = {key: [caption.replace(" ", "\r", 1) for caption in captions] for key, captions in REFERENCES.items()}
+    broken["dog"][0] = "A dog\u2028runs on\nthe grass."
+    metrics = ["Bleu", "ROUGE_L", "CIDEr"]
+    assert score_captions(broken, PREDICTIONS, metrics) == score_captions(REFERENCES, PREDICTIONS, metrics)
+
+
+def test_only_the_chosen_metric_families_are_reported():
+    scores = score_captions(REFERENCES, PREDICTIONS, metrics=["CIDEr", "Bleu"], tokenizer="python")
+    assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"]
+
+
+@pytest.mark.parametrize("metrics", [["BLEU"], ["Bleu_4"], []])
+def test_unknown_metric_names_are_refused_with_the_valid_ones_listed(metrics):
+    with pytest.raises(InputError, match="Bleu, METEOR, ROUGE_L, CIDEr"):
+        score_captions(REFERENCES, PREDICTIONS, metrics=metrics)
+
+
+def test_predictions_for_unknown_images_are_listed_first_ten_and_a_count():
+    predictions = dict(PREDICTIONS, **{f"extra{i}": "a dog" for i in range(12)})
+    with pytest.raises(InputError) as error:
+        score_captions(REFERENCES, predictions, tokenizer="none")
+    message = str(error.value)
+    assert "12 prediction(s) for images without references" in message
+    assert "'extra0'" in message and "'extra9'" in message and "'extra10'" not in message
+    assert "(and 2 more)" in message
+
+
+def test_images_without_a_prediction_are_listed():
+    with pytest.raises(InputError, match=r"1 image\(s\) without a prediction: 'bus'"):
+        score_captions(REFERENCES, {"dog": "a dog", "cat": "a cat"}, tokenizer="none")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["a", "dog", "man", "red", "bus", "on", "the", "street", "runs"]), min_size=4, max_size=12))
+def test_a_prediction_equal_to_its_references_scores_full_marks(words):
+    caption = " ".join(words)
+    scores = score_captions({1: [caption, caption], 2: ["x y z w"]}, {1: caption, 2: "x y z w"},
+                            metrics=["Bleu", "ROUGE_L"], tokenizer="none")
+    assert scores["Bleu_1"] == pytest.approx(1.0) and scores["Bleu_4"] == pytest.approx(1.0)
+    assert scores["ROUGE_L"] == pytest.approx(1.0)
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def coco_files(tmp_path):
+    references = write_json(tmp_path / "refs.json", {
+        "images": [{"id": 1}, {"id": 2}],
+        "annotations": [{"image_id": 1, "caption": "A dog runs."}, {"image_id": 1, "caption": "A dog is running."},
+                        {"image_id": 2, "caption": "A red bus."}],
+    })
+    predictions = write_json(tmp_path / "preds.json", [{"image_id": 1, "caption": "a dog runs"},
+                                                       {"image_id": 2, "caption": "a bus"}])
+    return references, predictions
+
+
+def test_score_files_reads_coco_caption_format(coco_files, monkeypatch):
+    monkeypatch.setenv(NO_JAVA_ENV, "1")  # the file handling is under test here, not the Java scorers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = score_files(*coco_files, metrics=["Bleu", "CIDEr"])
+    assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"]
+    assert all(math.isfinite(value) for value in scores.values())
+
+
+def test_a_missing_file_is_named(coco_files, tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(InputError, match=f"predictions file {missing} not found"):
+        score_files(coco_files[0], missing)
+
+
+def test_invalid_json_names_the_file_and_line(coco_files, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n{"image_id": 1,\n "caption": }]')
+    with pytest.raises(InputError, match=rf"predictions file {broken} is not valid JSON \(line 3"):
+        score_files(coco_files[0], broken)
+
+
+@pytest.mark.parametrize("predictions, message", [
+    ({"image_id": 1, "caption": "a dog"}, "must be a list"),
+    ([{"image_id": 1, "caption": 5}], r"the top level\[0\] needs an 'image_id'"),
+    ([{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}, {"image_id": 2, "caption": "c"}],
+     r"1 image\(s\) have more than one prediction: 1"),
+    ([{"image_id": 1, "caption": "a dog"}, {"image_id": 3, "caption": "a cat"}],
+     r"does not match .*refs.json: 1 prediction\(s\) for images without references: 3; 1 image\(s\) without a prediction: 2"),
+])
+def test_malformed_predictions_are_named(coco_files, tmp_path, predictions, message):
+    path = write_json(tmp_path / "bad.json", predictions)
+    with pytest.raises(InputError, match=message):
+        score_files(coco_files[0], path)
+
+
+def test_string_and_integer_ids_that_only_differ_in_type_get_a_hint(coco_files, tmp_path):
+    path = write_json(tmp_path / "string_ids.json", [{"image_id": "1", "caption": "a"}, {"image_id": "2", "caption": "b"}])
+    with pytest.raises(InputError, match="make image_id the same type"):
+        score_files(coco_files[0], path)
+
+
+def test_an_image_listed_without_captions_is_named(coco_files, tmp_path):
+    references = write_json(tmp_path / "refs2.json", {"images": [{"id": 1}, {"id": 7}],
+                                                      "annotations": [{"image_id": 1, "caption": "a dog"}]})
+    with pytest.raises(InputError, match=r"refs2.json: 1 image\(s\) in 'images' have no caption .*: 7"):
+        score_files(references, coco_files[1])
+
+
+def test_format_scores_prints_one_row_per_metric():
+    table = format_scores({"Bleu_4": 0.35735, "METEOR": 0.28787, "CIDEr": 1.23461})
+    assert table.splitlines() == ["Bleu_4  0.3574", "METEOR  0.2879", "CIDEr   1.2346"]
