@@ -42,11 +42,13 @@ def show_status(name: Optional[str], config: Optional[Path], storage: Path, as_j
         tracker = Tracker(uri, experiment)
         repaired = tracker.repair_orphans()
         invocation = latest_invocation(tracker)
-        rows = sort_rows(cell_rows(tracker, invocation), "CIDEr") if invocation else []
+        rows = cell_rows(tracker, invocation) if invocation else []
+        select_by = rows[0].params.get("eval.select_by", "CIDEr") if rows else "CIDEr"  # as the run ranked them
+        rows = sort_rows(rows, select_by)
         report[experiment] = {"invocation": invocation, "repaired": repaired, "cells": rows_as_json(rows)}
         if not as_json:
             if repaired:
                 console.print(f"marked {len(repaired)} run(s) left RUNNING by a dead driver as KILLED")
-            Console().print(cell_table(rows, "CIDEr", f"{experiment} ({invocation or 'no runs'})"))
+            Console().print(cell_table(rows, select_by, f"{experiment} ({invocation or 'no runs'})"))
     if as_json:
         print(json.dumps(report, default=str))

@@ -13,6 +13,7 @@ study of its own (one sampler per cell), one study after another.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,8 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.plan import Plan
 from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
-from orchestrator.status import cell_rows, cell_table, sort_rows
-from orchestrator.tracking import Tracker
+from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
+from orchestrator.tracking import TAG_TRIAL, Tracker
 from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
 from trainers.errors import InputError
 
@@ -66,22 +67,23 @@ def _search_space(config: ExperimentConfig) -> dict:
     return {key: makers[dim.kind](dim.args) for key, dim in config.search.space.items()}
 
 
-def _scheduler(config: ExperimentConfig, metric: str):
+def _scheduler(config: ExperimentConfig, metric: str, mode: str):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     s = config.scheduler
     if s.kind == "asha":
-        return ASHAScheduler(metric=metric, mode="max", max_t=s.max_t, grace_period=s.grace_period,
+        return ASHAScheduler(metric=metric, mode=mode, max_t=s.max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, time_attr="training_iteration")
     if s.kind == "median":
-        return MedianStoppingRule(metric=metric, mode="max", grace_period=s.grace_period,
+        return MedianStoppingRule(metric=metric, mode=mode, grace_period=s.grace_period,
                                   time_attr="training_iteration")
     return FIFOScheduler()
 
 
-def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, callbacks: list, metric: str):
+def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, callbacks: list):
     from ray import tune
 
+    metric, mode = selection_metric(config.eval.select_by)
     param_space: dict = {"cell": tune.grid_search(study.cells)}
     search_alg, samples = None, 1
     if config.search is not None:
@@ -90,7 +92,8 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
         if config.search.algorithm == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(metric=metric, mode=config.search.mode, seed=config.train.seed)
+            search_metric, search_mode = selection_metric(config.search.metric, config.search.mode)
+            search_alg = OptunaSearch(metric=search_metric, mode=search_mode, seed=config.train.seed)
             param_space = {"cell": study.cells[0], "search": space}
         else:
             param_space["search"] = space
@@ -100,7 +103,7 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=samples, search_alg=search_alg,
-                                    scheduler=_scheduler(config, metric), max_concurrent_trials=max_concurrent,
+                                    scheduler=_scheduler(config, metric, mode), max_concurrent_trials=max_concurrent,
                                     trial_name_creator=lambda t: f"{t.config['cell']}-{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{t.config['cell']}-{t.trial_id}"),
         run_config=tune.RunConfig(
@@ -108,13 +111,14 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints,
                                                     checkpoint_score_attribute=metric,
-                                                    checkpoint_score_order="max")),
+                                                    checkpoint_score_order=mode)),
     )
 
 
 def _init_ray(config: ExperimentConfig, address: Optional[str]) -> None:
     import ray
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own banners off: the live table is the display
     if ray.is_initialized():
         return
     ray.init(address=address or config.ray.address or None, log_to_driver=False, include_dashboard=False,
@@ -126,7 +130,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     """Run (or, given an existing invocation, resume) every study of the plan; returns the exit code."""
     from ray import tune
 
-    from orchestrator.trainable import train_trial
+    from orchestrator.trainable import FAIL_ONCE_ENV, train_trial
 
     resuming = invocation is not None
     invocation = invocation or time.strftime("run-%Y%m%d-%H%M%S")
@@ -135,18 +139,21 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     if not resuming:
         (folder / CONFIG_FILE).write_text(dump_resolved(config))
         (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
-    metric = f"val_{config.eval.select_by}"
+    metric, _ = selection_metric(config.eval.select_by)
     base = trainer_base(config)
     cells = {cell.id: cell.overrides for cell in plan.cells}
     variants = {d.id: d.overrides for d in plan.decode_variants}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base, cells=cells, variants=variants),
-        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
 
     uri, experiment = tracking_uri(config), config.tracking.experiment or config.name
     tracker = Tracker(uri, experiment, artifact_root=config.ray.storage)
     tracker.repair_orphans()
     run_key = f"{config.name}/{invocation}"
+    finished = frozenset(run.data.tags[TAG_TRIAL] for run in tracker.runs(invocation=run_key, kind="trial")
+                         if run.info.status == "FINISHED")
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=base, cells=cells, variants=variants, finished=finished,
+                             fail_at=int(os.environ.get(FAIL_ONCE_ENV) or 0)),
+        {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     parent = tracker.parent_run(run_key, f"orch run {invocation}",
                                 {"orch.results": str(folder), "orch.ray_address": config.ray.address or "local"})
     if not resuming:
@@ -164,7 +171,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
             if resuming and (study_path / "tuner.pkl").exists():
                 tuner = tune.Tuner.restore(str(study_path), trainable, resume_unfinished=True, resume_errored=True)
             else:
-                tuner = _tuner(config, study, folder, trainable, callbacks, metric)
+                tuner = _tuner(config, study, folder, trainable, callbacks)
             grid = tuner.fit()
             failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
                          for r in grid if r.error is not None]

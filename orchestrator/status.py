@@ -64,27 +64,43 @@ def _mark_varying(rows: list[CellRow]) -> None:
         row.varying = {k: row.params.get(k, "") for k in varying}
 
 
-def sort_rows(rows: list[CellRow], metric: str) -> list[CellRow]:
+def selection_metric(select_by: str, mode: str = "max") -> tuple[str, str]:
+    """The reported metric and direction that rank trials; `neg_loss` ranks by val_loss, lowest first."""
+    if select_by == "neg_loss":
+        return "val_loss", "min" if mode == "max" else "max"
+    return f"val_{select_by}", mode
+
+
+def sort_rows(rows: list[CellRow], select_by: str) -> list[CellRow]:
+    """Best first by the selection metric; cells without it last."""
+    metric, mode = selection_metric(select_by)
+    sign = -1.0 if mode == "max" else 1.0
+
     def key(row: CellRow) -> float:
-        value = row.metrics.get(f"val_{metric}", math.nan)
-        return -value if not math.isnan(value) else math.inf
+        value = row.metrics.get(metric, math.nan)
+        return sign * value if not math.isnan(value) else math.inf
     return sorted(rows, key=key)
 
 
-def cell_table(rows: list[CellRow], metric: str, title: str) -> Table:
-    """Cell (trial/variant), the params that vary, val metric, the test metrics present, status."""
+def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
+    """Cell (trial/variant), the params that vary, val metric, the test metrics present, status.
+
+    Only the status column wraps, so a long failure reason never squeezes the numbers."""
+    metric, _ = selection_metric(select_by)
     varying = list(rows[0].varying) if rows else []
     shown = [m for m in SHOWN_METRICS if any(f"test_{m}" in row.metrics for row in rows)]
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ["cell", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying], f"val {metric}", *[f"test {SHORT_NAMES.get(m, m)}" for m in shown], "status"]:
+    for column in ["cell", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying],
+                   metric.replace("_", " ", 1), *[f"test {SHORT_NAMES.get(m, m)}" for m in shown]]:
         table.add_column(column, no_wrap=True)
+    table.add_column("status", overflow="fold", min_width=8)
     for row in rows:
         def fmt(name: str) -> str:
             value = row.metrics.get(name)
             return "-" if value is None else f"{value:.1f}" if name.endswith("length") else f"{value:.3f}"
         status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:80]}"
         table.add_row(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", *[row.varying[k] for k in varying],
-                      fmt(f"val_{metric}"), *[fmt(f"test_{m}") for m in shown], status)
+                      fmt(metric), *[fmt(f"test_{m}") for m in shown], status)
     return table
 
 

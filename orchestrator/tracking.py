@@ -10,6 +10,7 @@ killed with SIGKILL left RUNNING.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -48,6 +49,7 @@ class Tracker:
     """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -60,22 +62,35 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     # ------------------------------------------------------------------------------ find or create
-    def _find(self, tags: Mapping[str, str]) -> Optional[str]:
+    def _find(self, tags: Mapping[str, str]):
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
 
-    def _find_or_create(self, tags: dict[str, str], run_name: str, parent: Optional[str]) -> tuple[str, bool]:
+    def _find_or_create(self, tags: dict[str, str], run_name: str, parent: Optional[str],
+                        reopen_finished: bool = True) -> tuple[str, Optional[str]]:
+        """The run with these tags, created when missing; returns its id and the status it had (None: new).
+
+        A run found again is reopened (RUNNING, owned by this driver, its old end reason dropped),
+        except a FINISHED one when `reopen_finished` is false: a resume never rewrites finished work.
+        """
         existing = self._find(tags)
         if existing is not None:
-            self.client.update_run(existing, status="RUNNING")
-            self.client.set_tag(existing, TAG_DRIVER, _driver_id())
-            return existing, False
+            if existing.info.status != "FINISHED" or reopen_finished:
+                self._reopen(existing)
+            return existing.info.run_id, existing.info.status
         all_tags = {**tags, TAG_DRIVER: _driver_id()}
         if parent is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name)
-        return run.info.run_id, True
+        return run.info.run_id, None
+
+    def _reopen(self, run) -> None:
+        run_id = run.info.run_id
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, TAG_DRIVER, _driver_id())
+        if TAG_REASON in run.data.tags:
+            self.client.delete_tag(run_id, TAG_REASON)
 
     def parent_run(self, invocation: str, run_name: str, tags: Mapping[str, str] = ()) -> str:
         run_id, _ = self._find_or_create({TAG_INVOCATION: invocation, TAG_KIND: "parent"}, run_name, None)
@@ -84,18 +99,19 @@ class Tracker:
         return run_id
 
     def trial_run(self, parent: str, invocation: str, trial: str, run_name: str,
-                  params: Mapping[str, object]) -> str:
-        run_id, created = self._find_or_create({TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_KIND: "trial"},
-                                               run_name, parent)
-        if created:
+                  params: Mapping[str, object]) -> tuple[str, Optional[str]]:
+        """The trial's run and the status it had before (None: new); a FINISHED one stays closed."""
+        run_id, before = self._find_or_create({TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_KIND: "trial"},
+                                               run_name, parent, reopen_finished=False)
+        if before is None:
             self.log_params(run_id, params)
-        return run_id
+        return run_id, before
 
     def variant_run(self, trial_run: str, invocation: str, trial: str, variant: str, run_name: str,
                     params: Mapping[str, object]) -> str:
         tags = {TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_VARIANT: variant, TAG_KIND: "variant"}
-        run_id, created = self._find_or_create(tags, run_name, trial_run)
-        if created:
+        run_id, before = self._find_or_create(tags, run_name, trial_run, reopen_finished=False)
+        if before is None:
             self.log_params(run_id, params)
         return run_id
 
@@ -178,6 +194,15 @@ def _process_alive(driver: str) -> bool:
     return True
 
 
+def _predictions_file(report: Mapping[str, object], checkpoint: Optional[Path], variant: str) -> Optional[Path]:
+    """A variant's test captions: inside the final checkpoint (it travels to storage), else the path reported."""
+    candidates = [Path(checkpoint) / "predictions" / f"test_{variant}.json"] if checkpoint is not None else []
+    reported = json.loads(str(report.get("predictions_json") or "{}")).get(variant)
+    if reported:
+        candidates.append(Path(reported))
+    return next((path for path in candidates if path.is_file()), None)
+
+
 def _param_text(value: object) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:MAX_PARAM_LENGTH]
@@ -193,12 +218,15 @@ class TrialRecorder:
     def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
                  params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]]):
         self.tracker = tracker
-        self.run_id = tracker.trial_run(parent, invocation, trial, run_name, params)
+        self.run_id, before = tracker.trial_run(parent, invocation, trial, run_name, params)
         self.variant_runs = {
             vid: tracker.variant_run(self.run_id, invocation, trial, vid, f"{run_name}/{vid}",
                                      {**params, **decode_params})
             for vid, decode_params in variants.items()}
-        self.closed = False
+        # Finished under an earlier driver: left exactly as it is. Continued: its epochs already
+        # logged are not logged again when Tune restores a checkpoint older than the last report.
+        self.closed = before == "FINISHED"
+        self.logged_epoch = tracker.client.get_run(self.run_id).data.metrics.get("epoch", 0) if before else 0
 
     def record(self, report: Mapping[str, object]) -> None:
         """Log one epoch's metrics on the trial run and each variant run, with step = epoch.
@@ -206,26 +234,31 @@ class TrialRecorder:
         Only the trainer's own metrics are logged, not the bookkeeping Ray adds to a result.
         """
         epoch = int(report["epoch"])
+        if self.closed or epoch <= self.logged_epoch:
+            return
         own = {k: v for k, v in report.items() if TRIAL_METRIC.match(k)}
         self.tracker.log_metrics(self.run_id, own, step=epoch)
         for vid, run_id in self.variant_runs.items():
             prefix = f"{vid}/"
             self.tracker.log_metrics(run_id, {k[len(prefix):]: v for k, v in report.items() if k.startswith(prefix)},
                                      step=epoch)
+        self.logged_epoch = epoch
 
     def complete(self, report: Mapping[str, object], checkpoint: Optional[Path],
                  status: str = "FINISHED", reason: str = "") -> None:
         """Attach the best checkpoint, sample captions and test predictions, then end the runs."""
+        if self.closed:
+            return
         samples = json.loads(str(report.get("samples_json") or "[]"))
         self.tracker.log_json(self.run_id, samples, "sample_captions.json")
         if checkpoint is not None:
             for name in ("best_model.pt", "meta.json"):
                 if (Path(checkpoint) / name).is_file():
                     self.tracker.log_file(self.run_id, Path(checkpoint) / name, "best_checkpoint")
-        predictions = json.loads(str(report.get("predictions_json") or "{}"))
-        for vid, path in predictions.items():
-            if vid in self.variant_runs and Path(path).is_file():
-                self.tracker.log_file(self.variant_runs[vid], Path(path), "predictions")
+        for vid, run_id in self.variant_runs.items():
+            path = _predictions_file(report, checkpoint, vid)
+            if path is not None:
+                self.tracker.log_file(run_id, path, "predictions")
         self.tracker.set_tags(self.run_id, {"orch.stop_reason": report.get("stop_reason") or reason,
                                             "orch.best_variant": report.get("best_variant", "")})
         self.end(status, reason)

@@ -8,7 +8,6 @@ once per epoch (DESIGN.md item 10). MLflow is written by the driver, never here.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,15 +20,20 @@ from trainers.evaluation import DecodeVariant
 from trainers.loop import run_training
 
 FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail each trial once at this epoch
+# Read by the driver and handed to every trial, so it reaches trials on a cluster the driver joined.
 
 
-def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict]) -> None:
+def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict],
+                finished: frozenset[str] = frozenset(), fail_at: int = 0) -> None:
+    """`finished`: trials an earlier driver saw finish (Tune's own state may lag behind a killed
+    driver); they are not trained again. `fail_at`: the driver's FAIL_ONCE_ENV, if set."""
+    if tune.get_context().get_trial_id() in finished:
+        return
     overrides = {**cells[params["cell"]], **params.get("search", {})}
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
     resume_from = _restored_checkpoint(run_dir)
-    fail_at = int(os.environ.get(FAIL_ONCE_ENV, "0") or 0)
 
     def report(result) -> None:
         tune.report(result.as_report(), checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))

@@ -137,12 +137,25 @@ class LiveTable(Callback):
                           f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}", trial.status)
         return table
 
+    @property
+    def console(self) -> Console:
+        return Console(stderr=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """Without a terminal (CI, a log file) a live table cannot redraw: print one line per epoch."""
+        if self.console.is_terminal:
+            return
+        value = result.get(self.metric)
+        self.console.print(f"{trial.trial_id} {short_params(trial_overrides(trial.config, self.cells))}: epoch "
+                           f"{result.get('epoch', 0):.0f}, {self.metric} {'-' if value is None else f'{value:.3f}'}",
+                           highlight=False)
+
     def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self._shown < 1.0:
+        if not self.console.is_terminal or time.monotonic() - self._shown < 1.0:
             return
         self._shown = time.monotonic()
         if self._live is None:
-            self._live = Live(self._table(trials), console=Console(stderr=True), refresh_per_second=2,
+            self._live = Live(self._table(trials), console=self.console, refresh_per_second=2,
                               transient=False)
             self._live.start()
         else:

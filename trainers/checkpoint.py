@@ -19,6 +19,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,12 @@ def _as_tuples(value):
     return value
 
 
-def save_checkpoint(folder: Path, training_state: dict, best_model: dict, meta: dict) -> Path:
-    """Write a checkpoint folder atomically: readers see the old one or the new one, never half."""
+def save_checkpoint(folder: Path, training_state: dict, best_model: dict, meta: dict,
+                    extra_files: Optional[dict[str, Path]] = None) -> Path:
+    """Write a checkpoint folder atomically: readers see the old one or the new one, never half.
+
+    `extra_files` (name inside the folder -> source file) are copied in, e.g. test predictions.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -69,6 +74,9 @@ def save_checkpoint(folder: Path, training_state: dict, best_model: dict, meta: 
         torch.save(training_state, staging / TRAINING_STATE)
         torch.save(best_model, staging / BEST_MODEL)
         (staging / META).write_text(json.dumps(meta, indent=1, default=str))
+        for name, source in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
         retired = None
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old")

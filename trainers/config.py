@@ -113,6 +113,8 @@ class DecodeConfig(Strict):
 
 METRIC_NAMES = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")
 SELECTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "neg_loss")
+# What ranks alignment models (trainer: alignment); rsum is the sum of the six recalls.
+RETRIEVAL_SELECTABLE = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "rsum")
 
 
 class EvalConfig(Strict):
@@ -123,22 +125,68 @@ class EvalConfig(Strict):
 
     @model_validator(mode="after")
     def _select_by_is_computed(self):
+        if self.select_by in RETRIEVAL_SELECTABLE:
+            return self  # TrainerConfig checks that the trainer is alignment
         if self.select_by not in SELECTABLE:
-            raise ValueError(f"select_by must be one of {', '.join(SELECTABLE)}")
+            raise ValueError(f"select_by must be one of {', '.join(SELECTABLE)} (captioner) or "
+                             f"{', '.join(RETRIEVAL_SELECTABLE)} (alignment)")
         family = "Bleu" if self.select_by.startswith("Bleu") else self.select_by
         if family != "neg_loss" and family not in self.metrics:
             raise ValueError(f"select_by {self.select_by!r} needs {family!r} in eval.metrics")
         return self
 
 
+class AlignmentConfig(Strict):
+    """`trainer: alignment`: Karpathy & Fei-Fei 2015's visual-semantic alignment model.
+
+    The `model` section's encoder (frozen) embeds the image fragments; its decoder keys describe the
+    region captioner trained on the aligned region-snippet pairs (the paper's: decoder mrnn).
+    """
+
+    regions: Literal["grid", "detector"] = "grid"  # grid: the encoder's cells; detector: its top boxes
+    detector: str = "fasterrcnn_resnet50_fpn"  # a torchvision detection model
+    detector_weights: str = "coco"  # coco (torchvision's, downloaded) | PATH to a state dict
+    num_regions: int = Field(19, ge=1)  # detector boxes kept besides the whole image
+    word_dim: int = Field(300, ge=1)  # x_t = W_w 1_t
+    embed_dim: int = Field(1000, ge=1)  # h: the multimodal space and the BRNN's hidden size
+    margin: float = Field(1.0, gt=0.0)  # of the ranking loss, eq. (9)
+    beta: float = Field(1.0, ge=0.0)  # MRF β: snippets for the region captioner and `orch align`
+    caption_epochs: int = Field(5, ge=0)  # region captioner (0: none)
+    caption_lr: float = Field(1.0e-3, gt=0.0)  # RMSprop, as the paper trains its generator
+
+
+# The paper's alignment optimisation (train keys a YAML with `trainer: alignment` does not set).
+ALIGNMENT_TRAIN_DEFAULTS = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-2}
+
+
 class TrainerConfig(Strict):
     """Everything one training run reads."""
 
     name: str = "orch"
-    trainer: Literal["captioner"] = "captioner"
+    trainer: Literal["captioner", "alignment"] = "captioner"
     results: str = "results"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     decode: DecodeConfig = DecodeConfig()
     eval: EvalConfig = EvalConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alignment_trains_as_the_paper(cls, data):
+        if isinstance(data, dict) and data.get("trainer") == "alignment" and isinstance(data.get("train", {}), dict):
+            data = {**data, "train": {**ALIGNMENT_TRAIN_DEFAULTS, **data.get("train", {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _select_by_fits_the_trainer(self):
+        ranks_retrieval = self.eval.select_by in RETRIEVAL_SELECTABLE
+        if self.trainer == "alignment" and not (ranks_retrieval or self.eval.select_by == "neg_loss"):
+            raise ValueError(f"eval.select_by: trainer alignment is ranked by retrieval, set it to one of "
+                             f"{', '.join(RETRIEVAL_SELECTABLE)} or neg_loss (got {self.eval.select_by!r})")
+        if self.trainer == "captioner" and ranks_retrieval:
+            raise ValueError(f"eval.select_by: {self.eval.select_by!r} ranks alignment models (trainer: alignment)")
+        if self.trainer == "alignment" and self.model.fine_tune is not False:
+            raise ValueError("model.fine_tune: the alignment model keeps the CNN frozen, set it to false")
+        return self

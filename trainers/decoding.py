@@ -162,10 +162,11 @@ def _block_unk(logprobs: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
 def _hypotheses(tokens: torch.Tensor, words: torch.Tensor, log_prob: torch.Tensor, alphas: torch.Tensor,
                 finished: torch.Tensor, beta: float) -> list[Hypothesis]:
     """Per-image results from batched tensors: tokens (B, L), words (B,), alphas (B, L, P)."""
-    score = length_penalised(log_prob, words, beta)  # (B,)
-    tokens, words, alphas = tokens.cpu(), words.cpu().tolist(), alphas.float().cpu()
-    return [Hypothesis(tokens=tokens[i, :n].tolist(), log_prob=float(log_prob[i]), score=float(score[i]),
-                       alphas=alphas[i, :n].clone(), finished=bool(finished[i]))
+    score = length_penalised(log_prob, words, beta).tolist()
+    log_prob, words, finished = log_prob.tolist(), words.tolist(), finished.tolist()
+    tokens, alphas = tokens.cpu(), alphas.float().cpu()
+    return [Hypothesis(tokens=tokens[i, :n].tolist(), log_prob=log_prob[i], score=score[i],
+                       alphas=alphas[i, :n].clone(), finished=finished[i])
             for i, n in enumerate(words)]
 
 

@@ -15,7 +15,7 @@ import torch
 
 from trainers.config import DecodeConfig
 from trainers.data.prepared import PreparedSplit
-from trainers.data.synthetic import content_accuracy
+from trainers.data.synthetic import constant_caption_baseline, content_accuracy, position_accuracy
 from trainers.data.vocab import Vocab
 from trainers.decoding import decode
 from trainers.metrics import score_captions
@@ -50,7 +50,7 @@ def caption_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], to_fea
 
 
 def score_split(split: PreparedSplit, captions: list[str], metrics: list[str]) -> dict[str, float]:
-    """Metrics, mean caption length, distinct captions and (on synthetic data) content accuracy."""
+    """Metrics, mean caption length, distinct captions and (on synthetic data) content and position accuracy."""
     n = len(captions)
     references = {i: split.references[i] for i in range(n)}
     predictions = {i: captions[i] for i in range(n)}
@@ -60,7 +60,16 @@ def score_split(split: PreparedSplit, captions: list[str], metrics: list[str]) -
     truths = split.ground_truth[:n]
     if n and all(t is not None for t in truths):
         scores["content_accuracy"] = content_accuracy(captions, truths)
+        scores["position_accuracy"] = position_accuracy(captions, truths)
     return scores
+
+
+def constant_caption_scores(split: PreparedSplit, metrics: list[str]) -> dict[str, float]:
+    """The scores of captioning every image with the split's most common reference: the floor a
+    model that ignores the image reaches."""
+    caption = constant_caption_baseline(split.references)
+    return score_captions(dict(enumerate(split.references)), dict.fromkeys(range(len(split)), caption),
+                          metrics=metrics)
 
 
 def write_predictions(path: Path, split: PreparedSplit, captions: list[str]) -> Path:

@@ -23,12 +23,14 @@ from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Subset
 
+from trainers.batching import ImageGroupedBatches, encode_distinct
 from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from trainers.config import TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.data.prepared import PreparedDataset
-from trainers.evaluation import DecodeVariant, caption_batches, score_split, write_predictions
+from trainers.evaluation import (DecodeVariant, caption_batches, constant_caption_scores, score_split,
+                                 write_predictions)
 from trainers.features import cached_features, resize_batch
 from trainers.models import attention_regularisation, build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
@@ -180,22 +182,36 @@ class CaptionRecipe:
         restore_rng_state(state["rng"])
 
     # -------------------------------------------------------------------------------- batches
-    def _to_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """A batch of cached features (B, P, C) or uint8 images (B, 3, S, S) -> float features (B, P, C)."""
+    def _to_features(self, inputs: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A batch of cached features (B, P, C) or uint8 images (B, 3, S, S) -> float features (B, P, C).
+
+        rows (B,), when given, name each item's image: an image in the batch more than once is encoded once.
+        """
         inputs = inputs.to(self.device, non_blocking=True)
         if self.use_cache:
             return inputs.float()
-        images = resize_batch(inputs, self.config.data.image_size)  # (B, 3, H, W)
+        if rows is None:
+            return self._encode_images(inputs)
+        return encode_distinct(self._encode_images, inputs, rows.to(self.device))
+
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        images = resize_batch(images, self.config.data.image_size)  # (B, 3, H, W)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.model.encoder(images)
+        return self.model.encoder(images)  # (B, P, C)
 
     def _loader(self, dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
+        """Batches in order, or shuffled by `train.seed` and the epoch (so a resumed run draws the same ones).
+
+        Shuffled captions are grouped by image when the encoder trains (see trainers.batching).
+        """
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
-        return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        common = dict(num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        if shuffle and isinstance(dataset, CaptionPairs) and self.model.encoder.trainable_parameters():
+            sampler = ImageGroupedBatches(dataset.caption_image.array, cfg.train.batch_size, generator)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, generator=generator, **common)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -212,12 +228,12 @@ class CaptionRecipe:
             n = len(batches) if not t.max_batches_per_epoch else min(len(batches), t.max_batches_per_epoch)
             batches = track(batches, description=f"epoch {epoch}/{t.epochs}", total=n, transient=True,
                             console=Console(stderr=True))
-        for batch_index, (inputs, captions, lengths, _rows) in enumerate(batches):
+        for batch_index, (inputs, captions, lengths, rows) in enumerate(batches):
             if t.max_batches_per_epoch and batch_index >= t.max_batches_per_epoch:
                 break
             captions, lengths = captions.to(self.device), lengths.to(self.device)
             with self._autocast():
-                loss, ce = caption_loss(self.model.decoder, self._to_features(inputs), captions, lengths,
+                loss, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
                                         ss_rate=rate, ss_per=t.scheduled_sampling.per, alpha_c=t.alpha_c)
             self._guard_divergence(loss.item(), epoch, batch_index)
             self.optimizer.zero_grad(set_to_none=True)
@@ -250,10 +266,10 @@ class CaptionRecipe:
         self.model.eval()
         pairs = CaptionPairs(self.dataset.split("val"), self.inputs["val"])
         total, count = 0.0, 0
-        for inputs, captions, lengths, _rows in self._loader(pairs, False):
+        for inputs, captions, lengths, rows in self._loader(pairs, False):
             captions, lengths = captions.to(self.device), lengths.to(self.device)
             with self._autocast():
-                _, ce = caption_loss(self.model.decoder, self._to_features(inputs), captions, lengths,
+                _, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
                                      ss_rate=0.0, ss_per="token", alpha_c=0.0)
             total, count = total + ce.item() * captions.shape[0], count + captions.shape[0]
         return total / max(count, 1)
@@ -305,7 +321,7 @@ class CaptionRecipe:
                                  stop_reason, samples=self._samples(evaluated[best_vid][0]))
             if result.final:
                 self._finish(result)
-            self._save(epoch)
+            self._save(epoch, {f"predictions/{path.name}": path for path in result.predictions.values()})
             self.on_epoch(result)
             if result.final:
                 break
@@ -334,7 +350,8 @@ class CaptionRecipe:
                  "references": split.references[i][:2]} for i in range(n)]
 
     def _finish(self, result: EpochResult) -> None:
-        """Decode the test split with the best weights; test metrics join the final result."""
+        """Decode the test split with the best weights; test metrics join the final result, with the
+        constant caption's (`test_constant_caption_*`) to compare them with."""
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
         evaluated = self.evaluate("test")
@@ -347,8 +364,11 @@ class CaptionRecipe:
                        key=lambda vid: result.variant_metrics[vid].get(f"val_{self.config.eval.select_by}", 0.0))
         result.metrics.update({k: v for k, v in result.variant_metrics[best_vid].items() if k.startswith("test_")})
         result.metrics["best_variant"] = best_vid
+        baseline = constant_caption_scores(self.dataset.split("test"), list(self.config.eval.metrics))
+        result.metrics.update({f"test_constant_caption_{k}": v for k, v in baseline.items()})
 
-    def _save(self, epoch: int) -> None:
+    def _save(self, epoch: int, extra_files: Optional[dict[str, Path]] = None) -> None:
+        """The checkpoint; the final one also carries the test predictions, so they reach storage."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "epoch": epoch, "best_score": self.best_score,
@@ -358,7 +378,7 @@ class CaptionRecipe:
         meta = {"config": self.config.model_dump(mode="json"), "vocab": list(self.vocab.itos), "epoch": epoch,
                 "best_epoch": self.best_epoch, "best_metrics": best,
                 "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants}}
-        save_checkpoint(self.checkpoint_dir, state, self.best_state, meta)
+        save_checkpoint(self.checkpoint_dir, state, self.best_state, meta, extra_files)
 
 
 def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,

@@ -60,6 +60,7 @@ CAPTION_WORDS = ["a", "man", "dog's", "doesn't", "can't", "t-shirt", "two-story"
 SPACES = [" ", "  ", "\t", "\u00a0", "\u2009", "\u3000", " \u200b "]
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(CAPTION_WORDS), st.sampled_from(SPACES)), max_size=12))
 def test_any_kind_or_amount_of_space_between_words_gives_the_same_tokens(words_and_spaces):
     single_spaced = " ".join(word for word, _ in words_and_spaces)
@@ -67,13 +68,14 @@ def test_any_kind_or_amount_of_space_between_words_gives_the_same_tokens(words_a
     assert tokenize(odd_spaced) == tokenize(single_spaced)
 
 
+@settings(deadline=None)
 @given(st.lists(st.sampled_from(CAPTION_WORDS), max_size=12))
 def test_upper_case_captions_give_the_same_tokens(words):
     caption = " ".join(words)
     assert tokenize(caption.upper()) == tokenize(caption)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_gives_non_empty_tokens_without_spaces_or_dropped_punctuation(text):
     tokens = tokenize(text)

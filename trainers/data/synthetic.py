@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
+from itertools import zip_longest
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -182,25 +183,53 @@ def _holds_dataset(out: Path, options: dict) -> bool:
     return True
 
 
-def named_objects(caption: str) -> Counter:
-    """The (colour, shape) pairs a caption names: each shape word with the colour word before it."""
-    named, color = Counter(), None
+def _mentions(caption: str) -> tuple[list[tuple[str | None, str]], list[str]]:
+    """In caption order: the (colour, shape) pairs named (each shape word with the colour word
+    before it) and the position words (left, middle, right)."""
+    named, positions, color = [], [], None
     for token in tokenize(caption):
         if token in COLORS:
             color = token
         elif token in SHAPES:
-            named[(color, token)] += 1
+            named.append((color, token))
             color = None
-    return named
+        elif token in POSITIONS:
+            positions.append(token)
+    return named, positions
+
+
+def named_objects(caption: str) -> Counter:
+    """The (colour, shape) pairs a caption names."""
+    return Counter(_mentions(caption)[0])
+
+
+def placed_objects(caption: str) -> Counter:
+    """The (colour, shape, position) triples a caption names.
+
+    Every phrasing names each object with exactly one position phrase, before it or after it, so
+    the i-th object named goes with the i-th position word; a missing or extra one pairs with None.
+    """
+    named, positions = _mentions(caption)
+    return Counter((*(pair or (None, None)), position) for pair, position in zip_longest(named, positions))
+
+
+def _accuracy(captions: Sequence[str], ground_truths: Sequence[dict], parse: Callable[[str], Counter],
+              fields: tuple[str, ...]) -> float:
+    if len(captions) != len(ground_truths):
+        raise ValueError(f"{len(captions)} captions for {len(ground_truths)} ground truths")
+    correct = sum(parse(caption) == Counter(tuple(o[f] for f in fields) for o in truth["objects"])
+                  for caption, truth in zip(captions, ground_truths))
+    return correct / max(len(captions), 1)
 
 
 def content_accuracy(captions: Sequence[str], ground_truths: Sequence[dict]) -> float:
     """Fraction of images whose caption names each object's colour and shape, and nothing else."""
-    if len(captions) != len(ground_truths):
-        raise ValueError(f"{len(captions)} captions for {len(ground_truths)} ground truths")
-    correct = sum(named_objects(caption) == Counter((o["color"], o["shape"]) for o in truth["objects"])
-                  for caption, truth in zip(captions, ground_truths))
-    return correct / max(len(captions), 1)
+    return _accuracy(captions, ground_truths, named_objects, ("color", "shape"))
+
+
+def position_accuracy(captions: Sequence[str], ground_truths: Sequence[dict]) -> float:
+    """Fraction of images whose caption names each object's colour, shape and position, and nothing else."""
+    return _accuracy(captions, ground_truths, placed_objects, ("color", "shape", "position"))
 
 
 def constant_caption_baseline(references: Sequence[Sequence[str]]) -> str:

@@ -78,9 +78,12 @@ class Encoder(nn.Module):
     def frozen_blocks(self) -> list[nn.Module]:
         return list(self.blocks[: self.first_trainable])
 
+    def trainable_blocks(self) -> list[nn.Module]:
+        return list(self.blocks[self.first_trainable:])
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that get `train.encoder_lr` (empty when the encoder is frozen)."""
-        return [p for block in self.blocks[self.first_trainable:] for p in block.parameters()]
+        return [p for block in self.trainable_blocks() for p in block.parameters()]
 
     def train(self, mode: bool = True) -> "Encoder":
         """Frozen blocks stay in eval mode so their BatchNorm statistics never move."""
@@ -94,10 +97,10 @@ class Encoder(nn.Module):
         with torch.no_grad():
             for block in self.frozen_blocks():
                 x = block(x)
-        for block in self.blocks[self.first_trainable:]:
+        for block in self.trainable_blocks():
             x = block(x)  # (B, C, H', W')
         x = self.pool(x)  # (B, C, S, S)
-        return x.flatten(2).transpose(1, 2)  # (B, P = S*S, C)
+        return x.flatten(2).transpose(1, 2).contiguous()  # (B, P = S*S, C)
 
 
 def build_encoder(cfg: ModelConfig) -> Encoder:
@@ -105,7 +108,7 @@ def build_encoder(cfg: ModelConfig) -> Encoder:
     model = _torchvision_model(cfg)
     blocks = split(model)
     preprocessing = tv.get_model_weights(cfg.encoder).DEFAULT.transforms()
-    return Encoder(blocks, _trainable_blocks(cfg, len(blocks)), cfg.encoded_size,
+    return Encoder(blocks, _count_trainable_blocks(cfg, len(blocks)), cfg.encoded_size,
                    preprocessing.mean, preprocessing.std)
 
 
@@ -120,7 +123,7 @@ def encoder_fingerprint(cfg: ModelConfig) -> dict:
     return {"encoder": cfg.encoder, "weights": weights, "encoded_size": cfg.encoded_size}
 
 
-def _trainable_blocks(cfg: ModelConfig, n_blocks: int) -> int:
+def _count_trainable_blocks(cfg: ModelConfig, n_blocks: int) -> int:
     if isinstance(cfg.fine_tune, bool):
         return n_blocks if cfg.fine_tune else 0
     if cfg.fine_tune > n_blocks:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from trainers.data.synthetic import (COLORS, POSITIONS, constant_caption_baseline, content_accuracy, named_objects,
-                                     write_synthetic_dataset)
+                                     placed_objects, position_accuracy, write_synthetic_dataset)
 from trainers.errors import InputError
 
 
@@ -68,6 +68,24 @@ def test_content_accuracy_checks_colours_and_shapes_and_nothing_extra():
     assert content_accuracy([right, "nothing here"], [truth, truth]) == 0.5
     with pytest.raises(ValueError):
         content_accuracy([right], [truth, truth])
+
+
+def test_position_accuracy_also_checks_where_each_object_is():
+    truth = {"objects": [{"shape": "circle", "color": "red", "size": "small", "position": "left"},
+                         {"shape": "cross", "color": "blue", "size": "large", "position": "right"}]}
+    right = "a small red circle on the left and a large blue cross on the right"
+    position_first = "on the left there is a small red circle and on the right a large blue cross"
+    assert position_accuracy([right, position_first], [truth, truth]) == 1.0
+    swapped = "a small red circle on the right and a large blue cross on the left"
+    assert content_accuracy([swapped], [truth]) == 1.0 and position_accuracy([swapped], [truth]) == 0.0
+    assert position_accuracy(["a small red circle on the left and a large blue cross"], [truth]) == 0.0
+    assert position_accuracy([right + " and in the middle"], [truth]) == 0.0
+
+
+def test_every_reference_places_every_object(synth_dir):
+    for image in json.loads((synth_dir / "dataset.json").read_text())["images"]:
+        truth = Counter((o["color"], o["shape"], o["position"]) for o in image["synthetic"]["objects"])
+        assert all(placed_objects(sentence["raw"]) == truth for sentence in image["sentences"])
 
 
 def test_constant_caption_baseline_is_the_most_common_reference():

@@ -4,8 +4,6 @@ The combinations come from the registries themselves (as timm's tests iterate li
 newly registered component is tested without editing this file.
 """
 
-import functools
-
 import pytest
 import torch
 
@@ -22,9 +20,17 @@ def tiny_config(encoder="resnet18", decoder="lstm", attention="soft") -> ModelCo
                        attention=attention, embed_dim=16, hidden_dim=16, attention_dim=16, dropout=0.1)
 
 
-@functools.cache
-def cached_encoder(name):
-    return build_encoder(tiny_config(encoder=name))
+@pytest.fixture(scope="module")
+def encoders():
+    """Each encoder is built once for this module and freed after it."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = build_encoder(tiny_config(encoder=name))
+        return built[name]
+
+    return get
 
 
 def test_the_coursework_backbones_are_registered():
@@ -37,9 +43,9 @@ def test_the_coursework_backbones_are_registered():
 
 @pytest.mark.parametrize("decoder,attention", COMBINATIONS)
 @pytest.mark.parametrize("encoder_name", ENCODERS.names())
-def test_forward_and_backward_reach_every_part(encoder_name, decoder, attention):
+def test_forward_and_backward_reach_every_part(encoders, encoder_name, decoder, attention):
     torch.manual_seed(0)
-    encoder = cached_encoder(encoder_name)
+    encoder = encoders(encoder_name)
     encoder.zero_grad(set_to_none=True)
     model = Captioner(encoder, Decoder(tiny_config(encoder_name, decoder, attention), encoder.out_channels, VOCAB))
     model.train()

@@ -65,7 +65,8 @@ def test_one_coin_per_caption_feeds_whole_captions_one_way():
     teacher_forced, _ = model(features, captions, lengths)
 
     def captions_untouched(per):
-        logits, _ = model(features, captions, lengths, ss_rate=0.5, ss_per=per, generator=torch.Generator().manual_seed(5))
+        generator = torch.Generator().manual_seed(5)
+        logits, _ = model(features, captions, lengths, ss_rate=0.5, ss_per=per, generator=generator)
         return int((logits == teacher_forced).flatten(1).all(dim=1).sum())
 
     assert 16 <= captions_untouched("sequence") <= 48

@@ -1,0 +1,90 @@
+"""Fixtures for the real-component tests of `orch run`: tiny data, YAML files, a local Ray, MLflow stores.
+
+Everything here is real (Ray, MLflow, training); only the sizes are tiny: 20 synthetic 32 px
+images and a 16-wide decoder over a frozen, randomly initialised RegNet, so an epoch takes seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator import cli
+from orchestrator.keys import deep_merge
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+TINY_EXPERIMENT = {
+    "data": {"image_size": 32, "num_workers": 0},
+    "model": {"encoder": "regnet_x_400mf", "weights": "none", "fine_tune": False, "encoded_size": 2,
+              "embed_dim": 16, "hidden_dim": 16, "attention_dim": 16, "dropout": 0.0},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 3.0e-3, "seed": 0},
+    "decode": {"beam_size": 2, "max_len": 12},
+    "eval": {"metrics": ["Bleu", "CIDEr"], "sample_captions": 2},
+    "resources": {"cpu": 1},
+    "ray": {"max_failures": 0},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset of 20 images (train 16, val 2, test 2), built once per session."""
+    from trainers.data.prepare import prepare_dataset
+    from trainers.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    write_synthetic_dataset(root / "source", n=20, size=32, seed=0)
+    prepare_dataset(root / "source" / "dataset.json", root / "source", root / "prepared", min_word_freq=1,
+                    max_len=30, image_size=32)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tiny_prepared) -> Callable[..., dict]:
+    """tiny_experiment(name, storage, **sections): a small experiment whose sections override the defaults."""
+
+    def make(name: str, storage: Path, **sections) -> dict:
+        config = copy.deepcopy(TINY_EXPERIMENT)
+        config["name"] = name
+        config["data"]["prepared"] = str(tiny_prepared)
+        config["ray"]["storage"] = str(storage)
+        return deep_merge(config, sections)
+
+    return make
+
+
+def write_yaml(path: Path, document: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray (2 CPUs) for the in-process runs; `orch run` sees it is up and joins it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def sqlite_uri(folder: Path) -> str:
+    """A real sqlite MLflow store in `folder` (created on first use, as `orch run` does)."""
+    return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
+@pytest.fixture
+def orch(monkeypatch) -> Callable[..., "object"]:
+    """Invoke the `orch` CLI in this process, as a user would type it; returns click's Result."""
+    monkeypatch.setattr(cli.console, "width", 400)  # no wrapping of long messages
+
+    def invoke(*args):
+        return CliRunner().invoke(cli.app, [str(arg) for arg in args])
+
+    return invoke

@@ -1,0 +1,54 @@
+"""`orch train`: one configuration in-process, its summary, its files and its MLflow runs."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.conftest import tiny_trainer_dict
+
+
+def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_trainer_dict(prepared_dir, eval={"metrics": ["Bleu", "ROUGE_L", "CIDEr"]})
+    config["ray"] = {"storage": str(tmp_path / "results")}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(app, ["train", "one.yaml", "--json", "--set", "train.epochs=1"])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("test_Bleu_1", "test_Bleu_4", "test_ROUGE_L", "test_CIDEr", "mean_caption_length",
+                "distinct_captions", "predictions"):
+        assert key in summary, key
+    predictions = json.loads(open(summary["predictions"]).read())
+    assert {"image_id", "caption"} <= set(predictions[0])
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = sorted(run.data.tags["orch.kind"] for run in runs)
+    assert kinds == ["parent", "trial", "variant"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    trial = next(run for run in runs if run.data.tags["orch.kind"] == "trial")
+    assert trial.data.params["model.decoder"] == "lstm" and trial.data.params["train.epochs"] == "1"
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_CIDEr")] == [1]
+    artifacts = {a.path for a in client.list_artifacts(trial.info.run_id, "best_checkpoint")}
+    assert artifacts == {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json"}
+
+
+def test_orch_train_refuses_an_ablation_grid(prepared_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_trainer_dict(prepared_dir)
+    config["ablation"] = {"model.decoder": ["lstm", "gru"]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(app, ["train", "grid.yaml"])
+
+    assert result.exit_code == 2
+    assert "orch run" in result.output
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,384 @@
+"""`orch run`, `orch resume` and `orch status` end to end: real Ray Tune trials, real MLflow, tiny training.
+
+One module-scoped grid (2 trainings x 3 length penalties) feeds the checks of the plan split, the
+MLflow run tree and the single-writer design; the other scenarios (an MLflow server, a driver killed
+mid-trial, injected failures, ASHA) each run one small experiment of their own. The in-process runs
+join the session's local Ray (`local_ray`); the killed driver is a real `orch run` subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator import cli
+from tests.orchestrator.conftest import REPO_ROOT, sqlite_uri, write_yaml
+
+GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
+
+
+# --------------------------------------------------------------------------------------- helpers
+def invoke(*args):
+    """`orch ARGS` in this process (long lines unwrapped), as the `orch` fixture does for one test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.console, "width", 400)
+        return CliRunner().invoke(cli.app, [str(arg) for arg in args])
+
+
+def runs_of(client: MlflowClient, experiment: str) -> dict[str, list]:
+    """The experiment's runs by their `orch.kind` tag: parent, trial, variant."""
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    kinds: dict[str, list] = {"parent": [], "trial": [], "variant": []}
+    for run in runs:
+        kinds[run.data.tags["orch.kind"]].append(run)
+    return kinds
+
+
+def epochs_logged(client: MlflowClient, run) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
+
+
+def artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> set[str]:
+    paths = set()
+    for item in client.list_artifacts(run_id, folder or None):
+        paths |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return paths
+
+
+def trial_folders(storage: Path, name: str) -> list[Path]:
+    return sorted(p for p in storage.glob(f"{name}/run-*/trials/c*") if p.is_dir())
+
+
+def tune_results(folder: Path) -> list[dict]:
+    """What Ray Tune recorded of a trial, one dict per reported epoch (result.json)."""
+    return [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+
+
+def assert_tree_finished(kinds: dict[str, list]) -> None:
+    statuses = {run.info.status for runs in kinds.values() for run in runs}
+    assert statuses == {"FINISHED"}, statuses
+
+
+@dataclass
+class GridRun:
+    exit_code: int
+    output: str
+    storage: Path
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def grid_run(local_ray, tiny_experiment, tmp_path_factory) -> GridRun:
+    root = tmp_path_factory.mktemp("grid")
+    config = write_yaml(root / "grid.yaml", tiny_experiment("grid", root / "results", ablation=GRID))
+    result = invoke("run", config)
+    return GridRun(result.exit_code, result.output, root / "results", MlflowClient(sqlite_uri(root / "results")))
+
+
+# ------------------------------------------------------------------------------ the shared grid
+@pytest.mark.integration
+def test_decode_variants_are_evaluated_per_trained_model_never_retrained(grid_run):
+    assert grid_run.exit_code == 0, grid_run.output
+    assert "2 trainings (2 grid cells); 6 evaluations (2 trainings x 3 decode variants)" in grid_run.output
+    assert len(trial_folders(grid_run.storage, "grid")) == 2
+    kinds = runs_of(grid_run.client, "grid")
+    assert len(kinds["parent"]) == 1 and len(kinds["trial"]) == 2 and len(kinds["variant"]) == 6
+    for trial in kinds["trial"]:
+        variants = [v for v in kinds["variant"] if v.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        assert sorted(v.data.params["decode.length_penalty"] for v in variants) == ["0.0", "0.5", "1.0"]
+        assert {v.data.params["model.decoder"] for v in variants} == {trial.data.params["model.decoder"]}
+
+
+@pytest.mark.integration
+def test_mlflow_holds_parent_trial_and_variant_runs_all_finished(grid_run, tmp_path):
+    client, kinds = grid_run.client, runs_of(grid_run.client, "grid")
+    assert_tree_finished(kinds)
+    (parent,) = kinds["parent"]
+    assert {"config/resolved.yaml", "config/plan.json", "environment/packages.json"} <= \
+        artifact_paths(client, parent.info.run_id)
+    assert parent.data.tags["orch.git_commit"]
+    plan = json.loads(Path(client.download_artifacts(parent.info.run_id, "config/plan.json", str(tmp_path))).read_text())
+    assert (plan["n_trainings"], plan["n_evaluations"]) == (2, 6)
+
+    for trial in kinds["trial"]:
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"model.decoder", "model.encoder", "train.lr", "train.epochs", "train.scheduled_sampling.max_rate",
+                "decode.beam_size", "eval.select_by", "data.prepared"} <= set(trial.data.params)
+        for metric in ("train_loss", "val_loss", "val_CIDEr"):
+            assert [m.step for m in client.get_metric_history(trial.info.run_id, metric)] == [1, 2], metric
+        assert {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json", "sample_captions.json"} <= \
+            artifact_paths(client, trial.info.run_id)
+    for variant in kinds["variant"]:
+        assert "decode.length_penalty" in variant.data.params
+        assert {"val_CIDEr", "val_Bleu_4", "test_CIDEr", "test_Bleu_4", "test_mean_caption_length"} <= \
+            set(variant.data.metrics)
+
+
+@pytest.mark.integration
+def test_the_driver_is_the_only_mlflow_writer(grid_run):
+    """Two trials ran at once on sqlite: no lock errors, and every run was written by this process."""
+    assert "database is locked" not in grid_run.output
+    kinds = runs_of(grid_run.client, "grid")
+    writers = {run.data.tags["orch.driver"] for runs in kinds.values() for run in runs}
+    assert writers == {f"{socket.gethostname()}:{os.getpid()}"}
+
+
+@pytest.mark.integration
+def test_status_shows_every_cell_of_the_latest_run(grid_run):
+    result = invoke("status", "grid", "--storage", grid_run.storage, "--json")
+    assert result.exit_code == 0, result.output
+    cells = json.loads(result.stdout)["grid"]["cells"]
+    assert len(cells) == 6 and {cell["status"] for cell in cells} == {"FINISHED"}
+    assert {cell["varying"]["decode.length_penalty"] for cell in cells} == {"0.0", "0.5", "1.0"}
+
+
+# --------------------------------------------------------------------------- an MLflow server
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, served artifacts), stopped afterwards."""
+    port = _free_port()
+    (tmp_path / "server").mkdir()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(tmp_path / "server"),
+         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    log.close()
+
+
+@pytest.mark.integration
+def test_a_whole_run_lands_in_an_mlflow_server(local_ray, tiny_experiment, mlflow_server, tmp_path):
+    config = write_yaml(tmp_path / "served.yaml", tiny_experiment(
+        "served", tmp_path / "results", train={"epochs": 1}, tracking={"uri": mlflow_server},
+        ablation={"decode.length_penalty": [0.0, 1.0]}))
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "results" / "mlflow.db").exists()
+    client = MlflowClient(mlflow_server)
+    kinds = runs_of(client, "served")
+    assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 1, 2)
+    assert_tree_finished(kinds)
+    (parent,), (trial,) = kinds["parent"], kinds["trial"]
+    assert "config/resolved.yaml" in artifact_paths(client, parent.info.run_id)
+    assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
+    assert epochs_logged(client, trial) == [1]
+
+
+# ------------------------------------------------------------------- a driver killed mid-trial
+TRIAL_PROGRESS = """
+    select cell.value, runs.status, epoch.value from runs
+    join tags kind on kind.run_uuid = runs.run_uuid and kind.key = 'orch.kind' and kind.value = 'trial'
+    join params cell on cell.run_uuid = runs.run_uuid and cell.key = 'orch.cell'
+    left join latest_metrics epoch on epoch.run_uuid = runs.run_uuid and epoch.key = 'epoch'
+"""
+
+
+def trial_progress(db: Path) -> dict[str, tuple[str, float]]:
+    """cell -> (status, last epoch) read straight from the sqlite file, read-only: a poller must not
+    race the driver's own schema set-up."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return {cell: (status, epoch or 0) for cell, status, epoch in connection.execute(TRIAL_PROGRESS)}
+    except sqlite3.Error:
+        return {}
+
+
+@pytest.mark.integration
+def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, tiny_experiment, tmp_path):
+    """c001 (1 epoch) finishes, c002 (6 epochs) is mid-way when the driver gets SIGKILL."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "killed.yaml", tiny_experiment(
+        "killed", storage, train={"epochs": 6},
+        ablation={"train.epochs": [1, 6], "decode.length_penalty": [0.0, 1.0]}))
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 400
+    while True:
+        progress = trial_progress(storage / "mlflow.db")
+        if progress.get("c001", ("", 0))[0] == "FINISHED" and progress.get("c002", ("", 0))[1] >= 2:
+            break
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline, f"no progress to kill at: {progress}"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    log.close()
+
+    client = MlflowClient(sqlite_uri(storage))
+    before = {run.data.params["orch.cell"]: run for run in runs_of(client, "killed")["trial"]}
+    status = invoke("status", "killed", "--storage", storage)
+    assert status.exit_code == 0, status.output
+    assert "marked 4 run(s) left RUNNING by a dead driver as KILLED" in status.output  # parent, c002, its 2 variants
+    killed = runs_of(client, "killed")
+    assert not [run for runs in killed.values() for run in runs if run.info.status == "RUNNING"]
+    assert {run.data.params["orch.cell"]: run.info.status for run in killed["trial"]} == \
+        {"c001": "FINISHED", "c002": "KILLED"}
+
+    resumed = invoke("resume", "killed", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    kinds = runs_of(client, "killed")
+    assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 4)
+    assert_tree_finished(kinds)
+    after = {run.data.params["orch.cell"]: run for run in kinds["trial"]}
+    assert after["c001"].info.run_id == before["c001"].info.run_id
+    assert after["c001"].info.end_time == before["c001"].info.end_time
+    assert epochs_logged(client, after["c001"]) == [1]
+    assert after["c002"].info.run_id == before["c002"].info.run_id
+    assert epochs_logged(client, after["c002"]) == [1, 2, 3, 4, 5, 6]
+    assert "orch.failure_reason" not in after["c002"].data.tags  # the kill is history once it resumed
+    (c002_folder,) = [f for f in trial_folders(storage, "killed") if f.name.startswith("c002")]
+    restarts = [r["epoch"] for r in tune_results(c002_folder) if r["iterations_since_restore"] == 1]
+    assert max(restarts) > 1, f"c002 restarted from scratch, not from its checkpoint: {restarts}"
+
+
+# --------------------------------------------------------------------------- injected failures
+@pytest.mark.integration
+def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tiny_experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCH_FAIL_ONCE_AT_EPOCH", "1")
+    config = write_yaml(tmp_path / "retried.yaml", tiny_experiment("retried", tmp_path / "results",
+                                                                    ray={"max_failures": 1}))
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(sqlite_uri(tmp_path / "results"))
+    kinds = runs_of(client, "retried")
+    assert_tree_finished(kinds)
+    (trial,) = kinds["trial"]
+    assert trial.data.tags["orch.retries"] == "1"
+    assert "injected failure at epoch 1" in trial.data.tags["orch.last_error"]
+    assert epochs_logged(client, trial) == [1, 2]
+    (folder,) = trial_folders(tmp_path / "results", "retried")
+    assert [(r["epoch"], r["iterations_since_restore"]) for r in tune_results(folder)] == [(1, 1), (2, 1)]
+
+
+@pytest.mark.integration
+def test_without_retries_a_failure_exits_1_and_names_its_reason(local_ray, tiny_experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCH_FAIL_ONCE_AT_EPOCH", "1")
+    config = write_yaml(tmp_path / "failed.yaml", tiny_experiment(
+        "failed", tmp_path / "results", ablation={"decode.length_penalty": [0.0, 1.0]}))
+    result = invoke("run", config)
+    assert result.exit_code == 1, result.output
+    assert "failed c001-" in result.output and "injected failure at epoch 1" in result.output
+    kinds = runs_of(MlflowClient(sqlite_uri(tmp_path / "results")), "failed")
+    for run in [*kinds["parent"], *kinds["trial"], *kinds["variant"]]:
+        assert run.info.status == "FAILED"
+        assert "injected failure at epoch 1" in run.data.tags["orch.failure_reason"]
+
+
+# ------------------------------------------------------------------------------------- ASHA
+@pytest.mark.integration
+def test_asha_stops_the_weak_trials_early_and_says_so(local_ray, tiny_experiment, tmp_path):
+    """Ranked by val loss (2 val images make CIDEr ties); lr 1e-9 learns nothing and starts last."""
+    config = write_yaml(tmp_path / "asha.yaml", tiny_experiment(
+        "asha", tmp_path / "results", train={"epochs": 3}, eval={"select_by": "neg_loss"},
+        scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        ablation={"train.lr": [1.0e-2, 3.0e-3, 1.0e-3, 1.0e-9]}))
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(sqlite_uri(tmp_path / "results"))
+    kinds = runs_of(client, "asha")
+    trained = {run.data.params["train.lr"]: (run, epochs_logged(client, run)) for run in kinds["trial"]}
+    assert len(trained["1e-09"][1]) < 3
+    for run, epochs in trained.values():
+        if len(epochs) < 3:
+            assert run.info.status == "KILLED"
+            assert run.data.tags["orch.failure_reason"] == f"stopped early by the scheduler after epoch {len(epochs)}"
+            children = [v for v in kinds["variant"] if v.data.tags["mlflow.parentRunId"] == run.info.run_id]
+            assert {v.info.status for v in children} == {"KILLED"}
+        else:
+            assert run.info.status == "FINISHED" and epochs == [1, 2, 3]
+    assert kinds["parent"][0].info.status == "FINISHED"
+
+
+# ----------------------------------------------------------------- bad input: exit 2, nothing started
+CONFIG_ERRORS = [
+    ({"train": {"epoch": 2}}, "unknown key 'train.epoch' — did you mean 'train.epochs'?"),
+    ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
+    ({"ablation": {"model.decoder": ["lstm", "transformer"]}},
+     "ablation value \"transformer\" is invalid: model.decoder: Input should be 'rnn', 'lstm', 'gru' or 'mrnn'"),
+]
+
+
+@pytest.mark.parametrize("sections, message", CONFIG_ERRORS)
+def test_a_bad_config_exits_2_before_anything_starts(orch, tiny_experiment, tmp_path, monkeypatch, sections, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_yaml(tmp_path / "bad.yaml", tiny_experiment("bad", Path("results"), **sections))
+    result = orch("run", config)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "bad.yaml" in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_config_file_exits_2(orch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = orch("run", "missing.yaml")
+    assert result.exit_code == 2 and "config file not found: missing.yaml" in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_orch_train_points_a_grid_to_orch_run(orch, tiny_experiment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_yaml(tmp_path / "grid.yaml", tiny_experiment("grid", Path("results"), ablation=GRID))
+    result = orch("train", config)
+    assert result.exit_code == 2 and "run it with `orch run`" in result.output
+    assert not (tmp_path / "results").exists()
+
+
+COURSEWORK = {  # DESIGN.md's example grid: 2 encoders x 2 decoders x 3 sampling rates x 4 β
+    "name": "coursework",
+    "ablation": {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"],
+                 "train.scheduled_sampling.max_rate": [0.0, 0.1, 0.25],
+                 "decode.length_penalty": [0.0, 0.5, 1.0, 1.5]},
+    "scheduler": {"kind": "asha", "grace_period": 2, "reduction_factor": 3},
+    "resources": {"cpu": 4, "gpu": 0.5},
+}
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(orch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = orch("run", write_yaml(tmp_path / "coursework.yaml", COURSEWORK), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "12 trainings (12 grid cells); 48 evaluations (12 trainings x 4 decode variants)" in result.output
+    assert "up to 2 trials per GPU" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coursework.yaml"]
