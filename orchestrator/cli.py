@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from trainers.errors import InputError
+from trainers.errors import InputError, TrainingDiverged
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="orch: captioning ablations on Ray Tune, tracked in MLflow.")
@@ -32,6 +32,9 @@ def _exits_cleanly(command):
         except InputError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False)
             raise typer.Exit(2)
+        except TrainingDiverged as error:
+            console.print(f"[bold red]failed:[/] {error}", highlight=False)
+            raise typer.Exit(1)
 
     return wrapper
 

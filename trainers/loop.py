@@ -31,15 +31,12 @@ from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.data.prepared import PreparedDataset
 from trainers.evaluation import (DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
+from trainers.errors import TrainingDiverged
 from trainers.features import cached_features, resize_batch
 from trainers.models import attention_regularisation, build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
 
 PAD = 0
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf or grew past `train.divergence_factor` times its start."""
 
 
 @dataclass

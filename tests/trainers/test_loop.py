@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import tiny_trainer_dict
 from trainers.checkpoint import load_checkpoint
 from trainers.config import TrainerConfig
-from trainers.loop import CaptionRecipe, TrainingDiverged, run_training
+from trainers.errors import TrainingDiverged
+from trainers.loop import CaptionRecipe, run_training
 
 
 def _config(prepared, **sections) -> TrainerConfig:

@@ -1,0 +1,173 @@
+"""Checks `orch run` makes before any trial starts: can it reach what the config points at?
+
+A cluster run that discovers an unreachable MLflow server or a wrong Ray address only after its
+trials trained has spent GPU hours for nothing (MLflow's own client retries for minutes; `ray.init`
+waits as long). So the tracking store, the results storage and the Ray cluster are each tried once,
+with a short timeout, and the first that fails stops the command with a message naming the key to
+fix. Failures are `PreflightError`, an InputError: exit code 2, nothing started, nothing written.
+
+Credentials are MLflow's own: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (basic auth) or
+MLFLOW_TRACKING_TOKEN, read by MLflow's request code exactly as the run itself will send them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Optional
+from urllib.parse import urlsplit
+
+import pyarrow
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.single import tracking_uri
+from orchestrator.storage import Storage, resolve
+from trainers.errors import InputError
+
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # with or without +driver
+SEARCH_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+
+
+class PreflightError(InputError):
+    """Something the run needs cannot be reached; the message names the setting to fix."""
+
+
+def check(config: ExperimentConfig, address: Optional[str] = None, timeout_s: float = 10.0) -> None:
+    """Raise PreflightError unless the storage, the tracking store and the Ray cluster all answer.
+
+    `address` is `orch run --address`, which overrides `ray.address`.
+    """
+    storage = resolve(config.ray.storage)
+    check_storage(storage, tracking_set=config.tracking.uri is not None)
+    check_tracking(tracking_uri(config), timeout_s)
+    check_ray_address(*_ray_address(config, address), timeout_s)
+
+
+# ------------------------------------------------------------------------------------- storage
+def check_storage(storage: Storage, tracking_set: bool) -> None:
+    """A bucket must answer with the credentials in the environment, and cannot hold sqlite."""
+    if storage.is_local:
+        return
+    if not tracking_set:
+        raise PreflightError(f"ray.storage is {storage.uri()}, and the default MLflow store (a sqlite file in "
+                             f"ray.storage) cannot live in a bucket: set tracking.uri to your MLflow server")
+    try:
+        storage.filesystem.get_file_info(storage.root)
+    except (OSError, pyarrow.ArrowException) as error:
+        raise PreflightError(f"ray.storage: cannot reach {storage.uri()}: {_first_line(error)} (credentials come "
+                             f"from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL "
+                             f"for MinIO; GOOGLE_APPLICATION_CREDENTIALS)") from None
+
+
+# ------------------------------------------------------------------------------------ tracking
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """An MLflow server answers an authenticated request; a database accepts a connection."""
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+    elif scheme in DATABASE_SCHEMES:
+        _check_database(uri, timeout_s)
+    # sqlite and file stores are local files the run creates; databricks handles its own login
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), SEARCH_ENDPOINT, "POST", max_retries=0,
+                                backoff_factor=0, timeout=timeout_s, raise_on_status=False,
+                                json={"max_results": 1})
+    except MlflowException as error:
+        raise PreflightError(f"tracking.uri: cannot reach the MLflow server at {uri} ({_network_reason(error)}); "
+                             f"start it, or point tracking.uri at it. Nothing was started.") from None
+    if response.status_code == 401:
+        given = [name for name in CREDENTIAL_VARIABLES if os.environ.get(name)]
+        said = f"it refused {', '.join(given)}" if given else "none of " + ", ".join(CREDENTIAL_VARIABLES) + " is set"
+        raise PreflightError(f"tracking.uri: the MLflow server at {uri} asks for credentials and {said}: "
+                             f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if response.status_code == 403:
+        raise PreflightError(f"tracking.uri: the MLflow server at {uri} accepted the credentials but denies "
+                             f"this user access to experiments (HTTP 403): ask its admin for EDIT permission")
+    if response.status_code != 200 or "json" not in response.headers.get("Content-Type", ""):
+        raise PreflightError(f"tracking.uri: {uri} answered HTTP {response.status_code} "
+                             f"({response.text.strip()[:200] or 'no body'}), not as an MLflow tracking server does")
+
+
+def _check_database(uri: str, timeout_s: float) -> None:
+    import sqlalchemy
+
+    shown = _without_password(uri)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout_s))})
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
+        raise PreflightError(f"tracking.uri: {shown} needs a database driver this Python lacks ({error}); "
+                             f"for PostgreSQL: pip install psycopg2-binary") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = _first_line(getattr(error, "orig", None) or error)
+        raise PreflightError(f"tracking.uri: cannot connect to the database {shown} ({reason})") from None
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------ Ray
+def _ray_address(config: ExperimentConfig, address: Optional[str]) -> tuple[Optional[str], str]:
+    """The cluster the run will join and the setting that named it (ray.init reads RAY_ADDRESS too)."""
+    if address:
+        return address, "--address"
+    if config.ray.address:
+        return config.ray.address, "ray.address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
+def check_ray_address(address: Optional[str], source: str = "ray.address", timeout_s: float = 10.0) -> None:
+    """The cluster's head answers on its port (None: a local Ray is started, nothing to check)."""
+    if address is None:
+        return
+    target = address
+    if address == "auto":
+        # Ray's own lookup for "auto": RAY_ADDRESS, then the cluster `ray start` recorded on this machine.
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            target = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError:
+            raise PreflightError(f"{source}: auto found no running Ray cluster on this machine: start one "
+                                 f"(`ray start --head`) or give the head's host:port") from None
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        raise PreflightError(f"{source}: no Ray cluster answers at {target} ({_first_line(error)}): start it "
+                             f"(`ray start --head`), or fix the address. Nothing was started.") from None
+
+
+# ------------------------------------------------------------------------------------ messages
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _network_reason(error: BaseException) -> str:
+    """'Connection refused', 'timed out', ... out of requests' long wrapped message."""
+    text = f"{error} {error.__context__ or ''}"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip()
+    return "timed out" if "timed out" in text.lower() else _first_line(error)
+
+
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
