@@ -39,6 +39,14 @@ def _exits_cleanly(command):
     return wrapper
 
 
+def _load_experiment(config: Path, overrides: List[str], smoke: bool):
+    """The experiment file with its --set overrides, in its smoke profile when asked."""
+    from orchestrator.config import load_config
+    from orchestrator.smoke import load_smoke_config
+
+    return (load_smoke_config if smoke else load_config)(config, overrides)
+
+
 @app.command()
 @_exits_cleanly
 def synth(
@@ -97,12 +105,12 @@ def train(
     config: Path = typer.Argument(..., help="Experiment YAML (one configuration: no ablation grid)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.lr=1e-3 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="End the output with one JSON object of test metrics."),
+    smoke: bool = typer.Option(False, "--smoke", help="Shrink it to run on synthetic data on the CPU (orchestrator/smoke.py)."),
 ):
     """Train one configuration in this process (no Ray), tracked in MLflow."""
-    from orchestrator.config import load_config
     from orchestrator.single import train_one
 
-    summary = train_one(load_config(config, set_ or []), console)
+    summary = train_one(_load_experiment(config, set_ or [], smoke), console)
     if as_json:
         print(json.dumps(summary))
 
@@ -114,12 +122,12 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.epochs=3 (repeatable)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (overrides ray.address)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit: nothing is started."),
+    smoke: bool = typer.Option(False, "--smoke", help="The same grid on synthetic data, tiny models, CPU (orchestrator/smoke.py)."),
 ):
     """Run an ablation as Ray Tune trials, every trial and decode variant tracked in MLflow."""
-    from orchestrator.config import load_config
     from orchestrator.plan import make_plan, render_plan
 
-    experiment = load_config(config, set_ or [])
+    experiment = _load_experiment(config, set_ or [], smoke)
     plan = make_plan(experiment)
     if dry_run:
         Console().print(render_plan(plan, experiment))
@@ -173,6 +181,101 @@ def ui(
     console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                       "--host", host, "--port", str(port)]))
+
+
+@app.command()
+@_exits_cleanly
+def report(
+    name: str = typer.Argument(..., help="Experiment name (its latest run unless --invocation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md and its PNGs (default reports/NAME)."),
+    invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest, e.g. run-20250101-120000."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
+    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+):
+    """Ablation report: mean ± std over seeds per cell and factor, seed-noise tests, plots (Markdown + PNG)."""
+    from orchestrator.inspect import store_uri
+    from orchestrator.report import write_report
+
+    path = write_report(name, store_uri(config, storage), out or Path("reports") / name, invocation)
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+@_exits_cleanly
+def export(
+    name: str = typer.Argument(..., help="Experiment name (its latest run unless --invocation)."),
+    metric: str = typer.Option("CIDEr", "--metric", help="Rank trials by this val metric at their best epoch."),
+    top_k: int = typer.Option(1, "--top-k", help="Export this many of the best trials."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the exports (default exports/NAME)."),
+    register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME."),
+    invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
+    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+):
+    """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
+    from orchestrator.export import export_best
+    from orchestrator.inspect import store_uri
+
+    for item in export_best(name, store_uri(config, storage), out or Path("exports") / name, metric, top_k,
+                            register, invocation):
+        registered = f"; registered as {name} version {item.registered_version}" if item.registered_version else ""
+        console.print(f"{item.folder}: trial {item.pick.trial}, variant {item.pick.variant.variant}, "
+                      f"val {metric} {item.pick.score:.3f}{registered}", highlight=False)
+
+
+@app.command()
+@_exits_cleanly
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="An `orch export` folder (or a training checkpoint folder)."),
+    prepared: Path = typer.Option(..., "--prepared", help="A prepared dataset folder (orch prepare)."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="Beam width (default: the model's)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="β (default: the model's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Score a model on a prepared split with any decode settings."""
+    import torch
+
+    from trainers.inference import decode_settings, evaluate_split, load_model
+    from trainers.metrics import format_scores
+
+    loaded = load_model(model, "cuda" if torch.cuda.is_available() else "cpu")
+    settings = decode_settings(loaded.config.decode, beam_size, length_penalty)
+    scores, _ = evaluate_split(loaded, prepared, split, settings)
+    if as_json:
+        print(json.dumps(scores))
+    else:
+        print(format_scores(scores))
+
+
+@app.command()
+@_exits_cleanly
+def caption(
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    model: Path = typer.Option(..., "--model", help="An `orch export` folder (or a training checkpoint folder)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="Beam width (default: the model's)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="β (default: the model's)."),
+    attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Draw each word's attention to this PNG "
+                                                  "(several images: one PNG each, named after the image)."),
+):
+    """Caption images on the CPU: one line per image, `PATH<TAB>caption`; unreadable images are named (exit 2)."""
+    from trainers.inference import caption_images, decode_settings, load_model, plot_attention
+
+    loaded = load_model(model)
+    if attention_plot is not None and loaded.config.model.attention == "none":
+        raise InputError(f"--attention-plot: {model} has no attention (model.attention: none)")
+    results = caption_images(loaded, images, decode_settings(loaded.config.decode, beam_size, length_penalty))
+    for result in results:
+        if result.error:
+            console.print(f"[bold red]error:[/] {result.source}: {result.error}", highlight=False)
+            continue
+        print(f"{result.source}\t{result.caption}")
+        if attention_plot is not None:
+            target = attention_plot if len(images) == 1 else \
+                attention_plot.with_name(f"{attention_plot.stem}-{Path(result.source).stem}.png")
+            plot_attention(result, target)
+    if any(result.error for result in results):
+        raise typer.Exit(2)
 
 
 def main() -> None:

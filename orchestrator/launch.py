@@ -32,6 +32,7 @@ from trainers.errors import InputError
 
 CONFIG_FILE = "orch.yaml"
 PLAN_FILE = "plan.json"
+INTERRUPTED = "interrupted (Ctrl-C) before this run ended"
 
 
 @dataclass
@@ -73,10 +74,9 @@ def _scheduler(config: ExperimentConfig, metric: str, mode: str):
     s = config.scheduler
     if s.kind == "asha":
         return ASHAScheduler(metric=metric, mode=mode, max_t=s.max_t, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, time_attr="training_iteration")
+                             reduction_factor=s.reduction_factor, time_attr="epoch")
     if s.kind == "median":
-        return MedianStoppingRule(metric=metric, mode=mode, grace_period=s.grace_period,
-                                  time_attr="training_iteration")
+        return MedianStoppingRule(metric=metric, mode=mode, grace_period=s.grace_period, time_attr="epoch")
     return FIFOScheduler()
 
 
@@ -148,10 +148,12 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     tracker = Tracker(uri, experiment, artifact_root=config.ray.storage)
     tracker.repair_orphans()
     run_key = f"{config.name}/{invocation}"
-    finished = frozenset(run.data.tags[TAG_TRIAL] for run in tracker.runs(invocation=run_key, kind="trial")
-                         if run.info.status == "FINISHED")
+    trial_runs = tracker.runs(invocation=run_key, kind="trial")
+    finished = frozenset(run.data.tags[TAG_TRIAL] for run in trial_runs if run.info.status == "FINISHED")
+    recorded = {run.data.tags[TAG_TRIAL]: int(run.data.metrics.get("epoch", 0)) for run in trial_runs}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base, cells=cells, variants=variants, finished=finished,
+                             stored=stored_checkpoints(folder, recorded) if resuming else {},
                              fail_at=int(os.environ.get(FAIL_ONCE_ENV) or 0)),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     parent = tracker.parent_run(run_key, f"orch run {invocation}",
@@ -164,6 +166,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
 
     _init_ray(config, address)
     failures: list[str] = []
+    unfinished: list[str] = []
     status, reason = "FAILED", "the driver stopped"
     try:
         for study in studies_of(config, plan):
@@ -175,21 +178,52 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
             grid = tuner.fit()
             failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
                          for r in grid if r.error is not None]
-        status, reason = ("FAILED", "; ".join(failures)) if failures else ("FINISHED", "")
+            # On Ctrl-C (SIGINT) Tune saves its state and returns early, its running trials unended.
+            unfinished = [run.info.run_name for run in tracker.runs(invocation=run_key, kind="trial")
+                          if run.info.status == "RUNNING"]
+            if unfinished:
+                break
+        if unfinished:
+            status, reason = "KILLED", INTERRUPTED
+        else:
+            status, reason = ("FAILED", "; ".join(failures)) if failures else ("FINISHED", "")
     except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted (Ctrl-C)"
+        status, reason = "KILLED", INTERRUPTED
         raise
     finally:
-        close_unfinished(tracker, run_key, "KILLED", "the driver stopped before this run ended")
+        close_unfinished(tracker, run_key, "KILLED",
+                         INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
         tracker.end(parent, status, reason)
     rows = sort_rows(cell_rows(tracker, run_key), config.eval.select_by)
     console.print(cell_table(rows, config.eval.select_by, f"{config.name} ({invocation}): every ablation cell, "
                                                           f"best val {config.eval.select_by} first"))
     for failure in failures:
         console.print(f"[red]failed[/] {failure}", highlight=False)
+    if unfinished:
+        console.print(f"[yellow]interrupted[/]: {len(unfinished)} trial(s) did not finish; continue with "
+                      f"`orch resume {folder}`", highlight=False)
     console.print(f"results: {folder}\nMLflow: {uri}\nnext: `orch report {config.name}`, "
                   f"`orch status {config.name}`, `orch ui`", highlight=False)
-    return 1 if failures else 0
+    return 1 if failures or unfinished else 0
+
+
+def stored_checkpoints(folder: Path, recorded: dict[str, int]) -> dict[str, list[str]]:
+    """Trial id -> the checkpoint folders of its trial folder up to the epoch MLflow recorded.
+
+    What a resumed trial may continue from when Tune's saved state, written every few seconds,
+    lags behind the checkpoints the trials wrote before their driver was killed. A checkpoint of an
+    epoch the driver never recorded is passed over: resuming there would leave that epoch out of
+    the trial's MLflow history."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for meta in folder.glob("*/*/checkpoint_*/meta.json"):
+        try:
+            epoch = int(json.loads(meta.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue  # a checkpoint cut short by the kill
+        trial_id = meta.parent.parent.name.split("-", 1)[1]  # trial folders are <cell>-<trial id>
+        if epoch <= recorded.get(trial_id, 0):
+            found.setdefault(trial_id, []).append((epoch, str(meta.parent)))
+    return {trial: [path for _, path in sorted(folders, reverse=True)] for trial, folders in found.items()}
 
 
 def close_unfinished(tracker: Tracker, run_key: str, status: str, reason: str) -> None:

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import pyarrow
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.single import tracking_uri
 from orchestrator.storage import Storage, resolve
 from trainers.errors import InputError
 
@@ -39,20 +38,16 @@ def check(config: ExperimentConfig, address: Optional[str] = None, timeout_s: fl
 
     `address` is `orch run --address`, which overrides `ray.address`.
     """
-    storage = resolve(config.ray.storage)
-    check_storage(storage, tracking_set=config.tracking.uri is not None)
-    check_tracking(tracking_uri(config), timeout_s)
+    check_storage(resolve(config.ray.storage))
+    check_tracking(config.tracking.uri, timeout_s)
     check_ray_address(*_ray_address(config, address), timeout_s)
 
 
 # ------------------------------------------------------------------------------------- storage
-def check_storage(storage: Storage, tracking_set: bool) -> None:
-    """A bucket must answer with the credentials in the environment, and cannot hold sqlite."""
+def check_storage(storage: Storage) -> None:
+    """A bucket answers with the credentials in the environment (a local folder is made by the run)."""
     if storage.is_local:
         return
-    if not tracking_set:
-        raise PreflightError(f"ray.storage is {storage.uri()}, and the default MLflow store (a sqlite file in "
-                             f"ray.storage) cannot live in a bucket: set tracking.uri to your MLflow server")
     try:
         storage.filesystem.get_file_info(storage.root)
     except (OSError, pyarrow.ArrowException) as error:
@@ -105,7 +100,7 @@ def _check_database(uri: str, timeout_s: float) -> None:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout_s))})
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
         raise PreflightError(f"tracking.uri: {shown} needs a database driver this Python lacks ({error}); "
-                             f"for PostgreSQL: pip install psycopg2-binary") from None
+                             f"for PostgreSQL: pip install 'psycopg[binary]'") from None
     try:
         with engine.connect():
             pass

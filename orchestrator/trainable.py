@@ -9,13 +9,15 @@ once per epoch (DESIGN.md item 10). MLflow is written by the driver, never here.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Optional
 
 from ray import tune
 
 from orchestrator.keys import apply_overrides
+from trainers.checkpoint import load_checkpoint
 from trainers.config import DecodeConfig, TrainerConfig
+from trainers.errors import InputError
 from trainers.evaluation import DecodeVariant
 from trainers.loop import run_training
 
@@ -24,16 +26,20 @@ FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail eac
 
 
 def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict],
-                finished: frozenset[str] = frozenset(), fail_at: int = 0) -> None:
-    """`finished`: trials an earlier driver saw finish (Tune's own state may lag behind a killed
-    driver); they are not trained again. `fail_at`: the driver's FAIL_ONCE_ENV, if set."""
-    if tune.get_context().get_trial_id() in finished:
+                finished: frozenset[str] = frozenset(), stored: Optional[dict[str, list[str]]] = None,
+                fail_at: int = 0) -> None:
+    """Tune's saved state can lag a SIGKILLed driver by seconds, so the driver of `orch resume` says
+    what the storage holds: `finished`, the trials MLflow saw finish (not trained again), and
+    `stored`, each trial's checkpoint folders there. `fail_at`: the driver's FAIL_ONCE_ENV."""
+    trial_id = tune.get_context().get_trial_id()
+    if trial_id in finished:
         return
     overrides = {**cells[params["cell"]], **params.get("search", {})}
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
-    resume_from = _restored_checkpoint(run_dir)
+    candidates = [_restored_checkpoint(run_dir), *(Path(path) for path in (stored or {}).get(trial_id, []))]
+    resume_from = _resume_point(candidates, config.train.epochs)
 
     def report(result) -> None:
         tune.report(result.as_report(), checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
@@ -50,6 +56,23 @@ def decode_variants_of(config: TrainerConfig, variants: dict[str, dict]) -> list
     trial = config.model_dump(mode="json")
     return [DecodeVariant(vid, DecodeConfig.model_validate(apply_overrides(trial, dotted)["decode"]))
             for vid, dotted in variants.items()]
+
+
+def _resume_point(candidates: list[Optional[Path]], epochs: int) -> Optional[Path]:
+    """The newest whole checkpoint with epochs left to train; None: start afresh.
+
+    A checkpoint of the last epoch is passed over: nothing is left to train from it, and the test
+    evaluation that ends a training belongs to the run that trains that epoch."""
+    usable = [(epoch, folder) for folder in candidates if 0 <= (epoch := _checkpoint_epoch(folder)) < epochs]
+    return max(usable, key=lambda item: item[0])[1] if usable else None
+
+
+def _checkpoint_epoch(folder: Optional[Path]) -> int:
+    """The epoch a whole checkpoint folder holds; -1 for none, or one missing a file."""
+    try:
+        return load_checkpoint(folder).meta["epoch"] if folder is not None else -1
+    except (InputError, OSError, ValueError):
+        return -1
 
 
 def _restored_checkpoint(run_dir: Path) -> Path | None:

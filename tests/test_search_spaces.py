@@ -32,3 +32,13 @@ def test_every_yaml_opens_with_the_command_that_runs_it(path):
 def test_quickstart_is_the_small_ablation_the_readme_promises():
     plan = make_plan(load_config(SEARCH_SPACES / "quickstart.yaml"))
     assert (plan.n_trainings, plan.n_evaluations) == (4, 12)
+
+
+def test_the_coursework_dry_run_says_36_trainings_and_144_evaluations():
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(SEARCH_SPACES / "coursework.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "36 trainings (36 grid cells); 144 evaluations (36 trainings x 4 decode variants)" in result.output

@@ -155,8 +155,10 @@ class AlignmentConfig(Strict):
     caption_lr: float = Field(1.0e-3, gt=0.0)  # RMSprop, as the paper trains its generator
 
 
-# The paper's alignment optimisation (train keys a YAML with `trainer: alignment` does not set).
-ALIGNMENT_TRAIN_DEFAULTS = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-2}
+# What `trainer: alignment` changes in the keys a YAML does not set: the paper's optimisation
+# (SGD, momentum 0.9, batches of 100, gradients clipped at 5) and ranking by retrieval.
+ALIGNMENT_DEFAULTS = {"train": {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-2},
+                      "eval": {"select_by": "rsum"}}
 
 
 class TrainerConfig(Strict):
@@ -174,10 +176,12 @@ class TrainerConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _alignment_trains_as_the_paper(cls, data):
-        if isinstance(data, dict) and data.get("trainer") == "alignment" and isinstance(data.get("train", {}), dict):
-            data = {**data, "train": {**ALIGNMENT_TRAIN_DEFAULTS, **data.get("train", {})}}
-        return data
+    def _alignment_defaults(cls, data):
+        if not isinstance(data, dict) or data.get("trainer") != "alignment":
+            return data
+        sections = {name: {**defaults, **data.get(name, {})} for name, defaults in ALIGNMENT_DEFAULTS.items()
+                    if isinstance(data.get(name, {}), dict)}
+        return {**data, **sections}
 
     @model_validator(mode="after")
     def _select_by_fits_the_trainer(self):

@@ -382,6 +382,11 @@ def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[lis
                  on_epoch: Optional[EpochCallback] = None, resume_from: Optional[Path] = None,
                  progress: bool = False) -> EpochResult:
     """Train one configuration to the end; returns the final epoch's result (with test metrics)."""
+    if config.trainer == "alignment":
+        from trainers.alignment.recipe import run_alignment_training  # it builds on this module
+
+        return run_alignment_training(config, run_dir, variants=variants, on_epoch=on_epoch, resume_from=resume_from,
+                                      progress=progress)
     recipe = CaptionRecipe(config, run_dir, variants, on_epoch, progress)
     recipe.setup(resume_from)
     return recipe.run()

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -225,11 +226,10 @@ def trial_progress(db: Path) -> dict[str, tuple[str, float]]:
 
 @pytest.mark.integration
 def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, tiny_experiment, tmp_path):
-    """c001 (1 epoch) finishes, c002 (6 epochs) is mid-way when the driver gets SIGKILL."""
+    """c001 (1 epoch) finishes, c002 (4 epochs) is mid-way when the driver gets SIGKILL."""
     storage = tmp_path / "results"
     config = write_yaml(tmp_path / "killed.yaml", tiny_experiment(
-        "killed", storage, train={"epochs": 6},
-        ablation={"train.epochs": [1, 6], "decode.length_penalty": [0.0, 1.0]}))
+        "killed", storage, ablation={"train.epochs": [1, 4], "decode.length_penalty": [0.0, 1.0]}))
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -266,11 +266,43 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert after["c001"].info.end_time == before["c001"].info.end_time
     assert epochs_logged(client, after["c001"]) == [1]
     assert after["c002"].info.run_id == before["c002"].info.run_id
-    assert epochs_logged(client, after["c002"]) == [1, 2, 3, 4, 5, 6]
+    assert epochs_logged(client, after["c002"]) == [1, 2, 3, 4]
     assert "orch.failure_reason" not in after["c002"].data.tags  # the kill is history once it resumed
     (c002_folder,) = [f for f in trial_folders(storage, "killed") if f.name.startswith("c002")]
     restarts = [r["epoch"] for r in tune_results(c002_folder) if r["iterations_since_restore"] == 1]
     assert max(restarts) > 1, f"c002 restarted from scratch, not from its checkpoint: {restarts}"
+
+
+@pytest.mark.integration
+def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_experiment, tmp_path):
+    """SIGINT, what Ctrl-C sends, reaches the driver (this process) once epoch 1 is recorded."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "interrupted.yaml", tiny_experiment("interrupted", storage, train={"epochs": 3}))
+
+    def interrupt_after_the_first_epoch() -> None:
+        deadline = time.monotonic() + 300
+        while trial_progress(storage / "mlflow.db").get("c001", ("", 0))[1] < 1:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
+    result = invoke("run", config)
+    assert result.exit_code == 1, result.output
+    assert "interrupted: 1 trial(s) did not finish; continue with `orch resume " in result.output
+    client = MlflowClient(sqlite_uri(storage))
+    kinds = runs_of(client, "interrupted")
+    for run in [*kinds["parent"], *kinds["trial"], *kinds["variant"]]:
+        assert (run.info.status, run.data.tags["orch.failure_reason"]) == \
+            ("KILLED", "interrupted (Ctrl-C) before this run ended")
+
+    resumed = invoke("resume", "interrupted", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    after = runs_of(client, "interrupted")
+    assert_tree_finished(after)
+    assert after["trial"][0].info.run_id == kinds["trial"][0].info.run_id
+    assert epochs_logged(client, after["trial"][0]) == [1, 2, 3]
 
 
 # --------------------------------------------------------------------------- injected failures

@@ -31,6 +31,7 @@ class SentenceBRNN(nn.Module):
         self.forward_recurrence = nn.Linear(hidden_dim, hidden_dim)  # W_f, b_f
         self.backward_recurrence = nn.Linear(hidden_dim, hidden_dim)  # W_b, b_b
         self.output = nn.Linear(hidden_dim, hidden_dim)  # W_d, b_d
+        nn.init.uniform_(self.words.weight, -0.1, 0.1)  # small scores at the start keep SGD stable
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         steps = torch.arange(words.shape[1], device=words.device)  # (T,)
@@ -59,6 +60,8 @@ class AlignmentModel(nn.Module):
         super().__init__()
         a = cfg.alignment
         self.image = nn.Linear(feature_dim, a.embed_dim)  # W_m, b_m
+        nn.init.normal_(self.image.weight, std=0.01)  # small scores at the start keep SGD stable
+        nn.init.zeros_(self.image.bias)
         self.sentence = SentenceBRNN(vocab_size, a.word_dim, a.embed_dim)
         self.region_captioner = Decoder(cfg.model, feature_dim, vocab_size)
 

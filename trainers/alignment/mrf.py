@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 
 class Snippet(NamedTuple):
@@ -52,3 +53,9 @@ def snippets(assignment: list[int]) -> list[Snippet]:
         else:
             runs.append(Snippet(index, index + 1, region))
     return runs
+
+
+def sentence_snippets(image: torch.Tensor, sentence: torch.Tensor, beta: float) -> list[Snippet]:
+    """Snippets of one sentence: image fragments v (M, h), its words' fragments s (T, h)."""
+    unary = sentence @ image.T  # (T, M): v_iᵀ s_t
+    return snippets(align_words(unary.detach().float().cpu().numpy(), beta))

@@ -1,0 +1,276 @@
+"""`orch export NAME`: the best trials of an experiment as self-contained model folders.
+
+Trials are ranked by the validation score of their best decode variant at their best epoch (the
+epoch whose weights the checkpoint holds); the test split never chooses. Each of the top K
+becomes one folder that `orch caption` and `orch evaluate` load without MLflow or the results:
+
+    model.safetensors   the whole model's state dict (encoder included)
+    config.yaml         the trainer config, its `decode` section the chosen variant's settings
+    vocab.json          {"itos": [...]}
+    metrics.json        where it came from, how it was chosen, its val and test scores
+    README.md           the model card
+
+`--register` also logs each as an MLflow pyfunc model (orchestrator.pyfunc) in a run nested
+under its trial (tagged orch.kind=export) and registers it in the MLflow Model Registry under
+the experiment's name, one version per export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from orchestrator.results import Results, open_results, quiet_downloads
+from orchestrator.status import CellRow
+from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
+from trainers.errors import InputError
+from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
+
+EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+CARD_METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
+                ("CIDEr", "CIDEr"), ("mean_caption_length", "length"))
+MODEL_ARTIFACT = "captioner"  # the pyfunc model's folder in the export run
+REQUIREMENTS = ("torch", "torchvision", "safetensors", "pillow", "numpy", "pyyaml", "pydantic", "rich", "filelock",
+                "pycocoevalcap", "matplotlib", "pandas", "mlflow")
+
+
+@dataclass
+class Pick:
+    """A finished trial and its best decode variant."""
+
+    trial: str
+    trial_run: object  # the MLflow run
+    variant: CellRow
+    score: float  # val_<metric> of the variant at the trial's best epoch
+    best_epoch: int
+
+
+@dataclass
+class Exported:
+    folder: Path
+    pick: Pick
+    registered_version: Optional[str] = None
+
+
+def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: int = 1, register: bool = False,
+                invocation: Optional[str] = None) -> list[Exported]:
+    """Export the `top_k` best finished trials of `name`'s latest (or named) invocation into `out`."""
+    if metric not in EXPORTABLE:
+        raise InputError(f"--metric {metric!r}: choose one of {', '.join(EXPORTABLE)}")
+    if top_k < 1:
+        raise InputError(f"--top-k {top_k}: export at least 1 trial")
+    results = open_results(name, uri, invocation)
+    picks = pick_best(results, metric)[:top_k]
+    if not picks:
+        statuses = ", ".join(f"{run.info.run_name}: {run.info.status}" for run in results.trials.values()) or "no trials"
+        raise InputError(f"experiment {name!r} ({results.invocation}) has no finished trial to export ({statuses}): "
+                         f"see `orch status {name}`")
+    exported = []
+    for rank, pick in enumerate(picks, start=1):
+        folder = write_export(results, pick, Path(out) / f"top{rank}-{pick.trial}-{pick.variant.variant}", rank, metric)
+        version = register_export(results, pick, folder) if register else None
+        exported.append(Exported(folder, pick, version))
+    return exported
+
+
+def pick_best(results: Results, metric: str) -> list[Pick]:
+    """Every finished trial with its best variant by val `metric` at the best epoch, best trial first."""
+    client = results.tracker.client
+    best_by_trial: dict[str, Pick] = {}
+    for row in results.finished():
+        run = results.trials.get(row.trial)
+        if run is None or run.info.status != "FINISHED":
+            continue
+        best_epoch = int(run.data.metrics.get("best_epoch", run.data.metrics.get("epoch", 0)))
+        history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(row), f"val_{metric}")}
+        score = history.get(best_epoch, row.metrics.get(f"val_{metric}"))
+        if score is None:
+            continue
+        if row.trial not in best_by_trial or score > best_by_trial[row.trial].score:
+            best_by_trial[row.trial] = Pick(row.trial, run, row, score, best_epoch)
+    return sorted(best_by_trial.values(), key=lambda pick: -pick.score)
+
+
+def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
+    """Write one export folder atomically (a staging folder renamed into place; an older one is replaced)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        client = results.tracker.client
+        with quiet_downloads():
+            checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        state = torch.load(checkpoint / "best_model.pt", map_location="cpu", weights_only=True)
+        save_file({key: tensor.contiguous() for key, tensor in state.items()}, staging / EXPORT_WEIGHTS,
+                  metadata={"format": "orch-captioner", "experiment": results.experiment, "trial": pick.trial})
+        (staging / EXPORT_WEIGHTS).chmod(0o644)
+        shutil.rmtree(checkpoint)
+        config = {**meta["config"], "decode": meta["variants"][pick.variant.variant]}
+        (staging / EXPORT_CONFIG).write_text(f"# orch captioner: {results.experiment}, trial {pick.trial}, "
+                                             f"decode variant {pick.variant.variant}\n"
+                                             + yaml.safe_dump(config, sort_keys=False))
+        (staging / EXPORT_VOCAB).write_text(json.dumps({"itos": meta["vocab"]}))
+        metrics = _metrics(results, pick, rank, metric)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (staging / "README.md").write_text(model_card(results, pick, config, metrics, folder))
+        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the model from other users
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _metrics(results: Results, pick: Pick, rank: int, metric: str) -> dict:
+    client = results.tracker.client
+    variant = pick.variant
+    val = {}
+    for key in variant.metrics:
+        if key.startswith("val_"):
+            history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(variant), key)}
+            val[key[len("val_"):]] = history.get(pick.best_epoch, variant.metrics[key])
+    return {
+        "experiment": results.experiment, "invocation": results.invocation, "tracking_uri": results.uri,
+        "trial": pick.trial, "cell": variant.params.get("orch.cell", ""), "variant": variant.variant,
+        "trial_run_id": pick.trial_run.info.run_id, "variant_run_id": results.variant_run_id(variant),
+        "rank": rank, "selected_by": f"val_{metric}", "selection_score": pick.score, "best_epoch": pick.best_epoch,
+        "varying": variant.varying,
+        "val": val,
+        "test": {k[len("test_"):]: v for k, v in variant.metrics.items() if k.startswith("test_")},
+    }
+
+
+def model_card(results: Results, pick: Pick, config: dict, metrics: dict, folder: Path) -> str:
+    """README.md of an export: what it is, the data, the config, the scores and how to caption with it."""
+    model, data, decode = config["model"], config["data"], config["decode"]
+    weights = {"imagenet": "ImageNet weights", "none": "randomly initialised"}.get(model["weights"], model["weights"])
+    tuned = {False: "frozen", True: "fine-tuned"}.get(model["fine_tune"], f"last {model['fine_tune']} blocks fine-tuned")
+    varying = "".join(f"| `{key}` | {value} |\n" for key, value in metrics["varying"].items())
+    header = "| split | " + " | ".join(label for _, label in CARD_METRICS) + " |\n|" + "---|" * (len(CARD_METRICS) + 1)
+    rows = "\n".join(f"| {split} (x100 but length) | "
+                     + " | ".join(_shown(metrics[split].get(key), key) for key, _ in CARD_METRICS) + " |"
+                     for split in ("val", "test"))
+    return f"""# Captioner: {results.experiment}, trial {pick.trial} ({pick.variant.variant})
+
+- Encoder: {model['encoder']} ({weights}, {tuned}), pooled to a {model['encoded_size']}x{model['encoded_size']} grid.
+- Decoder: {model['decoder']} core, {model['attention']} attention, embedding {model['embed_dim']}, hidden
+  {model['hidden_dim']}, attention {model['attention_dim']}, dropout {model['dropout']}.
+
+Rank {metrics['rank']} of the finished trials of experiment `{results.experiment}` (invocation
+`{results.invocation}`) by {metrics['selected_by']} at its best epoch ({pick.best_epoch}).
+MLflow: trial run `{metrics['trial_run_id']}`, variant run `{metrics['variant_run_id']}` in `{results.uri}`.
+
+## Data
+
+Trained on the prepared dataset `{data['prepared']}`; images at {data['image_size']} px.
+Scores below are on its val split (at the best epoch) and test split.
+
+## Configuration
+
+What this trial's cell of the grid set:
+
+| key | value |
+|---|---|
+{varying or '| (no grid) | |'}
+
+Decoding: {decode['strategy']}, beam {decode['beam_size']}, length penalty β {decode['length_penalty']},
+at most {decode['max_len']} tokens. The whole config: `config.yaml`.
+
+## Metrics
+
+{header}
+{rows}
+
+All metrics: `metrics.json`.
+
+## Caption with it
+
+```bash
+orch caption photo.jpg --model {folder}
+orch caption photo.jpg --model {folder} --beam-size 5 --length-penalty 1.0 --attention-plot attention.png
+orch evaluate --model {folder} --prepared {data['prepared']} --split test --json
+```
+
+```python
+from trainers.inference import load_model, caption_images
+model = load_model("{folder}")
+print(caption_images(model, ["photo.jpg"])[0].caption)
+```
+
+## Files
+
+`model.safetensors` (the state dict, encoder included: nothing is downloaded to use it),
+`config.yaml`, `vocab.json`, `metrics.json`. Images are read as RGB and resized to
+{data['image_size']}x{data['image_size']}, as in training.
+"""
+
+
+def _shown(value: Optional[float], key: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if key == "mean_caption_length" else f"{100 * value:.1f}"
+
+
+def register_export(results: Results, pick: Pick, folder: Path) -> str:
+    """Log the export as a pyfunc model in a run nested under its trial; register it under the experiment's
+    name. Returns the new version. Only the store's client is used, so no global MLflow state changes."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from orchestrator.pyfunc import ARTIFACT, CaptionerModel
+
+    decode = yaml.safe_load((folder / EXPORT_CONFIG).read_text())["decode"]
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "caption"), ColSpec("string", "error")]),
+        params=ParamSchema([ParamSpec("beam_size", "long", decode["beam_size"]),
+                            ParamSpec("length_penalty", "double", float(decode["length_penalty"]))]))
+    client, name = results.tracker.client, results.experiment
+    run = client.create_run(results.tracker.experiment_id, run_name=f"export {folder.name}",
+                            tags={TAG_KIND: "export", TAG_INVOCATION: results.invocation, TAG_TRIAL: pick.trial,
+                                  MLFLOW_PARENT_RUN_ID: pick.trial_run.info.run_id})
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            model_dir = Path(scratch) / MODEL_ARTIFACT
+            mlflow.pyfunc.save_model(model_dir, python_model=CaptionerModel(), artifacts={ARTIFACT: str(folder)},
+                                     signature=signature, pip_requirements=_requirements())
+            client.log_artifacts(run.info.run_id, str(model_dir), MODEL_ARTIFACT)
+        client.log_text(run.info.run_id, (folder / "metrics.json").read_text(), "metrics.json")
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
+        version = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
+                                              description=f"trial {pick.trial}, decode variant {pick.variant.variant}")
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return str(version.version)
+
+
+def _requirements() -> list[str]:
+    """Pinned versions of what loading the model imports (orch itself must be importable too)."""
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins

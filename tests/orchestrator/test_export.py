@@ -1,0 +1,192 @@
+"""`orch export`, `orch evaluate`, `orch caption`: the best trials become model folders that caption
+images exactly as their trials did.
+
+The store is real and so are the checkpoints: two tiny trainings (seeds 0 and 1), each decoded
+with β 0 and 1, recorded in MLflow the way the `orch run` driver records them (TrialRecorder fed
+each epoch's result), without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.keys import flatten
+from orchestrator.plan import make_plan
+from orchestrator.tracking import Tracker, TrialRecorder
+from tests.conftest import tiny_trainer_dict
+from tests.orchestrator.conftest import sqlite_uri
+from trainers.config import DecodeConfig
+from trainers.evaluation import DecodeVariant
+from trainers.inference import caption_images, evaluate_split, load_model
+from trainers.loop import run_training
+
+EXPORT_FILES = {"model.safetensors", "config.yaml", "vocab.json", "metrics.json", "README.md"}
+
+
+@dataclass
+class Recorded:
+    storage: Path
+    uri: str
+    run_dirs: dict[str, Path]  # trial id -> its training folder (checkpoint/ inside)
+
+
+def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
+    config = ExperimentConfig.model_validate({
+        **tiny_trainer_dict(prepared), "name": name, "ray": {"storage": str(storage)},
+        "ablation": {"train.seed": [0, 1], "decode.length_penalty": [0.0, 1.0]}})
+    plan = make_plan(config)
+    tracker = Tracker(sqlite_uri(storage), name, artifact_root=storage)
+    run_key = f"{name}/run-1"
+    parent = tracker.parent_run(run_key, "orch run run-1")
+    tracker.log_json(parent, plan.to_dict(), "config/plan.json")
+    run_dirs = {}
+    for index, cell in enumerate(plan.cells):
+        trial = f"trial{index}"
+        trainer = config.trainer_config(cell.overrides)
+        variants = [DecodeVariant(d.id, DecodeConfig(**{k.split(".", 1)[1]: v for k, v in d.params.items()}))
+                    for d in plan.decode_variants]
+        recorder = TrialRecorder(tracker, parent, run_key, trial, cell.id,
+                                 {**flatten(trainer.model_dump(mode="json")), "orch.cell": cell.id},
+                                 {d.id: d.params for d in plan.decode_variants})
+
+        def on_epoch(result, recorder=recorder) -> None:
+            recorder.record(result.as_report())
+            if result.final:
+                recorder.complete(result.as_report(), result.checkpoint)
+
+        run_dirs[trial] = storage / name / trial
+        run_training(trainer, run_dirs[trial], variants=variants, on_epoch=on_epoch)
+    tracker.end(parent)
+    return Recorded(storage, sqlite_uri(storage), run_dirs)
+
+
+@pytest.fixture(scope="module")
+def recorded(prepared_dir, tmp_path_factory) -> Recorded:
+    return train_and_record(tmp_path_factory.mktemp("export") / "results", "tiny-grid", prepared_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(recorded, tmp_path_factory) -> list[Path]:
+    """`orch export tiny-grid --top-k 2`: the two trials' folders, best first."""
+    from orchestrator.export import export_best
+
+    out = tmp_path_factory.mktemp("exports")
+    return [item.folder for item in export_best("tiny-grid", recorded.uri, out, "CIDEr", top_k=2)]
+
+
+@pytest.fixture(scope="module")
+def images(synth_dir) -> list[Path]:
+    return sorted((synth_dir / "images").glob("*.png"))[:4]
+
+
+def test_the_best_trials_become_complete_folders_best_first(exported, recorded):
+    assert len(exported) == 2 and all({p.name for p in folder.iterdir()} == EXPORT_FILES for folder in exported)
+    first, second = (json.loads((folder / "metrics.json").read_text()) for folder in exported)
+    assert first["selection_score"] >= second["selection_score"] and first["trial"] != second["trial"]
+    assert first["rank"] == 1 and first["selected_by"] == "val_CIDEr"
+    assert {"Bleu_4", "CIDEr", "mean_caption_length"} <= set(first["test"])
+
+
+def test_each_trial_is_exported_with_its_best_decode_variant_at_its_best_epoch(exported, recorded):
+    client = MlflowClient(recorded.uri)
+    for folder in exported:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        trial_run = client.get_run(metrics["trial_run_id"])
+        siblings = client.search_runs([trial_run.info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{trial_run.info.run_id}'")
+        at_best = {run.data.tags["orch.variant"]: {m.step: m.value for m in
+                                                    client.get_metric_history(run.info.run_id, "val_CIDEr")}
+                   [metrics["best_epoch"]] for run in siblings}
+        assert metrics["selection_score"] == max(at_best.values()) == at_best[metrics["variant"]]
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        chosen = next(run for run in siblings if run.data.tags["orch.variant"] == metrics["variant"])
+        assert str(config["decode"]["length_penalty"]) == chosen.data.params["decode.length_penalty"]
+
+
+def test_an_export_captions_exactly_as_its_trials_checkpoint(exported, recorded, prepared_dir, images, tmp_path):
+    folder = exported[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    export = load_model(folder)
+    checkpoint = load_model(recorded.run_dirs[metrics["trial"]] / "checkpoint")
+    decode = export.config.decode
+    assert [r.caption for r in caption_images(export, images, decode)] == \
+        [r.caption for r in caption_images(checkpoint, images, decode)]
+    _, captions = evaluate_split(export, prepared_dir, "test", metrics=["Bleu"])
+    logged = MlflowClient(recorded.uri).download_artifacts(metrics["variant_run_id"],
+                                                           f"predictions/test_{metrics['variant']}.json", str(tmp_path))
+    assert captions == [row["caption"] for row in json.loads(Path(logged).read_text())]
+
+
+def test_the_model_card_says_what_it_is_and_how_to_caption(exported):
+    card = (exported[0] / "README.md").read_text()
+    metrics = json.loads((exported[0] / "metrics.json").read_text())
+    assert f"trial {metrics['trial']}" in card and "regnet_x_400mf" not in card and "resnet18" in card
+    assert f"orch caption photo.jpg --model {exported[0]}" in card
+    assert f"| test (x100 but length) | " in card
+
+
+def test_cli_export_refuses_an_experiment_without_a_finished_trial(orch, tmp_path):
+    tracker = Tracker(sqlite_uri(tmp_path), "broken", artifact_root=tmp_path)
+    parent = tracker.parent_run("broken/run-1", "orch run run-1")
+    TrialRecorder(tracker, parent, "broken/run-1", "trial0", "c001", {"train.seed": 0}, {"d01": {}}).end(
+        "FAILED", "RuntimeError: out of memory")
+    tracker.end(parent, "FAILED")
+    result = orch("export", "broken", "--storage", tmp_path, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "no finished trial to export" in result.output and "FAILED" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_export_refuses_a_metric_it_cannot_rank_by(orch, recorded, tmp_path):
+    result = orch("export", "tiny-grid", "--storage", recorded.storage, "--metric", "BLEU", "--out", tmp_path)
+    assert result.exit_code == 2 and "CIDEr" in result.output
+
+
+def test_cli_evaluate_prints_the_metrics_as_json(orch, exported, prepared_dir, monkeypatch):
+    monkeypatch.setenv("ORCH_NO_JAVA", "1")  # METEOR's JVM takes half a minute to start on a busy machine
+    result = orch("evaluate", "--model", exported[0], "--prepared", prepared_dir, "--split", "val",
+                  "--beam-size", "1", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr", "mean_caption_length"} <= set(scores)
+
+
+def test_cli_caption_names_a_broken_image_and_captions_the_others(orch, exported, images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    result = orch("caption", images[0], broken, images[1], "--model", exported[0],
+                  "--attention-plot", tmp_path / "attention.png")
+    assert result.exit_code == 2
+    lines = [line for line in result.stdout.splitlines() if "\t" in line]
+    assert [line.split("\t")[0] for line in lines] == [str(images[0]), str(images[1])]
+    assert all(line.split("\t")[1] for line in lines)
+    assert f"{broken}: cannot read the image" in result.output
+    assert {p.name for p in tmp_path.glob("attention-*.png")} == {f"attention-{images[0].stem}.png",
+                                                                    f"attention-{images[1].stem}.png"}
+
+
+def test_register_logs_a_pyfunc_model_that_captions_a_batch(recorded, exported, images, monkeypatch):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from orchestrator.export import pick_best, register_export
+    from orchestrator.results import open_results
+
+    results = open_results("tiny-grid", recorded.uri)
+    version = register_export(results, pick_best(results, "CIDEr")[0], exported[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", recorded.uri)
+    model = mlflow.pyfunc.load_model(f"models:/tiny-grid/{version}")
+    predicted = model.predict(pd.DataFrame({"image": [str(p) for p in images[:2]] + ["missing.png"]}))
+    expected = [r.caption for r in caption_images(load_model(exported[0]), images[:2])]
+    assert list(predicted["caption"][:2]) == expected and predicted["error"][2] == "no such file"
+    wider = model.predict(pd.DataFrame({"image": [str(images[0])]}), params={"beam_size": 1})
+    assert wider["caption"][0] == caption_images(load_model(exported[0]), images[:1],
+                                                 load_model(exported[0]).config.decode.model_copy(
+                                                     update={"beam_size": 1}))[0].caption

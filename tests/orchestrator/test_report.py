@@ -1,0 +1,161 @@
+"""`orch report`: tables over seeds, seed-noise sentences, plots and anchors, from a real MLflow store.
+
+The store is written the way `orch run` writes it (Tracker, TrialRecorder, the plan of a real
+config), with scores chosen so the answers are known: the encoder's effect is large and the same
+in every seed, the decoder's is smaller than the seed-to-seed noise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from PIL import Image
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.keys import flatten
+from orchestrator.plan import make_plan
+from orchestrator.report import level_order, write_report
+from orchestrator.tracking import Tracker, TrialRecorder
+from tests.orchestrator.conftest import sqlite_uri
+
+GRID = {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"],
+        "train.scheduled_sampling.max_rate": [0.0, 0.25], "train.seed": [0, 1, 2],
+        "decode.length_penalty": [0.0, 1.0]}
+DECODER_NOISE = {0: 0.03, 1: -0.04, 2: 0.02}  # gru minus lstm, per seed: no consistent sign
+SEED_OFFSET = {0: 0.0, 1: 0.02, 2: -0.01}
+
+
+def coursework_cider(cell: dict) -> float:
+    """Test CIDEr of a cell (0-1 scale): ResNet +0.10 (+0.005 per seed), GRU ± noise, SS +0.02, β +0.01."""
+    seed = cell["train.seed"]
+    return (0.50 + (0.10 + 0.005 * seed) * (cell["model.encoder"] == "resnet101")
+            + DECODER_NOISE[seed] * (cell["model.decoder"] == "gru")
+            + 0.08 * cell["train.scheduled_sampling.max_rate"] + 0.01 * cell["decode.length_penalty"]
+            + SEED_OFFSET[seed])
+
+
+def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dict], float], epochs: int = 3,
+                      prepared: str = "data/flickr8k/prepared") -> str:
+    """Write an invocation of `name` as `orch run` would: plan on the parent, trials, decode variants."""
+    config = ExperimentConfig.model_validate({"name": name, "data": {"prepared": prepared}, "ablation": grid,
+                                              "ray": {"storage": str(storage)}})
+    plan = make_plan(config)
+    uri = sqlite_uri(storage)
+    tracker = Tracker(uri, name, artifact_root=storage)
+    run_key = f"{name}/run-1"
+    parent = tracker.parent_run(run_key, "orch run run-1")
+    tracker.log_json(parent, plan.to_dict(), "config/plan.json")
+    variants = {d.id: d.params for d in plan.decode_variants}
+    for index, cell in enumerate(plan.cells):
+        params = {**flatten(config.trainer_config(cell.overrides).model_dump(mode="json")), "orch.cell": cell.id}
+        recorder = TrialRecorder(tracker, parent, run_key, f"trial{index:03d}", cell.id, params, variants)
+        for epoch in range(1, epochs + 1):
+            report = {"epoch": epoch, "best_epoch": epoch, "train_loss": 3.0 / epoch}
+            for variant in plan.decode_variants:
+                value = cider({**cell.overrides, **variant.overrides}) * epoch / epochs
+                report.update({f"{variant.id}/val_CIDEr": value, f"{variant.id}/val_Bleu_4": value / 3})
+                if epoch == epochs:
+                    report.update(_test_scores(variant.id, value, variant.overrides.get("decode.length_penalty", 0.0)))
+            report["val_CIDEr"] = max(v for k, v in report.items() if k.endswith("/val_CIDEr"))
+            recorder.record(report)
+        recorder.complete({**report, "final": True}, None)
+    tracker.end(parent)
+    return uri
+
+
+def _test_scores(variant: str, cider: float, beta: float) -> dict:
+    scores = {"CIDEr": cider, "Bleu_1": 0.6, "Bleu_2": 0.4, "Bleu_3": 0.3, "Bleu_4": cider / 3, "METEOR": 0.19,
+              "ROUGE_L": 0.45, "mean_caption_length": 9.0 + 2.0 * beta}
+    return {f"{variant}/test_{metric}": value for metric, value in scores.items()}
+
+
+@pytest.fixture(scope="module")
+def coursework_report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    uri = record_experiment(root / "results", "cw", GRID, coursework_cider)
+    return write_report("cw", uri, root / "report")
+
+
+def _sentence(markdown: str, key: str) -> str:
+    return next(line for line in markdown.splitlines() if line.startswith("- **") and f"(`{key}`)" in line)
+
+
+def test_every_cell_is_summarised_over_its_three_seeds(coursework_report):
+    data = json.loads((coursework_report.parent / "report.json").read_text())
+    assert len(data["cells"]) == 16  # 2 encoders x 2 decoders x 2 rates x 2 β; seeds are averaged
+    cell = next(c for c in data["cells"] if c["levels"] == {
+        "model.encoder": "vgg16", "model.decoder": "lstm", "train.scheduled_sampling.max_rate": "0.0",
+        "decode.length_penalty": "0.0"})
+    cider = cell["metrics"]["CIDEr"]
+    assert cider["seeds"] == 3
+    assert cider["mean"] == pytest.approx(100 * (0.50 + (0.0 + 0.02 - 0.01) / 3))
+    assert cider["std"] == pytest.approx(100 * 0.015275, abs=1e-3)
+    markdown = coursework_report.read_text()
+    assert "| vgg16 | lstm | 0.0 | 0.0 | 3 | 60.0 ± 0.0 |" in markdown
+
+
+def test_a_large_consistent_effect_exceeds_seed_noise_and_a_noisy_one_does_not(coursework_report):
+    markdown = coursework_report.read_text()
+    encoder = _sentence(markdown, "model.encoder")
+    decoder = _sentence(markdown, "model.decoder")
+    assert "resnet101 gives the best mean CIDEr" in encoder and "exceeds seed noise" in encoder
+    assert "is within seed noise" in decoder
+    assert re.search(r"paired t-test across 3 seeds, t = [\d.]+, p = 0\.\d{3}", decoder)
+    verdicts = json.loads((coursework_report.parent / "report.json").read_text())["verdicts"]
+    assert verdicts["model.encoder"]["exceeds_seed_noise"] is True
+    assert verdicts["model.decoder"]["exceeds_seed_noise"] is False
+
+
+def test_the_report_has_the_encoder_by_decoder_table_and_one_table_per_factor(coursework_report):
+    markdown = coursework_report.read_text()
+    assert "## encoder × decoder (averaged over the other factors)" in markdown
+    for key in GRID:
+        if key != "train.seed":
+            assert f"(`{key}`), averaged over the other factors" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| encoder | decoder | seeds"))
+    assert header.split(" | ")[3:] == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
+                                       "length |"]
+
+
+def test_flickr8k_results_sit_beside_the_published_anchors(coursework_report):
+    markdown = coursework_report.read_text()
+    assert "## Published anchors (flickr8k)" in markdown
+    assert "| Show, Attend and Tell, soft attention (Xu et al. 2015) | 67.0 | 44.8 | 29.9 | 19.5 | 18.9 |" in markdown
+
+
+def test_the_plots_are_written_and_embedded(coursework_report):
+    markdown = coursework_report.read_text()
+    for name in ("cider_vs_ss_rate.png", "cider_and_length_vs_beta.png", "learning_curves.png"):
+        path = coursework_report.parent / name
+        assert f"]({name})" in markdown
+        with Image.open(path) as image:
+            assert image.width >= 500 and image.height >= 300
+
+
+def test_with_one_seed_the_report_says_noise_cannot_be_told(tmp_path):
+    grid = {"model.decoder": ["lstm", "gru"]}
+    uri = record_experiment(tmp_path / "results", "one-seed", grid, lambda cell: 0.5 + 0.1 * (cell["model.decoder"] == "gru"),
+                            epochs=1, prepared="data/synthetic")
+    markdown = write_report("one-seed", uri, tmp_path / "report").read_text()
+    assert "cannot be told" in _sentence(markdown, "model.decoder")
+    assert "Published anchors" not in markdown
+
+
+def test_levels_are_ordered_as_numbers_when_they_are_numbers():
+    assert level_order(["0.25", "0.0", "0.1", "0.0"]) == ["0.0", "0.1", "0.25"]
+    assert level_order(["vgg16", "resnet101", "vgg16"]) == ["vgg16", "resnet101"]
+
+
+def test_cli_report_names_what_is_missing(orch, tmp_path):
+    record_experiment(tmp_path / "results", "tiny-grid", {"model.decoder": ["lstm"]}, lambda cell: 0.4, epochs=1)
+    result = orch("report", "nope", "--storage", tmp_path / "results", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "no experiment named 'nope'" in result.output and "tiny-grid" in result.output
+    result = orch("report", "tiny-grid", "--storage", tmp_path / "results", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.md").is_file()
+    result = orch("report", "tiny-grid", "--storage", tmp_path / "missing")
+    assert result.exit_code == 2 and "no MLflow store" in result.output
