@@ -87,7 +87,9 @@ class TreeCpu:
                 frontier = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - tree
             for pid in tree & table.keys():
                 _, ticks, cmdline = table[pid]
-                self.ticks[pid] = (ticks, self.is_trial(pid, cmdline))
+                seen_ticks, was_trial = self.ticks.get(pid, (0, False))
+                # A process renames itself (ray::IDLE -> ray::ImplicitFunc) and a dead one has no name.
+                self.ticks[pid] = (max(ticks, seen_ticks), was_trial or self.is_trial(pid, cmdline))
             self._stop.wait(self.period_s)
 
     def stop(self) -> dict[str, float]:

@@ -7,14 +7,16 @@ schedules, as on KubeRay) and N worker nodes of one CPU each. The same grid of `
 trainings (a grid over `train.seed`, one CPU per trial) then runs through a real `orch run
 --address HEAD` process, with its MLflow sqlite store and results folder shared by all nodes.
 
-Reported per N, from the MLflow store the driver wrote (run start = Tune started the trial):
+Reported per N, from the result.json Tune wrote for each trial (a trial starts when its trainable
+function starts, after its actor process has started and imported everything):
   wall_s            the whole command, imports and Ray connection included
   trial_phase_s     from the first trial's start to the last trial's end
   trials_per_min    trials / trial_phase_s, and its speed-up over the first N
   mean_concurrency  trial-seconds / trial_phase_s: how many trials ran at once on average
-  mean_startup_s    a trial's start to its first report, less one epoch interval: actor process,
-                    imports, data and model set-up (the fixed cost of every trial)
-  mean_epoch_interval_s  time between two reports of a trial (train + evaluate + checkpoint + report)
+  mean_trial_s      one trial's trainable, start to end; mean_epoch_s: one epoch of it
+  slot_idle_per_trial_s  (N x trial_phase_s - trial-seconds) / trials: how long a node's CPU slot
+                    waits between two trials (a new actor process, imports, scheduling), the fixed
+                    cost of every trial
 Once: the size of one checkpoint (what each report syncs to storage) and the MLflow rows each trial
 writes (the tracking server's load per trial).
 
@@ -81,17 +83,13 @@ def run_on_cluster(nodes: int, config: Path, work: Path) -> float:
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
-def trial_timings(db: Path) -> list[dict]:
-    """Per trial run: start and end (s) and the times its epochs were logged, from the sqlite store."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        runs = connection.execute(
-            "select runs.run_uuid, start_time, end_time from runs join tags on tags.run_uuid = runs.run_uuid "
-            "and tags.key = 'orch.kind' and tags.value = 'trial'").fetchall()
-        trials = []
-        for run_id, start, end in runs:
-            logged = [t for (t,) in connection.execute(
-                "select timestamp from metrics where run_uuid = ? and key = 'epoch' order by step", (run_id,))]
-            trials.append({"start": start / 1000, "end": end / 1000, "reports": [t / 1000 for t in logged]})
+def trial_timings(storage: Path) -> list[dict]:
+    """Per trial, from Tune's result.json: when its trainable started and ended (s), its epoch times."""
+    trials = []
+    for result in storage.glob("*/run-*/trials/*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        trials.append({"start": reports[0]["timestamp"] - reports[0]["time_total_s"], "end": reports[-1]["timestamp"],
+                       "epochs": [r["time_this_iter_s"] for r in reports]})
     return trials
 
 
@@ -112,17 +110,16 @@ def checkpoint_bytes(storage: Path) -> int:
     return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
 
 
-def summarise(trials: list[dict], wall: float) -> dict:
+def summarise(trials: list[dict], nodes: int, wall: float) -> dict:
     phase = max(t["end"] for t in trials) - min(t["start"] for t in trials)
-    intervals = [b - a for t in trials for a, b in zip(t["reports"], t["reports"][1:])]
-    interval = sum(intervals) / len(intervals) if intervals else 0.0
-    startups = [t["reports"][0] - t["start"] - interval for t in trials]
+    busy = sum(t["end"] - t["start"] for t in trials)
+    epochs = [e for t in trials for e in t["epochs"]]
     return {"wall_s": round(wall, 1), "trial_phase_s": round(phase, 1),
             "trials_per_min": round(60 * len(trials) / phase, 2),
-            "mean_concurrency": round(sum(t["end"] - t["start"] for t in trials) / phase, 2),
-            "mean_trial_s": round(sum(t["end"] - t["start"] for t in trials) / len(trials), 1),
-            "mean_startup_s": round(sum(startups) / len(startups), 1),
-            "mean_epoch_interval_s": round(interval, 1)}
+            "mean_concurrency": round(busy / phase, 2),
+            "mean_trial_s": round(busy / len(trials), 1),
+            "mean_epoch_s": round(sum(epochs) / len(epochs), 1),
+            "slot_idle_per_trial_s": round((nodes * phase - busy) / len(trials), 1)}
 
 
 def main() -> None:
@@ -160,7 +157,7 @@ def main() -> None:
         config.write_text(yaml.safe_dump(experiment(name, work / "prepared", work / name, args.epochs, args.trials),
                                          sort_keys=False))
         wall = run_on_cluster(nodes, config, work)
-        results.append({"nodes": nodes, **summarise(trial_timings(work / name / "mlflow.db"), wall)})
+        results.append({"nodes": nodes, **summarise(trial_timings(work / name), nodes, wall)})
     for result in results:
         result["speedup"] = round(result["trials_per_min"] / results[0]["trials_per_min"], 2)
 

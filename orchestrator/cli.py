@@ -278,6 +278,31 @@ def caption(
         raise typer.Exit(2)
 
 
+@app.command()
+@_exits_cleanly
+def align(
+    image: Path = typer.Argument(..., help="An image file."),
+    sentence: str = typer.Argument(..., help="A sentence about the image, in quotes."),
+    model: Path = typer.Option(..., "--model", help="An alignment model: a trial's checkpoint folder or an export "
+                                                    "folder (trainers.alignment.aligner.export_aligner)."),
+    beta: Optional[float] = typer.Option(None, "--beta", min=0.0, help="MRF β: larger gives longer snippets "
+                                                                       "(default: the model's alignment.beta)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the regions with their snippets into this PNG "
+                                                             "(the paper's Figure 1)."),
+):
+    """Align a sentence's snippets with image regions (Karpathy & Fei-Fei 2015): one line per snippet."""
+    from trainers.alignment.aligner import Aligner, plot_alignment
+
+    alignment = Aligner.load(model).align(image, sentence, beta)
+    for snippet in alignment.snippets:
+        where = "whole image" if snippet.region == 0 else f"region {snippet.region}"
+        box = ", ".join(f"{c:.2f}" for c in snippet.box)
+        said = f"\t{snippet.caption}" if snippet.caption else ""
+        print(f"{snippet.words}\t{where} ({box}){said}")
+    if plot is not None:
+        console.print(f"figure: {plot_alignment(alignment, plot)}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -28,8 +28,7 @@ from typing import Optional
 
 import yaml
 
-from orchestrator.results import Results, open_results, quiet_downloads
-from orchestrator.status import CellRow
+from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
 from trainers.errors import InputError
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
@@ -40,17 +39,6 @@ CARD_METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR")
 MODEL_ARTIFACT = "captioner"  # the pyfunc model's folder in the export run
 REQUIREMENTS = ("torch", "torchvision", "safetensors", "pillow", "numpy", "pyyaml", "pydantic", "rich", "filelock",
                 "pycocoevalcap", "matplotlib", "pandas", "mlflow")
-
-
-@dataclass
-class Pick:
-    """A finished trial and its best decode variant."""
-
-    trial: str
-    trial_run: object  # the MLflow run
-    variant: CellRow
-    score: float  # val_<metric> of the variant at the trial's best epoch
-    best_epoch: int
 
 
 @dataclass
@@ -68,8 +56,13 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: export at least 1 trial")
     results = open_results(name, uri, invocation)
-    picks = pick_best(results, metric)[:top_k]
+    picks = [pick for pick in pick_best(results, metric)
+             if pick.variant.params.get("trainer", "captioner") == "captioner"][:top_k]
     if not picks:
+        trainers = {row.params.get("trainer", "captioner") for row in results.finished()} - {"captioner"}
+        if trainers:
+            raise InputError(f"experiment {name!r} trains {', '.join(sorted(trainers))} models: `orch export` "
+                             "writes captioners only")
         statuses = ", ".join(f"{run.info.run_name}: {run.info.status}" for run in results.trials.values()) or "no trials"
         raise InputError(f"experiment {name!r} ({results.invocation}) has no finished trial to export ({statuses}): "
                          f"see `orch status {name}`")
@@ -79,24 +72,6 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
         version = register_export(results, pick, folder) if register else None
         exported.append(Exported(folder, pick, version))
     return exported
-
-
-def pick_best(results: Results, metric: str) -> list[Pick]:
-    """Every finished trial with its best variant by val `metric` at the best epoch, best trial first."""
-    client = results.tracker.client
-    best_by_trial: dict[str, Pick] = {}
-    for row in results.finished():
-        run = results.trials.get(row.trial)
-        if run is None or run.info.status != "FINISHED":
-            continue
-        best_epoch = int(run.data.metrics.get("best_epoch", run.data.metrics.get("epoch", 0)))
-        history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(row), f"val_{metric}")}
-        score = history.get(best_epoch, row.metrics.get(f"val_{metric}"))
-        if score is None:
-            continue
-        if row.trial not in best_by_trial or score > best_by_trial[row.trial].score:
-            best_by_trial[row.trial] = Pick(row.trial, run, row, score, best_epoch)
-    return sorted(best_by_trial.values(), key=lambda pick: -pick.score)
 
 
 def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:

@@ -104,6 +104,7 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=samples, search_alg=search_alg,
                                     scheduler=_scheduler(config, metric, mode), max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True,  # the next trial runs in a finished one's worker: no re-import
                                     trial_name_creator=lambda t: f"{t.config['cell']}-{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{t.config['cell']}-{t.trial_id}"),
         run_config=tune.RunConfig(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.plots import Panel, factor_lines, learning_curves
-from orchestrator.results import Results, open_results
+from orchestrator.results import Results, open_results, pick_best
 from orchestrator.stats import mean_std, paired_t_test
 from trainers.errors import InputError
 
@@ -216,8 +216,8 @@ def _panel(outcomes: list[Outcome], x_key: str, series_key: Optional[str], metri
         if stats is not None:
             label = f"{_name(series_key)} {group.levels[0]}" if series_key else "all cells"
             series[label].append((float(group.levels[-1]), stats[0], stats[1]))
-    label = dict(METRICS)[metric]
-    return Panel(f"test {label}" + ("" if metric in UNSCALED else " x100") + " (mean ± std over seeds)", dict(series))
+    label = "mean caption length (words)" if metric == "mean_caption_length" else f"{dict(METRICS)[metric]} x100"
+    return Panel(f"test {label}, mean ± std over seeds", dict(series))
 
 
 def _learning_curves(results: Results, keys: list[str]) -> dict[str, list]:
@@ -251,13 +251,16 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
         "Each entry is the mean ± std over seeds (the std of one seed is not shown).",
     ]
     if results.search_keys:
-        lines.append(f"- Search over {', '.join(results.search_keys)}: a cell's spread is over its search samples too.")
+        lines.append(f"- Search over {', '.join(results.search_keys)}: a cell's scores are the mean over its search "
+                     "samples; the best samples are listed below.")
     lines += _anchor_section(dataset, outcomes, factors)
     if verdicts:
         lines += ["", "## Does each factor matter?", ""]
         for v in verdicts:
             lines.append(f"- {v.sentence(HEADLINE)}" + (f" {NOTES[v.key]}" if v.key in NOTES else ""))
     lines += ["", "## Every ablation cell", "", *_table(outcomes, factors)]
+    if results.search_keys:
+        lines += _search_section(results)
     for pair in PAIRS:
         if all(key in factors for key in pair) and len(factors) > len(pair):
             lines += ["", f"## {' × '.join(_name(k) for k in pair)} (averaged over the other factors)", "",
@@ -271,6 +274,28 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
         lines += ["", f"## {titles[key]}", "", f"![{titles[key]}]({path.name})"]
     lines += _unfinished(results)
     return lines
+
+
+def _search_section(results: Results, shown: int = 10) -> list[str]:
+    """The best search samples by val CIDEr at their best epoch, with the values the search drew."""
+    keys = results.search_keys
+    header = ["trial", *(_name(k) for k in keys), "val CIDEr", "test CIDEr", "test BLEU-4", "best epoch"]
+    lines = ["", f"## Best search samples (by val {HEADLINE} at their best epoch)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for pick in pick_best(results, HEADLINE)[:shown]:
+        metrics = pick.variant.metrics
+        values = [_short(pick.variant.params.get(k, "")) for k in keys]
+        test = [f"{100 * metrics[m]:.1f}" if m in metrics else "–" for m in (f"test_{HEADLINE}", "test_Bleu_4")]
+        lines.append("| " + " | ".join([pick.trial, *values, f"{100 * pick.score:.1f}", *test, str(pick.best_epoch)]) + " |")
+    return lines
+
+
+def _short(value: str) -> str:
+    """A drawn number in 4 significant digits (0.000312 rather than 0.00031178...); other values as they are."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def _first_param(results: Results, key: str) -> str:

@@ -24,6 +24,8 @@ PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 @dataclass
 class Results:
+    """One invocation's runs: the rows `orch status` shows, the trial runs, and the plan."""
+
     experiment: str
     uri: str
     invocation: str
@@ -69,6 +71,36 @@ def open_results(name: str, uri: str, invocation: Optional[str] = None) -> Resul
     parents = [run for run in runs if run.data.tags.get(TAG_KIND) == "parent"]
     return Results(name, uri, chosen, tracker, cell_rows(tracker, chosen), trials, variants,
                    _plan(tracker, parents[0].info.run_id) if parents else None)
+
+
+@dataclass
+class Pick:
+    """A finished trial and its best decode variant."""
+
+    trial: str
+    trial_run: object  # the MLflow run
+    variant: CellRow
+    score: float  # val_<metric> of the variant at the trial's best epoch
+    best_epoch: int
+
+
+def pick_best(results: Results, metric: str) -> list[Pick]:
+    """Every finished trial with its best decode variant by val `metric` at the trial's best epoch (the
+    epoch its checkpoint holds), best first. The test split never ranks."""
+    client = results.tracker.client
+    best_by_trial: dict[str, Pick] = {}
+    for row in results.finished():
+        run = results.trials.get(row.trial)
+        if run is None or run.info.status != "FINISHED":
+            continue
+        best_epoch = int(run.data.metrics.get("best_epoch", run.data.metrics.get("epoch", 0)))
+        history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(row), f"val_{metric}")}
+        score = history.get(best_epoch, row.metrics.get(f"val_{metric}"))
+        if score is None:
+            continue
+        if row.trial not in best_by_trial or score > best_by_trial[row.trial].score:
+            best_by_trial[row.trial] = Pick(row.trial, run, row, score, best_epoch)
+    return sorted(best_by_trial.values(), key=lambda pick: -pick.score)
 
 
 def _invocation(tracker: Tracker, name: str, wanted: Optional[str]) -> str:

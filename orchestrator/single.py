@@ -19,16 +19,20 @@ from trainers.errors import InputError
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
                  ("val BLEU-4", "val_Bleu_4", "{:.3f}"), ("val CIDEr", "val_CIDEr", "{:.3f}"),
                  ("time (s)", "epoch_time_s", "{:.1f}")]
+ALIGNMENT_COLUMNS = [*EPOCH_COLUMNS[:3], ("val R@1 i2t", "val_i2t_R1", "{:.1f}"), ("val R@1 t2i", "val_t2i_R1", "{:.1f}"),
+                     ("val rsum", "val_rsum", "{:.1f}"), EPOCH_COLUMNS[-1]]  # trainer: alignment
 FINAL_KEYS = ["test_Bleu_1", "test_Bleu_2", "test_Bleu_3", "test_Bleu_4", "test_METEOR", "test_ROUGE_L",
-              "test_CIDEr", "test_mean_caption_length", "test_distinct_captions", "test_content_accuracy"]
+              "test_CIDEr", "test_mean_caption_length", "test_distinct_captions", "test_content_accuracy",
+              *[f"test_{d}_{m}" for d in ("i2t", "t2i") for m in ("R1", "R5", "R10", "medr")], "test_rsum",
+              "test_snippet_accuracy", "test_region_caption_accuracy"]
 
 
 def tracking_uri(config: ExperimentConfig) -> str:
     return config.tracking.uri or default_tracking_uri(config.ray.storage)
 
 
-def _row(metrics: dict) -> list[str]:
-    return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in EPOCH_COLUMNS]
+def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
+    return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in columns]
 
 
 def train_one(config: ExperimentConfig, console: Console) -> dict:
@@ -51,16 +55,17 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
     recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
                              params=flatten(trainer_config.model_dump(mode="json")),
                              variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
-    table = Table(*[title for title, _, _ in EPOCH_COLUMNS], title=f"orch train {config.name}")
+    columns = ALIGNMENT_COLUMNS if trainer_config.trainer == "alignment" else EPOCH_COLUMNS
+    table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}")
 
     def on_epoch(result) -> None:
         report = result.as_report()
         recorder.record(report)
         if result.final:
             recorder.complete(report, result.checkpoint)
-        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(EPOCH_COLUMNS, _row(result.metrics))),
+        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns))),
                       highlight=False)
-        table.add_row(*_row(result.metrics))
+        table.add_row(*_row(result.metrics, columns))
 
     status, reason = "FAILED", ""
     try:
@@ -82,7 +87,9 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
                    predictions=str(final.predictions["d01"]), best_epoch=final.metrics["best_epoch"],
                    stop_reason=final.stop_reason, results=str(run_dir), mlflow_run_id=recorder.run_id)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    console.print(f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
-                  f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions: {summary['predictions']}; "
-                  f"MLflow: {tracking_uri(config)} (`orch ui`)", highlight=False)
+    scores = (f"test R@1 i2t {summary.get('test_i2t_R1', float('nan')):.1f}, t2i "
+              f"{summary.get('test_t2i_R1', float('nan')):.1f}; alignments" if trainer_config.trainer == "alignment" else
+              f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
+              f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions")
+    console.print(f"{scores}: {summary['predictions']}; MLflow: {tracking_uri(config)} (`orch ui`)", highlight=False)
     return summary

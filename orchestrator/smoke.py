@@ -49,6 +49,7 @@ SMOKE_SETTINGS: dict[str, Any] = {
     "resources.gpu": 0,
     "ray.address": None,
     "ray.max_failures": 0,
+    "ray.keep_checkpoints": 1,
     "tracking.uri": None,
 }
 

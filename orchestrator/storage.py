@@ -80,6 +80,12 @@ class Storage:
         return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
                       if info.type == pyarrow.fs.FileType.Directory)
 
+    def find(self, relative: str, name: str) -> list[str]:
+        """Every file called `name` below `relative`, as paths relative to the root, sorted."""
+        selector = pyarrow.fs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
+        return sorted(posixpath.relpath(info.path, self.root) for info in self.filesystem.get_file_info(selector)
+                      if info.type == pyarrow.fs.FileType.File and info.base_name == name)
+
     def download(self, relative: str, folder: Path) -> Path:
         """A local copy of one file (in `folder`), for readers that need a path."""
         target = Path(folder) / posixpath.basename(relative)

@@ -10,7 +10,8 @@ the model is built with `weights: none` and the saved weights are loaded strictl
 
 Features are computed as in training. A frozen encoder trained the decoder on the feature cache,
 which stores float16, so its features are rounded to float16 here too: the same weights then give
-the same captions as the training run's own evaluation.
+the same captions as the training run's own evaluation (in float32; a model trained with
+`train.amp` was evaluated under autocast, and its captions here may differ in rare ties).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.preflight import PreflightError, check, check_ray_address, check_tracking
+from orchestrator.preflight import PreflightError, check, check_ray_address, check_storage, check_tracking
+from orchestrator.storage import resolve
 from trainers.errors import InputError
 
 USER, PASSWORD, TOKEN = "alice", "s3cret", "tok-123"
@@ -71,7 +72,7 @@ def test_an_unreachable_server_fails_in_seconds_naming_tracking_uri():
     started = time.monotonic()
     with pytest.raises(PreflightError) as error:
         check_tracking(uri)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # MLflow's own client retries for over 4 minutes (7 retries, backoff 2 s)
     assert str(error.value) == (f"tracking.uri: cannot reach the MLflow server at {uri} (Connection refused); "
                                 "start it, or point tracking.uri at it. Nothing was started.")
     assert isinstance(error.value, InputError)  # the CLI's exit code 2
@@ -137,6 +138,22 @@ def test_auto_follows_ray_address_as_ray_init_does(monkeypatch):
 
 def test_no_address_means_a_local_ray_and_nothing_to_check():
     check_ray_address(None)
+
+
+def test_a_bucket_that_does_not_answer_names_ray_storage_and_the_credential_variables(monkeypatch):
+    """An S3 endpoint on a closed local port (dummy keys; no instance-metadata lookup)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage = resolve(f"s3://orch/results?endpoint_override=127.0.0.1:{closed_port()}&scheme=http&region=us-east-1")
+    with pytest.raises(PreflightError, match=r"^ray.storage: cannot reach s3://orch/results: .*Could not connect.* "
+                                             r"\(credentials come from the environment: AWS_ACCESS_KEY_ID"):
+        check_storage(storage)
+
+
+def test_a_local_storage_needs_no_check(tmp_path):
+    check_storage(resolve(str(tmp_path / "results")))
+    assert not (tmp_path / "results").exists()
 
 
 def test_check_reports_the_first_thing_the_run_could_not_reach(tmp_path, monkeypatch):

@@ -22,27 +22,27 @@ from orchestrator.report import level_order, write_report
 from orchestrator.tracking import Tracker, TrialRecorder
 from tests.orchestrator.conftest import sqlite_uri
 
-GRID = {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"],
-        "train.scheduled_sampling.max_rate": [0.0, 0.25], "train.seed": [0, 1, 2],
+GRID = {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"], "train.seed": [0, 1, 2],
         "decode.length_penalty": [0.0, 1.0]}
 DECODER_NOISE = {0: 0.03, 1: -0.04, 2: 0.02}  # gru minus lstm, per seed: no consistent sign
 SEED_OFFSET = {0: 0.0, 1: 0.02, 2: -0.01}
 
 
 def coursework_cider(cell: dict) -> float:
-    """Test CIDEr of a cell (0-1 scale): ResNet +0.10 (+0.005 per seed), GRU ± noise, SS +0.02, β +0.01."""
+    """Test CIDEr of a cell (0-1 scale): ResNet +0.10 (+0.005 per seed), GRU ± noise, β +0.01."""
     seed = cell["train.seed"]
     return (0.50 + (0.10 + 0.005 * seed) * (cell["model.encoder"] == "resnet101")
-            + DECODER_NOISE[seed] * (cell["model.decoder"] == "gru")
-            + 0.08 * cell["train.scheduled_sampling.max_rate"] + 0.01 * cell["decode.length_penalty"]
+            + DECODER_NOISE[seed] * (cell["model.decoder"] == "gru") + 0.01 * cell["decode.length_penalty"]
             + SEED_OFFSET[seed])
 
 
-def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dict], float], epochs: int = 3,
-                      prepared: str = "data/flickr8k/prepared") -> str:
-    """Write an invocation of `name` as `orch run` would: plan on the parent, trials, decode variants."""
+def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dict], float], epochs: int = 2,
+                      prepared: str = "data/flickr8k/prepared", search: dict | None = None,
+                      samples: tuple[dict, ...] = ({},)) -> str:
+    """Write an invocation of `name` as `orch run` would: plan on the parent, trials, decode variants.
+    With a search, each cell trains once per entry of `samples` (the values the search drew)."""
     config = ExperimentConfig.model_validate({"name": name, "data": {"prepared": prepared}, "ablation": grid,
-                                              "ray": {"storage": str(storage)}})
+                                              "search": search, "ray": {"storage": str(storage)}})
     plan = make_plan(config)
     uri = sqlite_uri(storage)
     tracker = Tracker(uri, name, artifact_root=storage)
@@ -50,13 +50,15 @@ def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dic
     parent = tracker.parent_run(run_key, "orch run run-1")
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
     variants = {d.id: d.params for d in plan.decode_variants}
-    for index, cell in enumerate(plan.cells):
-        params = {**flatten(config.trainer_config(cell.overrides).model_dump(mode="json")), "orch.cell": cell.id}
+    trials = [(cell, sample) for cell in plan.cells for sample in samples]
+    for index, (cell, sample) in enumerate(trials):
+        overrides = {**cell.overrides, **sample}
+        params = {**flatten(config.trainer_config(overrides).model_dump(mode="json")), "orch.cell": cell.id}
         recorder = TrialRecorder(tracker, parent, run_key, f"trial{index:03d}", cell.id, params, variants)
         for epoch in range(1, epochs + 1):
             report = {"epoch": epoch, "best_epoch": epoch, "train_loss": 3.0 / epoch}
             for variant in plan.decode_variants:
-                value = cider({**cell.overrides, **variant.overrides}) * epoch / epochs
+                value = cider({**overrides, **variant.overrides}) * epoch / epochs
                 report.update({f"{variant.id}/val_CIDEr": value, f"{variant.id}/val_Bleu_4": value / 3})
                 if epoch == epochs:
                     report.update(_test_scores(variant.id, value, variant.overrides.get("decode.length_penalty", 0.0)))
@@ -86,16 +88,15 @@ def _sentence(markdown: str, key: str) -> str:
 
 def test_every_cell_is_summarised_over_its_three_seeds(coursework_report):
     data = json.loads((coursework_report.parent / "report.json").read_text())
-    assert len(data["cells"]) == 16  # 2 encoders x 2 decoders x 2 rates x 2 β; seeds are averaged
+    assert len(data["cells"]) == 8  # 2 encoders x 2 decoders x 2 β; seeds are averaged
     cell = next(c for c in data["cells"] if c["levels"] == {
-        "model.encoder": "vgg16", "model.decoder": "lstm", "train.scheduled_sampling.max_rate": "0.0",
-        "decode.length_penalty": "0.0"})
+        "model.encoder": "vgg16", "model.decoder": "lstm", "decode.length_penalty": "0.0"})
     cider = cell["metrics"]["CIDEr"]
     assert cider["seeds"] == 3
     assert cider["mean"] == pytest.approx(100 * (0.50 + (0.0 + 0.02 - 0.01) / 3))
     assert cider["std"] == pytest.approx(100 * 0.015275, abs=1e-3)
     markdown = coursework_report.read_text()
-    assert "| vgg16 | lstm | 0.0 | 0.0 | 3 | 60.0 ± 0.0 |" in markdown
+    assert "| vgg16 | lstm | 0.0 | 3 | 60.0 ± 0.0 |" in markdown
 
 
 def test_a_large_consistent_effect_exceeds_seed_noise_and_a_noisy_one_does_not(coursework_report):
@@ -127,22 +128,38 @@ def test_flickr8k_results_sit_beside_the_published_anchors(coursework_report):
     assert "| Show, Attend and Tell, soft attention (Xu et al. 2015) | 67.0 | 44.8 | 29.9 | 19.5 | 18.9 |" in markdown
 
 
-def test_the_plots_are_written_and_embedded(coursework_report):
-    markdown = coursework_report.read_text()
-    for name in ("cider_vs_ss_rate.png", "cider_and_length_vs_beta.png", "learning_curves.png"):
-        path = coursework_report.parent / name
+def _assert_plots(report: Path, names: tuple[str, ...]) -> None:
+    markdown = report.read_text()
+    for name in names:
         assert f"]({name})" in markdown
-        with Image.open(path) as image:
+        with Image.open(report.parent / name) as image:
             assert image.width >= 500 and image.height >= 300
 
 
-def test_with_one_seed_the_report_says_noise_cannot_be_told(tmp_path):
-    grid = {"model.decoder": ["lstm", "gru"]}
+def test_the_beta_plot_and_the_learning_curves_are_written_and_embedded(coursework_report):
+    _assert_plots(coursework_report, ("cider_and_length_vs_beta.png", "learning_curves.png"))
+
+
+def test_with_one_seed_the_report_says_noise_cannot_be_told_and_plots_the_sampling_rate(tmp_path):
+    grid = {"model.decoder": ["lstm", "gru"], "train.scheduled_sampling.max_rate": [0.0, 0.25]}
     uri = record_experiment(tmp_path / "results", "one-seed", grid, lambda cell: 0.5 + 0.1 * (cell["model.decoder"] == "gru"),
                             epochs=1, prepared="data/synthetic")
-    markdown = write_report("one-seed", uri, tmp_path / "report").read_text()
+    report = write_report("one-seed", uri, tmp_path / "report")
+    markdown = report.read_text()
     assert "cannot be told" in _sentence(markdown, "model.decoder")
     assert "Published anchors" not in markdown
+    _assert_plots(report, ("cider_vs_ss_rate.png",))
+
+
+def test_a_search_lists_its_best_samples_with_the_values_drawn(tmp_path):
+    search = {"num_samples": 3, "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}}}
+    samples = ({"train.lr": 0.000123456}, {"train.lr": 0.002}, {"train.lr": 0.0004})
+    uri = record_experiment(tmp_path / "results", "hpo", {}, lambda cell: 0.3 + 100 * cell["train.lr"], epochs=1,
+                            search=search, samples=samples)
+    markdown = write_report("hpo", uri, tmp_path / "report").read_text()
+    table = markdown.split("## Best search samples (by val CIDEr at their best epoch)")[1].strip().splitlines()
+    assert table[0] == "| trial | lr | val CIDEr | test CIDEr | test BLEU-4 | best epoch |"
+    assert [row.split(" | ")[1] for row in table[2:5]] == ["0.002", "0.0004", "0.0001235"]
 
 
 def test_levels_are_ordered_as_numbers_when_they_are_numbers():

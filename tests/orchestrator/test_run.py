@@ -305,6 +305,68 @@ def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_ex
     assert epochs_logged(client, after["trial"][0]) == [1, 2, 3]
 
 
+# ----------------------------------------- resume bookkeeping, each case at once (no training)
+def _checkpoint(folder: Path, epoch: int, whole: bool = True) -> Path:
+    """A checkpoint folder as the trainer writes it, with empty weight files (only meta.json is read)."""
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"epoch": epoch}))
+    for name in ("training_state.pt", "best_model.pt")[:2 if whole else 1]:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(tmp_path):
+    from orchestrator.launch import stored_checkpoints
+    from orchestrator.trainable import _resume_point
+
+    trial = tmp_path / "trials" / "c002-ab12c_00001"
+    for epoch in (1, 2, 3, 4):
+        _checkpoint(trial / f"checkpoint_00000{epoch - 1}", epoch)
+    (trial / "checkpoint_000004").mkdir()  # cut short by the kill: no meta.json yet
+    stored = stored_checkpoints(tmp_path, recorded={"ab12c_00001": 3})
+    assert stored == {"ab12c_00001": [str(trial / f"checkpoint_00000{i}") for i in (2, 1, 0)]}  # epoch 4: unrecorded
+
+    tune_restored = _checkpoint(tmp_path / "restored", 1)
+    candidates = [tune_restored, *map(Path, stored["ab12c_00001"])]
+    assert _resume_point(candidates, epochs=4) == trial / "checkpoint_000002"  # epoch 3 beats Tune's epoch 1
+    assert _resume_point(candidates, epochs=3) == trial / "checkpoint_000001"  # epoch 3 is the last: not resumed
+    assert _resume_point([None, _checkpoint(tmp_path / "half", 2, whole=False)], epochs=4) is None
+
+
+def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_alone(tmp_path):
+    from orchestrator.tracking import Tracker, TrialRecorder
+
+    tracker = Tracker(sqlite_uri(tmp_path), "bookkeeping")
+    parent = tracker.parent_run("bookkeeping/run-1", "orch run run-1")
+
+    def recorder(trial: str) -> TrialRecorder:
+        return TrialRecorder(tracker, parent, "bookkeeping/run-1", trial, trial, {"train.lr": 0.1}, {"d01": {}})
+
+    def report(epoch: int) -> dict:
+        return {"epoch": epoch, "train_loss": 1.0 / epoch, "d01/val_CIDEr": 0.1 * epoch}
+
+    killed, done = recorder("t1"), recorder("t2")
+    for epoch in (1, 2):
+        killed.record(report(epoch))
+    killed.end("KILLED", "driver host:1 ended without closing this run")
+    done.record(report(1))
+    done.complete(report(1), checkpoint=None)
+    finished_at = tracker.client.get_run(done.run_id).info.end_time
+
+    again, done_again = recorder("t1"), recorder("t2")
+    assert again.run_id == killed.run_id and done_again.run_id == done.run_id
+    run = tracker.client.get_run(again.run_id)
+    assert run.info.status == "RUNNING" and "orch.failure_reason" not in run.data.tags
+    for epoch in (2, 3):  # epoch 2 again: Tune restored a checkpoint older than the last report
+        again.record(report(epoch))
+    assert [m.step for m in tracker.client.get_metric_history(again.run_id, "epoch")] == [1, 2, 3]
+    done_again.record(report(1))
+    done_again.end("KILLED", "the driver stopped before this run ended")
+    run = tracker.client.get_run(done.run_id)
+    assert (run.info.status, run.info.end_time) == ("FINISHED", finished_at)
+    assert [m.step for m in tracker.client.get_metric_history(done.run_id, "epoch")] == [1]
+
+
 # --------------------------------------------------------------------------- injected failures
 @pytest.mark.integration
 def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tiny_experiment, tmp_path, monkeypatch):
@@ -341,9 +403,10 @@ def test_without_retries_a_failure_exits_1_and_names_its_reason(local_ray, tiny_
 # ------------------------------------------------------------------------------------- ASHA
 @pytest.mark.integration
 def test_asha_stops_the_weak_trials_early_and_says_so(local_ray, tiny_experiment, tmp_path):
-    """Ranked by val loss (2 val images make CIDEr ties); lr 1e-9 learns nothing and starts last."""
+    """Ranked by val loss (2 val images make CIDEr ties); lr 1e-9 learns nothing and starts last,
+    when the first trials have set the bar at epoch 1 (ASHA's only rung below max_t 2)."""
     config = write_yaml(tmp_path / "asha.yaml", tiny_experiment(
-        "asha", tmp_path / "results", train={"epochs": 3}, eval={"select_by": "neg_loss"},
+        "asha", tmp_path / "results", eval={"select_by": "neg_loss"},
         scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
         ablation={"train.lr": [1.0e-2, 3.0e-3, 1.0e-3, 1.0e-9]}))
     result = invoke("run", config)
@@ -351,15 +414,15 @@ def test_asha_stops_the_weak_trials_early_and_says_so(local_ray, tiny_experiment
     client = MlflowClient(sqlite_uri(tmp_path / "results"))
     kinds = runs_of(client, "asha")
     trained = {run.data.params["train.lr"]: (run, epochs_logged(client, run)) for run in kinds["trial"]}
-    assert len(trained["1e-09"][1]) < 3
+    assert trained["1e-09"][1] == [1]
     for run, epochs in trained.values():
-        if len(epochs) < 3:
+        if epochs == [1]:
             assert run.info.status == "KILLED"
-            assert run.data.tags["orch.failure_reason"] == f"stopped early by the scheduler after epoch {len(epochs)}"
+            assert run.data.tags["orch.failure_reason"] == "stopped early by the scheduler after epoch 1"
             children = [v for v in kinds["variant"] if v.data.tags["mlflow.parentRunId"] == run.info.run_id]
             assert {v.info.status for v in children} == {"KILLED"}
         else:
-            assert run.info.status == "FINISHED" and epochs == [1, 2, 3]
+            assert run.info.status == "FINISHED" and epochs == [1, 2]
     assert kinds["parent"][0].info.status == "FINISHED"
 
 

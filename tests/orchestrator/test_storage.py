@@ -109,6 +109,16 @@ def test_resume_of_an_unknown_name_says_where_it_looked(two_runs):
         find_invocation("nope", two_runs.setting)
 
 
+def test_find_lists_a_file_name_at_any_depth_relative_to_the_root(two_runs):
+    two_runs.write_text("grid/run-20260101-000000/trials/c001-a/checkpoint_000001/meta.json", "{}")
+    two_runs.write_text("grid/run-20260101-000000/trials/c001-a/checkpoint_000000/meta.json", "{}")
+    assert two_runs.find("grid/run-20260101-000000", "meta.json") == [
+        "grid/run-20260101-000000/trials/c001-a/checkpoint_000000/meta.json",
+        "grid/run-20260101-000000/trials/c001-a/checkpoint_000001/meta.json"]
+    assert two_runs.find("grid", CONFIG_FILE) == [f"grid/run-2026010{d}-000000/{CONFIG_FILE}" for d in (1, 2)]
+    assert two_runs.find("missing", "meta.json") == []
+
+
 def test_download_gives_config_readers_a_local_file(two_runs, tmp_path):
     copy = two_runs.download(f"grid/run-20260101-000000/{CONFIG_FILE}", tmp_path)
     assert copy == tmp_path / CONFIG_FILE and copy.read_text().startswith("name: grid")

@@ -56,18 +56,30 @@ class SentenceBRNN(nn.Module):
 
 
 class AlignmentModel(nn.Module):
+    """Eq. (1) reads the CNN features standardised by the train split's channel means and deviations
+    (`set_feature_statistics`): an affine change of W_m and b_m, so the same model, but one whose
+    SGD steps are even across channels. CNN features are all positive around a large common part,
+    which otherwise makes the first steps blow the scores up."""
+
     def __init__(self, cfg: TrainerConfig, feature_dim: int, vocab_size: int):
         super().__init__()
         a = cfg.alignment
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
         self.image = nn.Linear(feature_dim, a.embed_dim)  # W_m, b_m
         nn.init.normal_(self.image.weight, std=0.01)  # small scores at the start keep SGD stable
         nn.init.zeros_(self.image.bias)
         self.sentence = SentenceBRNN(vocab_size, a.word_dim, a.embed_dim)
         self.region_captioner = Decoder(cfg.model, feature_dim, vocab_size)
 
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        """Standardise with the channel statistics of these CNN features (n, C)."""
+        self.feature_mean.copy_(features.mean(dim=0))
+        self.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
+
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
         """CNN features (..., M, C) -> image fragments v_i (..., M, h)."""
-        return self.image(features)
+        return self.image((features - self.feature_mean) / self.feature_std)
 
     def embed_sentences(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Words (B, T) with lengths (B,) -> sentence fragments s_t (B, T, h)."""

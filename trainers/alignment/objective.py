@@ -18,14 +18,17 @@ def image_sentence_scores(images: torch.Tensor, sentences: torch.Tensor, lengths
 
 
 def ranking_loss(scores: torch.Tensor, margin: float) -> torch.Tensor:
-    """Eq. (9) over a batch whose k-th image and k-th sentence belong together, divided by the batch size.
+    """Eq. (9) over a batch whose k-th image and k-th sentence belong together, as the mean of its terms.
 
     scores (B, B) hold S_kl for image k and sentence l. Each true pair must beat every other sentence
     of its image (rows) and every other image of its sentence (columns) by `margin`. The terms
-    l = k are left out: they are the constant `margin` and carry no gradient.
+    l = k are left out: they are the constant `margin` and carry no gradient. Averaging the
+    2B(B - 1) others instead of summing them keeps the gradients, and so the learning rate and the
+    gradient clipping, independent of the batch size; a loss of `margin` is where training starts.
     """
+    batch = scores.shape[0]
     true = scores.diagonal()  # (B,)
     other_sentences = torch.relu(scores - true[:, None] + margin)  # (B, B): S_kl - S_kk
     other_images = torch.relu(scores - true[None, :] + margin)  # (B, B): S_lk - S_kk, column k
-    off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    return ((other_sentences + other_images) * off_diagonal).sum() / scores.shape[0]
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=scores.device)
+    return ((other_sentences + other_images) * off_diagonal).sum() / (2 * batch * (batch - 1))

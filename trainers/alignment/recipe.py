@@ -4,7 +4,7 @@
 evaluation. The epoch loop, checkpoints, resume, LR schedule, early stopping and divergence guard
 are CaptionRecipe's, so `orch train` and `orch run` receive the same stream of EpochResults:
 
-- every epoch: train_loss and val_loss (eq. 9 per image), val retrieval (val_i2t_R1 ...
+- every epoch: train_loss and val_loss (the mean term of eq. 9), val retrieval (val_i2t_R1 ...
   val_t2i_medr, val_rsum) and sample alignments of val sentences; the best epoch by
   eval.select_by is kept.
 - the final epoch, from the best weights: test retrieval with the chance level of each recall; the
@@ -47,6 +47,7 @@ from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, caption_los
 
 SPLITS = ("train", "val", "test")
 IMAGE_CHUNK, SENTENCE_CHUNK = 16, 512  # score matrices are computed in blocks of this many
+STATISTICS_IMAGES = 2000  # the train images whose CNN features set the model's standardisation
 
 
 @dataclass
@@ -81,6 +82,7 @@ class AlignmentRecipe(CaptionRecipe):
         self.use_cache = cfg.data.feature_cache
         self.inputs = self._fragment_arrays()
         self.model = AlignmentModel(cfg, self.regions.feature_dim, len(self.vocab)).to(self.device)
+        self.model.set_feature_statistics(self._train_features())
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
@@ -105,6 +107,14 @@ class AlignmentRecipe(CaptionRecipe):
         paths = cached_features(self.dataset, self.regions, encoder_name=name, image_size=cfg.data.image_size,
                                 encoded_size=cfg.model.encoded_size, cache_dir=cache_dir, device=self.device)
         return {s: LazyArray(paths[s]) if s in paths else None for s in SPLITS}
+
+    @torch.no_grad()
+    def _train_features(self) -> torch.Tensor:
+        """The CNN features of every fragment of the first STATISTICS_IMAGES train images: (n, C)."""
+        split = self.dataset.split("train")
+        images = Subset(SplitImages(split, self.inputs["train"]), range(min(STATISTICS_IMAGES, len(split))))
+        return torch.cat([split_fragments(self._fragments(inputs))[1].flatten(0, 1)  # (b * M, C)
+                          for inputs, _rows in self._in_order(images)])
 
     # -------------------------------------------------------------------------------- batches
     def _fragments(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -169,7 +179,7 @@ class AlignmentRecipe(CaptionRecipe):
     # ------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """Eq. (9) per image on val, in the same batches every epoch."""
+        """The mean term of eq. (9) on val, in the same batches every epoch."""
         self.model.eval()
         total, count = 0.0, 0
         for inputs, captions, lengths, _rows in self._pairs_loader("val", self.config.train.seed):

@@ -29,7 +29,7 @@ from trainers.models.registry import Registry
 
 BOX = 4  # fragments (B, M, BOX + C): the box first, then the feature
 
-# Detector name -> the keyword that sets its score threshold (0: keep its top boxes, whatever their score).
+# Detector name -> the keyword that sets its score threshold.
 DETECTORS: Registry = Registry("detector", "alignment.detector")
 for _name in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
               "fasterrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
@@ -100,27 +100,29 @@ class DetectorRegions(nn.Module):
         return torch.cat([whole[None], top, padding])  # (1 + K, 4)
 
 
-def build_regions(cfg: TrainerConfig) -> GridRegions | DetectorRegions:
-    encoder = build_encoder(cfg.model)
+def build_regions(cfg: TrainerConfig, pretrained: bool = True) -> GridRegions | DetectorRegions:
+    """The config's region source, with its weights; `pretrained=False` builds it untrained, for a
+    saved state dict (an export's) to be loaded into."""
+    encoder = build_encoder(cfg.model if pretrained else cfg.model.model_copy(update={"weights": "none"}))
     if cfg.alignment.regions == "grid":
         return GridRegions(encoder, cfg.model.encoded_size)
-    return DetectorRegions(build_detector(cfg.alignment), encoder, cfg.alignment.num_regions, cfg.data.image_size)
+    detector = build_detector(cfg.alignment) if pretrained else _untrained_detector(cfg.alignment)
+    return DetectorRegions(detector, encoder, cfg.alignment.num_regions, cfg.data.image_size)
 
 
 def build_detector(cfg: AlignmentConfig) -> nn.Module:
     """A torchvision detector with its COCO weights (downloaded once) or a state dict file."""
-    keep_every_box = {DETECTORS.get(cfg.detector): 0.0}
     if cfg.detector_weights == "coco":
         weights = tv.get_model_weights(cfg.detector).DEFAULT
         try:
-            return tv.get_model(cfg.detector, weights=weights, **keep_every_box).eval()
+            return tv.get_model(cfg.detector, weights=weights, **_keep_every_box(cfg)).eval()
         except (OSError, RuntimeError) as error:
             raise InputError(
                 f"alignment.detector_weights: coco weights for {cfg.detector!r} could not be downloaded from "
                 f"{weights.url} ({error}). Download that file where there is internet and set "
                 f"alignment.detector_weights to its path, or put it in {torch.hub.get_dir()}/checkpoints") from error
     path = Path(cfg.detector_weights).expanduser()
-    detector = tv.get_model(cfg.detector, weights=None, weights_backbone=None, **keep_every_box)
+    detector = _untrained_detector(cfg)
     try:
         detector.load_state_dict(_read_state_dict(path, cfg.detector))
     except RuntimeError as error:
@@ -128,6 +130,15 @@ def build_detector(cfg: AlignmentConfig) -> nn.Module:
         raise InputError(f"alignment.detector_weights: {path} is not a torchvision {cfg.detector} state dict: "
                          f"{first_lines[:500]}") from error
     return detector.eval()
+
+
+def _keep_every_box(cfg: AlignmentConfig) -> dict:
+    """The detector's score threshold at 0: its top boxes are kept whatever their score."""
+    return {DETECTORS.get(cfg.detector): 0.0}
+
+
+def _untrained_detector(cfg: AlignmentConfig) -> nn.Module:
+    return tv.get_model(cfg.detector, weights=None, weights_backbone=None, **_keep_every_box(cfg)).eval()
 
 
 def _read_state_dict(path: Path, detector: str) -> dict:
