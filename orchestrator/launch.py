@@ -22,6 +22,7 @@ from typing import Optional
 from rich.console import Console
 
 from orchestrator.config import ExperimentConfig, dump_resolved
+from orchestrator import preflight
 from orchestrator.plan import Plan
 from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
@@ -133,6 +134,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
 
     from orchestrator.trainable import FAIL_ONCE_ENV, train_trial
 
+    preflight.check(config, address)  # an unreachable tracking server or cluster fails before any trial
     resuming = invocation is not None
     invocation = invocation or time.strftime("run-%Y%m%d-%H%M%S")
     folder = invocation_folder(config, invocation)

@@ -79,12 +79,13 @@ def sqlite_uri(folder: Path) -> str:
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
 
 
-@pytest.fixture
-def orch(monkeypatch) -> Callable[..., "object"]:
-    """Invoke the `orch` CLI in this process, as a user would type it; returns click's Result."""
-    monkeypatch.setattr(cli.console, "width", 400)  # no wrapping of long messages
-
-    def invoke(*args):
+def invoke_orch(*args):
+    """`orch ARGS` in this process, as a user would type it (long lines unwrapped); click's Result."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.console, "width", 400)
         return CliRunner().invoke(cli.app, [str(arg) for arg in args])
 
-    return invoke
+
+@pytest.fixture
+def orch() -> Callable[..., "object"]:
+    return invoke_orch

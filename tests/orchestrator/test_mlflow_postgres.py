@@ -25,8 +25,9 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.preflight import check_tracking
-from tests.orchestrator.conftest import write_yaml
-from tests.orchestrator.test_run import _free_port, artifact_paths, assert_tree_finished, invoke, runs_of
+from tests.orchestrator.conftest import invoke_orch, write_yaml
+from tests.orchestrator.test_preflight import free_port
+from tests.orchestrator.test_run import artifact_paths, assert_tree_finished, runs_of
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def postgres():
     if user is not None:
         os.chown(folder, user.pw_uid, user.pw_gid)
     name = user.pw_name if user else None
-    port = _free_port()
+    port = free_port()
     run_as(name, [initdb, "-D", str(folder / "data"), "-U", "orch", "--auth=trust", "-E", "UTF8", "--no-instructions"])
     run_as(name, [pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w", "-t", "120",
                   "-o", f"-h 127.0.0.1 -p {port} -k {folder} -F", "start"])
@@ -90,7 +91,7 @@ def postgres():
 def postgres_mlflow(postgres, tmp_path_factory):
     """`mlflow server` on that database, artifacts served from a local folder; yields its URL."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres,
@@ -128,7 +129,7 @@ def test_the_whole_run_tree_lands_in_postgresql(local_ray, tiny_experiment, post
     config = write_yaml(tmp_path / "served.yaml", tiny_experiment(
         "pg", tmp_path / "results", train={"epochs": 1}, tracking={"uri": postgres_mlflow},
         ablation={"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 1.0]}))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 0, result.output
 
     client = MlflowClient(postgres_mlflow)

@@ -24,7 +24,7 @@ from trainers.errors import InputError
 USER, PASSWORD, TOKEN = "alice", "s3cret", "tok-123"
 
 
-def closed_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]  # free again once closed: nothing listens there
@@ -68,7 +68,7 @@ def no_credentials(monkeypatch):
 
 
 def test_an_unreachable_server_fails_in_seconds_naming_tracking_uri():
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(PreflightError) as error:
         check_tracking(uri)
@@ -113,7 +113,7 @@ def test_local_stores_need_no_check(tmp_path):
 
 def test_an_unreachable_database_names_it_without_its_password():
     pytest.importorskip("psycopg", reason="psycopg (the test extra) drives PostgreSQL stores")
-    uri = f"postgresql://orch:hunter2@127.0.0.1:{closed_port()}/mlflow"
+    uri = f"postgresql://orch:hunter2@127.0.0.1:{free_port()}/mlflow"
     with pytest.raises(PreflightError) as error:
         check_tracking(uri, timeout_s=3)
     assert str(error.value).startswith(f"tracking.uri: cannot connect to the database "
@@ -122,7 +122,7 @@ def test_an_unreachable_database_names_it_without_its_password():
 
 
 def test_a_ray_address_where_nothing_listens_names_its_source():
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     with pytest.raises(PreflightError, match=rf"^--address: no Ray cluster answers at {address} \(.*refused"):
         check_ray_address(address, "--address", timeout_s=3)
     with pytest.raises(PreflightError, match=rf"^ray.address: no Ray cluster answers at ray://{address} "):
@@ -130,7 +130,7 @@ def test_a_ray_address_where_nothing_listens_names_its_source():
 
 
 def test_auto_follows_ray_address_as_ray_init_does(monkeypatch):
-    port = closed_port()
+    port = free_port()
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     with pytest.raises(PreflightError, match=rf"^ray.address: no Ray cluster answers at \S+:{port} "):  # Ray's own IP
         check_ray_address("auto", "ray.address", timeout_s=3)
@@ -145,7 +145,7 @@ def test_a_bucket_that_does_not_answer_names_ray_storage_and_the_credential_vari
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    storage = resolve(f"s3://orch/results?endpoint_override=127.0.0.1:{closed_port()}&scheme=http&region=us-east-1")
+    storage = resolve(f"s3://orch/results?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1")
     with pytest.raises(PreflightError, match=r"^ray.storage: cannot reach s3://orch/results: .*Could not connect.* "
                                              r"\(credentials come from the environment: AWS_ACCESS_KEY_ID"):
         check_storage(storage)
@@ -157,7 +157,7 @@ def test_a_local_storage_needs_no_check(tmp_path):
 
 
 def test_check_reports_the_first_thing_the_run_could_not_reach(tmp_path, monkeypatch):
-    port = closed_port()
+    port = free_port()
     config = ExperimentConfig.model_validate({
         "name": "grid", "ray": {"storage": str(tmp_path / "results")},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})

@@ -2,8 +2,9 @@
 
 One module-scoped grid (2 trainings x 3 length penalties) feeds the checks of the plan split, the
 MLflow run tree and the single-writer design; the other scenarios (an MLflow server, a driver killed
-mid-trial, injected failures, ASHA) each run one small experiment of their own. The in-process runs
-join the session's local Ray (`local_ray`); the killed driver is a real `orch run` subprocess.
+mid-trial, Ctrl-C, injected failures, ASHA) each run one small experiment of their own. The
+in-process runs join the session's local Ray (`local_ray`); the killed driver is a real `orch run`
+subprocess that joins it too. The resume bookkeeping is also checked case by case, without training.
 """
 
 from __future__ import annotations
@@ -23,22 +24,13 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from typer.testing import CliRunner
 
-from orchestrator import cli
-from tests.orchestrator.conftest import REPO_ROOT, sqlite_uri, write_yaml
+from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
 
 
 # --------------------------------------------------------------------------------------- helpers
-def invoke(*args):
-    """`orch ARGS` in this process (long lines unwrapped), as the `orch` fixture does for one test."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli.console, "width", 400)
-        return CliRunner().invoke(cli.app, [str(arg) for arg in args])
-
-
 def runs_of(client: MlflowClient, experiment: str) -> dict[str, list]:
     """The experiment's runs by their `orch.kind` tag: parent, trial, variant."""
     found = client.get_experiment_by_name(experiment)
@@ -86,7 +78,7 @@ class GridRun:
 def grid_run(local_ray, tiny_experiment, tmp_path_factory) -> GridRun:
     root = tmp_path_factory.mktemp("grid")
     config = write_yaml(root / "grid.yaml", tiny_experiment("grid", root / "results", ablation=GRID))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     return GridRun(result.exit_code, result.output, root / "results", MlflowClient(sqlite_uri(root / "results")))
 
 
@@ -140,7 +132,7 @@ def test_the_driver_is_the_only_mlflow_writer(grid_run):
 
 @pytest.mark.integration
 def test_status_shows_every_cell_of_the_latest_run(grid_run):
-    result = invoke("status", "grid", "--storage", grid_run.storage, "--json")
+    result = invoke_orch("status", "grid", "--storage", grid_run.storage, "--json")
     assert result.exit_code == 0, result.output
     cells = json.loads(result.stdout)["grid"]["cells"]
     assert len(cells) == 6 and {cell["status"] for cell in cells} == {"FINISHED"}
@@ -192,7 +184,7 @@ def test_a_whole_run_lands_in_an_mlflow_server(local_ray, tiny_experiment, mlflo
     config = write_yaml(tmp_path / "served.yaml", tiny_experiment(
         "served", tmp_path / "results", train={"epochs": 1}, tracking={"uri": mlflow_server},
         ablation={"decode.length_penalty": [0.0, 1.0]}))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "results" / "mlflow.db").exists()
     client = MlflowClient(mlflow_server)
@@ -248,7 +240,7 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
 
     client = MlflowClient(sqlite_uri(storage))
     before = {run.data.params["orch.cell"]: run for run in runs_of(client, "killed")["trial"]}
-    status = invoke("status", "killed", "--storage", storage)
+    status = invoke_orch("status", "killed", "--storage", storage)
     assert status.exit_code == 0, status.output
     assert "marked 4 run(s) left RUNNING by a dead driver as KILLED" in status.output  # parent, c002, its 2 variants
     killed = runs_of(client, "killed")
@@ -256,7 +248,7 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert {run.data.params["orch.cell"]: run.info.status for run in killed["trial"]} == \
         {"c001": "FINISHED", "c002": "KILLED"}
 
-    resumed = invoke("resume", "killed", "--storage", storage)
+    resumed = invoke_orch("resume", "killed", "--storage", storage)
     assert resumed.exit_code == 0, resumed.output
     kinds = runs_of(client, "killed")
     assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 4)
@@ -288,7 +280,7 @@ def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_ex
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 1, result.output
     assert "interrupted: 1 trial(s) did not finish; continue with `orch resume " in result.output
     client = MlflowClient(sqlite_uri(storage))
@@ -297,7 +289,7 @@ def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_ex
         assert (run.info.status, run.data.tags["orch.failure_reason"]) == \
             ("KILLED", "interrupted (Ctrl-C) before this run ended")
 
-    resumed = invoke("resume", "interrupted", "--storage", storage)
+    resumed = invoke_orch("resume", "interrupted", "--storage", storage)
     assert resumed.exit_code == 0, resumed.output
     after = runs_of(client, "interrupted")
     assert_tree_finished(after)
@@ -373,7 +365,7 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tiny_experimen
     monkeypatch.setenv("ORCH_FAIL_ONCE_AT_EPOCH", "1")
     config = write_yaml(tmp_path / "retried.yaml", tiny_experiment("retried", tmp_path / "results",
                                                                     ray={"max_failures": 1}))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 0, result.output
     client = MlflowClient(sqlite_uri(tmp_path / "results"))
     kinds = runs_of(client, "retried")
@@ -391,7 +383,7 @@ def test_without_retries_a_failure_exits_1_and_names_its_reason(local_ray, tiny_
     monkeypatch.setenv("ORCH_FAIL_ONCE_AT_EPOCH", "1")
     config = write_yaml(tmp_path / "failed.yaml", tiny_experiment(
         "failed", tmp_path / "results", ablation={"decode.length_penalty": [0.0, 1.0]}))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 1, result.output
     assert "failed c001-" in result.output and "injected failure at epoch 1" in result.output
     kinds = runs_of(MlflowClient(sqlite_uri(tmp_path / "results")), "failed")
@@ -409,7 +401,7 @@ def test_asha_stops_the_weak_trials_early_and_says_so(local_ray, tiny_experiment
         "asha", tmp_path / "results", eval={"select_by": "neg_loss"},
         scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
         ablation={"train.lr": [1.0e-2, 3.0e-3, 1.0e-3, 1.0e-9]}))
-    result = invoke("run", config)
+    result = invoke_orch("run", config)
     assert result.exit_code == 0, result.output
     client = MlflowClient(sqlite_uri(tmp_path / "results"))
     kinds = runs_of(client, "asha")
