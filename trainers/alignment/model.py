@@ -31,7 +31,6 @@ class SentenceBRNN(nn.Module):
         self.forward_recurrence = nn.Linear(hidden_dim, hidden_dim)  # W_f, b_f
         self.backward_recurrence = nn.Linear(hidden_dim, hidden_dim)  # W_b, b_b
         self.output = nn.Linear(hidden_dim, hidden_dim)  # W_d, b_d
-        nn.init.uniform_(self.words.weight, -0.1, 0.1)  # small scores at the start keep SGD stable
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         steps = torch.arange(words.shape[1], device=words.device)  # (T,)
