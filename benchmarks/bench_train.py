@@ -13,8 +13,9 @@
     the CNN). Building the cache is timed too: it is paid once per (dataset, encoder) and shared by
     every later epoch and trial.
 
-Prints one JSON object. Runs in about 3-5 minutes on 2 CPU cores; the machine's load average is
-included because CPU timings on a shared machine vary a lot with it.
+Prints one JSON object. Runs on the GPU when there is one (the recipe's `train.device: auto`), else
+on the CPU, in about 3-5 minutes on 2 idle CPU cores; the machine's load average is included
+because CPU timings on a shared machine vary a lot with it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from trainers.config import ModelConfig, TrainerConfig
 from trainers.data.prepare import prepare_dataset
 from trainers.data.synthetic import write_synthetic_dataset
-from trainers.loop import CaptionRecipe, caption_loss
+from trainers.loop import CaptionRecipe, caption_loss, pick_device
 from trainers.models.decoder import Decoder
 
 BATCH, PIXELS, CHANNELS, CAPTION_TOKENS = 32, 196, 2048, 22
@@ -39,15 +40,15 @@ CONFIG_FOR_THE_DIMS = dict(decoder="lstm", attention="soft", embed_dim=512, atte
                            dropout=0.5)
 
 
-def decoder_steps_per_s(steps: int, vocab: int, seed: int) -> float:
+def decoder_steps_per_s(steps: int, vocab: int, seed: int, device: torch.device) -> float:
     """Training steps/s of the decoder alone on random (B, 196, 2048) features."""
     torch.manual_seed(seed)
-    decoder = Decoder(ModelConfig(**CONFIG_FOR_THE_DIMS), feature_dim=CHANNELS, vocab_size=vocab).train()
+    decoder = Decoder(ModelConfig(**CONFIG_FOR_THE_DIMS), feature_dim=CHANNELS, vocab_size=vocab).to(device).train()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=4e-4)
-    features = torch.rand(BATCH, PIXELS, CHANNELS)  # (B, P, C)
-    captions = torch.randint(4, vocab, (BATCH, CAPTION_TOKENS))  # (B, T)
+    features = torch.rand(BATCH, PIXELS, CHANNELS, device=device)  # (B, P, C)
+    captions = torch.randint(4, vocab, (BATCH, CAPTION_TOKENS), device=device)  # (B, T)
     captions[:, 0], captions[:, -1] = 1, 2  # <start> ... <end>
-    lengths = torch.full((BATCH,), CAPTION_TOKENS)  # (B,)
+    lengths = torch.full((BATCH,), CAPTION_TOKENS, device=device)  # (B,)
 
     def step() -> None:
         loss, _ = caption_loss(decoder, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)
@@ -57,10 +58,17 @@ def decoder_steps_per_s(steps: int, vocab: int, seed: int) -> float:
         optimizer.step()
 
     step()  # warm-up
+    _synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
+    _synchronize(device)
     return steps / (time.perf_counter() - started)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def epoch_times(workdir: Path, images: int, uncached_batches: int, seed: int) -> dict:
@@ -115,12 +123,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    device = pick_device("auto")
     load_before = os.getloadavg()[0]
-    steps_per_s = decoder_steps_per_s(args.steps, args.vocab, args.seed)
+    steps_per_s = decoder_steps_per_s(args.steps, args.vocab, args.seed, device)
     with tempfile.TemporaryDirectory(prefix="bench_train.") as folder:
         epochs = epoch_times(Path(folder), args.images, args.uncached_batches, args.seed)
     print(json.dumps({
-        "device": "cpu", "threads": torch.get_num_threads(),
+        "device": device.type, "threads": torch.get_num_threads(),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # at start, at end
         "decoder": {"batch": BATCH, "features": [PIXELS, CHANNELS], "vocab": args.vocab,
                     "caption_tokens": CAPTION_TOKENS, "dims": 512, "steps_timed": args.steps,

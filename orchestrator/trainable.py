@@ -4,22 +4,25 @@ It runs in a Ray worker, possibly on another node. It receives the resolved trai
 plain dict (absolute paths), applies its cell's and its search sample's overrides, resumes from
 the checkpoint Tune hands back after a failure, and calls `tune.report(metrics, checkpoint=...)`
 once per epoch (DESIGN.md item 10). MLflow is written by the driver, never here.
+
+The driver imports this module only to hand `train_trial` to Ray, so torch and the trainer are
+imported inside the functions, in the trial's worker: the driver starts without them.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ray import tune
 
 from orchestrator.keys import apply_overrides
-from trainers.checkpoint import load_checkpoint
 from trainers.config import DecodeConfig, TrainerConfig
 from trainers.errors import InputError
-from trainers.evaluation import DecodeVariant
-from trainers.loop import run_training
+
+if TYPE_CHECKING:
+    from trainers.evaluation import DecodeVariant
 
 FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail each trial once at this epoch
 # Read by the driver and handed to every trial, so it reaches trials on a cluster the driver joined.
@@ -31,6 +34,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     """Tune's saved state can lag a SIGKILLed driver by seconds, so the driver of `orch resume` says
     what the storage holds: `finished`, the trials MLflow saw finish (not trained again), and
     `stored`, each trial's checkpoint folders there. `fail_at`: the driver's FAIL_ONCE_ENV."""
+    from trainers.loop import run_training
+
     trial_id = tune.get_context().get_trial_id()
     if trial_id in finished:
         return
@@ -53,6 +58,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
 
 def decode_variants_of(config: TrainerConfig, variants: dict[str, dict]) -> list[DecodeVariant]:
     """Each variant's dotted `decode.*` values applied to the trial's own decode config."""
+    from trainers.evaluation import DecodeVariant
+
     trial = config.model_dump(mode="json")
     return [DecodeVariant(vid, DecodeConfig.model_validate(apply_overrides(trial, dotted)["decode"]))
             for vid, dotted in variants.items()]
@@ -69,6 +76,8 @@ def _resume_point(candidates: list[Optional[Path]], epochs: int) -> Optional[Pat
 
 def _checkpoint_epoch(folder: Optional[Path]) -> int:
     """The epoch a whole checkpoint folder holds; -1 for none, or one missing a file."""
+    from trainers.checkpoint import load_checkpoint
+
     try:
         return load_checkpoint(folder).meta["epoch"] if folder is not None else -1
     except (InputError, OSError, ValueError):
