@@ -112,6 +112,7 @@ def build_regions(cfg: TrainerConfig, pretrained: bool = True) -> GridRegions | 
 
 def build_detector(cfg: AlignmentConfig) -> nn.Module:
     """A torchvision detector with its COCO weights (downloaded once) or a state dict file."""
+    DETECTORS.get(cfg.detector)  # an unknown name is an InputError naming alignment.detector
     if cfg.detector_weights == "coco":
         weights = tv.get_model_weights(cfg.detector).DEFAULT
         try:
