@@ -1,21 +1,21 @@
 """Beam-search throughput on CPU: the whole batch at once vs one image at a time.
 
-    PYTHONPATH=. python benchmarks/bench_beam.py [--batch 64] [--beam 3] [--max-len 30] [--malloc-reuse]
+    PYTHONPATH=. python benchmarks/bench_beam.py [--batch 64] [--beam 3] [--max-len 30] [--glibc-default]
 
 A Show-Attend-Tell decoder at the coursework's sizes (embed/attention/hidden 512, LSTM, soft
 attention) on ResNet-101-shaped features (196 x 2048), randomly initialised, so no caption ends
 early and both ways run max_len steps. Prints one JSON object: images/s both ways, whether both
 ways give identical captions, and the speed-up.
 
-`--malloc-reuse` stops glibc from returning big blocks to the OS: the batched search allocates
-tens of MB per step (the additive attention's (B, K, P, A) energies), which glibc otherwise maps
-fresh, page by page, every step. It is what LD_PRELOADing jemalloc/tcmalloc achieves.
+Like `orch train`, `orch evaluate` and every trial, it first keeps freed memory in the process
+(trainers.memory.reuse_freed_memory): the batched search allocates tens of MB per step (the additive
+attention's (B, K, P, A) energies), which glibc otherwise maps fresh, page by page, every step.
+`--glibc-default` leaves glibc's allocator as it is, to measure what that costs.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import time
 
@@ -23,6 +23,7 @@ import torch
 
 from trainers.config import DecodeConfig, ModelConfig
 from trainers.decoding import decode
+from trainers.memory import reuse_freed_memory
 from trainers.models.decoder import Decoder
 
 
@@ -33,10 +34,9 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=30)
     parser.add_argument("--vocab", type=int, default=3000, help="about Flickr8k's at min_word_freq 5")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--malloc-reuse", action="store_true", help="keep freed memory in the process (glibc)")
+    parser.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap/trim thresholds as they are")
     args = parser.parse_args()
-    if args.malloc_reuse:
-        _keep_freed_memory()
+    malloc_reuse = not args.glibc_default and reuse_freed_memory()
 
     torch.manual_seed(args.seed)
     model_cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=512, attention_dim=512, hidden_dim=512)
@@ -56,7 +56,7 @@ def main() -> None:
     print(json.dumps({
         "device": "cpu",
         "threads": torch.get_num_threads(),
-        "malloc_reuse": args.malloc_reuse,
+        "malloc_reuse": malloc_reuse,
         "batch": args.batch,
         "beam_size": args.beam,
         "max_len": args.max_len,
@@ -67,14 +67,6 @@ def main() -> None:
         "identical_captions": [h.tokens for h in batched] == [h.tokens for h in one_by_one],
         "speedup": round(one_by_one_s / batched_s, 2),
     }))
-
-
-def _keep_freed_memory() -> None:
-    """glibc mallopt: serve big blocks from the heap (M_MMAP_THRESHOLD) and never trim it (M_TRIM_THRESHOLD)."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from trainers.evaluation import (DecodeVariant, caption_batches, constant_captio
                                  write_predictions)
 from trainers.errors import TrainingDiverged
 from trainers.features import cached_features, resize_batch
+from trainers.memory import reuse_freed_memory
 from trainers.models import attention_regularisation, build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
 
@@ -382,6 +383,7 @@ def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[lis
                  on_epoch: Optional[EpochCallback] = None, resume_from: Optional[Path] = None,
                  progress: bool = False) -> EpochResult:
     """Train one configuration to the end; returns the final epoch's result (with test metrics)."""
+    reuse_freed_memory()
     if config.trainer == "alignment":
         from trainers.alignment.recipe import run_alignment_training  # it builds on this module
 

@@ -101,8 +101,6 @@ def test_the_image_is_cuda_based_installs_orch_and_runs_it():
     assert "openjdk" in runs  # pycocoevalcap's METEOR and tokenizer
     (entrypoint,) = [a for i, a in instructions if i == "ENTRYPOINT"]
     assert yaml.safe_load(entrypoint)[-1] == "orch"
-    environment = " ".join(a for i, a in instructions if i == "ENV")
-    assert "MALLOC_MMAP_MAX_=0" in environment and "MALLOC_TRIM_THRESHOLD_=-1" in environment  # bench_beam.py
     copied = {a.split()[0] for i, a in instructions if i == "COPY"}
     assert {"orchestrator", "trainers", "search_spaces", "pyproject.toml"} <= copied
 
