@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from orchestrator.keys import KeyPath, apply_overrides, deep_merge, nearest, set_path
-from trainers.config import Strict, TrainerConfig
+from trainers.config import Strict, TrainerConfig, without_retired_keys
 from trainers.errors import InputError
 
 TRIAL_SECTIONS = ("data", "model", "train", "decode", "eval")  # what an ablation or a search may vary
@@ -260,10 +260,15 @@ class ExperimentConfig(TrainerConfig):
                               f"is more than scheduler.max_t {self.scheduler.max_t}: no trial could be stopped")
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, saved: bool = False) -> ExperimentConfig:
     """Read an experiment YAML (with its bases), apply `--set key=value` overrides and validate it all.
-    Raises InputError naming the file and line (or the --set) of what is wrong."""
+    Raises InputError naming the file and line (or the --set) of what is wrong.
+
+    `saved=True` reads a config orch wrote itself (a run's orch.yaml), dropping the keys older versions
+    wrote that nothing reads now."""
     raw, origins = _read_with_bases(Path(path), str(path), chain=())
+    if saved:
+        raw = without_retired_keys(raw)
     for override in overrides:
         key_path, value = _parse_override(override)
         set_path(raw, key_path, value)

@@ -253,7 +253,7 @@ def resume_invocation(name_or_dir: str, storage: Path, console: Console) -> int:
     from orchestrator.plan import make_plan
 
     folder = find_invocation(name_or_dir, storage)
-    config = load_config(folder / CONFIG_FILE)
+    config = load_config(folder / CONFIG_FILE, saved=True)
     config.ray.storage = str(folder.parent.parent)
     console.print(f"resuming {folder}", highlight=False)
     return run_plan(config, make_plan(config), console, invocation=folder.name)

@@ -155,6 +155,17 @@ class AlignmentConfig(Strict):
     caption_lr: float = Field(1.0e-3, gt=0.0)  # RMSprop, as the paper trains its generator
 
 
+# Top-level keys that older versions of orch wrote into the configs they saved (checkpoints' meta.json,
+# exports' config.yaml, runs' orch.yaml) and that nothing reads any more: a saved config drops them,
+# a config a user writes may not use them (`results`: run folders go under ray.storage).
+RETIRED_KEYS = ("results",)
+
+
+def without_retired_keys(saved: dict) -> dict:
+    """A config orch saved itself, without the keys older versions wrote and nothing reads now."""
+    return {key: value for key, value in saved.items() if key not in RETIRED_KEYS}
+
+
 # What `trainer: alignment` changes in the keys a YAML does not set: the paper's optimisation
 # (SGD, momentum 0.9, batches of 100, gradients clipped at 5) and ranking by retrieval.
 ALIGNMENT_DEFAULTS = {"train": {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-2},
@@ -166,7 +177,6 @@ class TrainerConfig(Strict):
 
     name: str = "orch"
     trainer: Literal["captioner", "alignment"] = "captioner"
-    results: str = "results"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -28,7 +28,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from trainers.checkpoint import BEST_MODEL, META
-from trainers.config import METRIC_NAMES, DecodeConfig, TrainerConfig
+from trainers.config import METRIC_NAMES, DecodeConfig, TrainerConfig, without_retired_keys
 from trainers.data.loaders import SplitImages
 from trainers.data.prepare import IMAGE_ERRORS, read_image_rgb
 from trainers.data.prepared import PreparedDataset
@@ -88,7 +88,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
         raise InputError(f"{folder}: not an orch model (expected {EXPORT_WEIGHTS}, {EXPORT_CONFIG} and {EXPORT_VOCAB} "
                          f"from `orch export`, or a checkpoint's {BEST_MODEL} and {META})")
     try:
-        config = TrainerConfig.model_validate(config_dict)
+        config = TrainerConfig.model_validate(without_retired_keys(config_dict))
     except ValueError as error:
         raise InputError(f"{folder}: its config is not a valid trainer config: {error}") from None
     model_cfg = config.model.model_copy(update={"weights": "none"})  # the saved state holds the encoder too

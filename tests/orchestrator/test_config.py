@@ -380,6 +380,18 @@ def test_accepted_ray_addresses(address):
     assert ExperimentConfig(ray={"address": address}).ray.address == address
 
 
+# --- checked at load: what used to fail only inside each trial ------------------------------------------------
+
+def test_a_top_level_results_key_is_unknown(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\nresults: out\n")
+    assert load_error(path) == f"{path}:2: unknown key 'results' — did you mean 'resources'?"
+
+
+def test_a_runs_saved_config_from_an_older_orch_still_loads(tmp_path):
+    path = write(tmp_path, "orch.yaml", "name: x\nresults: results\n")  # what `orch resume` re-reads
+    assert load_config(path, saved=True).name == "x"
+
+
 # --- dotted keys <-> nested dicts -------------------------------------------------------------------------------
 
 key_names = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)

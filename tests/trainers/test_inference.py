@@ -84,3 +84,14 @@ def test_the_attention_plot_shows_the_image_and_one_panel_per_word(trained, imag
 def test_a_folder_without_a_model_is_refused_with_what_was_expected(tmp_path):
     with pytest.raises(InputError, match="model.safetensors.*best_model.pt"):
         load_model(tmp_path)
+
+
+def test_a_checkpoint_from_an_older_orch_with_a_results_key_still_loads(trained, images, tmp_path):
+    import shutil
+
+    old = shutil.copytree(trained[0], tmp_path / "old-checkpoint")
+    meta = json.loads((old / "meta.json").read_text())
+    meta["config"]["results"] = "results"  # older versions saved this key, which nothing read
+    (old / "meta.json").write_text(json.dumps(meta))
+    model = load_model(old)
+    assert caption_images(model, images[:1])[0].caption == caption_images(load_model(trained[0]), images[:1])[0].caption
