@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from orchestrator.keys import KeyPath, apply_overrides, deep_merge, nearest, set_path
-from trainers.config import Strict, TrainerConfig, without_retired_keys
+from trainers.config import WEIGHTS_NAMES, Strict, TrainerConfig, weights_problem, without_retired_keys
 from trainers.errors import InputError
 
 TRIAL_SECTIONS = ("data", "model", "train", "decode", "eval")  # what an ablation or a search may vary
@@ -172,10 +173,12 @@ class ExperimentConfig(TrainerConfig):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
-    def _resolve(self):
+    def _resolve(self, info: ValidationInfo):
         self._fill_defaults()
         self._check_ablation()
         self._check_search()
+        if (info.context or {}).get("check_files", True):
+            self._check_weights_files()
         self._fill_max_t()
         return self
 
@@ -249,6 +252,29 @@ class ExperimentConfig(TrainerConfig):
                     raise ConfigError(path, f"search.space {key}: {dimension.kind} reaches {_shown(value)}, "
                                             f"which is invalid: {error.reason}") from None
 
+    def _check_weights_files(self) -> None:
+        """A weights file must exist before anything starts (a relative path is relative to where orch
+        runs, like data.prepared); it is then named by its absolute path, for trials run elsewhere."""
+        def checked(path: KeyPath, key: str, value: Any) -> Any:
+            if not isinstance(value, str) or value in WEIGHTS_NAMES[key]:
+                return value  # a wrong type is the schema's to report
+            problem = weights_problem(key, value)
+            if problem:
+                raise ConfigError(path, f"ablation value {_shown(value)} is invalid: {problem}"
+                                  if path[0] == "ablation" else problem)
+            return str(Path(value).expanduser().resolve())
+
+        self.model.weights = checked(("model", "weights"), "model.weights", self.model.weights)
+        values = self.ablation.get("model.weights", [])
+        values[:] = [checked(("ablation", "model.weights", i), "model.weights", v) for i, v in enumerate(values)]
+        dimension = self.search.space.get("model.weights") if self.search is not None else None
+        if dimension is not None and dimension.kind == "choice":
+            dimension.args[:] = [checked(("search", "space", "model.weights"), "model.weights", v)
+                                 for v in dimension.args]
+        if self.trainer == "alignment" and self.alignment.regions == "detector":
+            self.alignment.detector_weights = checked(("alignment", "detector_weights"), "alignment.detector_weights",
+                                                      self.alignment.detector_weights)
+
     def _fill_max_t(self) -> None:
         if self.scheduler.max_t is None:
             epochs = [self.train.epochs, *self.ablation.get("train.epochs", [])]
@@ -260,12 +286,14 @@ class ExperimentConfig(TrainerConfig):
                               f"is more than scheduler.max_t {self.scheduler.max_t}: no trial could be stopped")
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, saved: bool = False) -> ExperimentConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check_files: bool = True,
+                saved: bool = False) -> ExperimentConfig:
     """Read an experiment YAML (with its bases), apply `--set key=value` overrides and validate it all.
     Raises InputError naming the file and line (or the --set) of what is wrong.
 
-    `saved=True` reads a config orch wrote itself (a run's orch.yaml), dropping the keys older versions
-    wrote that nothing reads now."""
+    `check_files=False` leaves out the check that weights files exist (for a config whose weights
+    settings are about to be overridden, as `--smoke` does). `saved=True` reads a config orch wrote
+    itself (a run's orch.yaml), dropping the keys older versions wrote that nothing reads now."""
     raw, origins = _read_with_bases(Path(path), str(path), chain=())
     if saved:
         raw = without_retired_keys(raw)
@@ -275,7 +303,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, saved
         origins = {p: o for p, o in origins.items() if p[:len(key_path)] != key_path}
         origins[key_path] = f"--set {override}"
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={"check_files": check_files})
     except ValidationError as error:
         raise InputError("\n".join(f"{_origin(origins, p, str(path))}: {reason}"
                                    for p, reason in _explain(error))) from None
@@ -516,7 +544,8 @@ def _explain(error: ValidationError) -> list[tuple[KeyPath, str]]:
 def _plain_reason(item: Mapping[str, Any]) -> str:
     message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = item.get("input")
-    if item["type"] != "missing" and (value is None or isinstance(value, (str, int, float, bool))):
+    if item["type"] != "missing" and (value is None or isinstance(value, (str, int, float, bool))) \
+            and not (isinstance(value, str) and repr(value) in message):  # a message that quotes it says it
         message += f" (got {_shown(value)})"
     return message
 

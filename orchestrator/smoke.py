@@ -65,5 +65,5 @@ def smoke_overrides(config: ExperimentConfig) -> list[str]:
 
 def load_smoke_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The experiment at `path` in its smoke profile; the user's `overrides` apply last."""
-    full = load_config(path, overrides)
+    full = load_config(path, overrides, check_files=False)  # the smoke profile replaces model.weights
     return load_config(path, [*smoke_overrides(full), *overrides])

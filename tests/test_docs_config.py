@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from orchestrator.config import DISTRIBUTIONS, ExperimentConfig
-from trainers.config import TrainerConfig
+from trainers.config import DETECTOR_NAMES, ENCODER_NAMES, TrainerConfig
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -129,3 +129,11 @@ def test_no_row_documents_a_key_the_schema_lacks():
 def test_the_search_distributions_are_documented():
     for kind in DISTRIBUTIONS:
         assert f"`{{{kind}: [" in DOC, f"docs/config.md does not show how to write a {kind} distribution"
+
+
+@pytest.mark.parametrize("key,names", [("model.encoder", ENCODER_NAMES), ("alignment.detector", DETECTOR_NAMES)])
+def test_every_registered_name_is_listed(key, names):
+    # Not Literals (their validators name the nearest one): the row lists them, `_bn` VGGs as "their `_bn` versions".
+    row = " | ".join(ROWS[key])
+    missing = [name for name in names if f"`{name.removesuffix('_bn')}`" not in row]
+    assert not missing, f"the row of `{key}` does not list {missing}"

@@ -7,9 +7,13 @@ search, resources, tracking, ray); trainers never see those.
 
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainers.errors import unknown_name
 
 
 class Strict(BaseModel):
@@ -36,6 +40,37 @@ class DataConfig(Strict):
     cache_dir: str | None = None  # default: <prepared>/features
 
 
+# What `model.encoder` may name, by family: trainers/models/encoders.py registers exactly these. They live
+# here, free of torch, so that a config is checked when it is loaded (`orch run --dry-run` imports no torch).
+ENCODER_FAMILIES = {
+    "resnet": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+    "vgg": ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"),
+    "regnet": ("regnet_x_400mf",),
+    "mobilenet": ("mobilenet_v3_large",),
+}
+ENCODER_NAMES = tuple(name for names in ENCODER_FAMILIES.values() for name in names)
+# What `alignment.detector` may name: the torchvision detectors trainers/alignment/regions.py registers.
+DETECTOR_NAMES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+                  "fasterrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+                  "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "ssd300_vgg16",
+                  "ssdlite320_mobilenet_v3_large")
+# The weights keys: the names each accepts; any other value is a path to a state dict file.
+WEIGHTS_NAMES = {"model.weights": ("imagenet", "none"), "alignment.detector_weights": ("coco",)}
+
+
+def weights_problem(key: str, value: str) -> str | None:
+    """Why `value` cannot be the weights `key` names (one of its names, or an existing state dict file;
+    a relative path is relative to the working folder), or None when it can."""
+    names = WEIGHTS_NAMES[key]
+    path = Path(value).expanduser()
+    if value in names or path.is_file():
+        return None
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    listed = f"{', '.join(names)}," if len(names) > 1 else names[0]
+    return f"{key}: {value!r} is not {listed} or an existing file{hint} (looked for {path.absolute()})"
+
+
 class ModelConfig(Strict):
     encoder: str = "resnet101"
     weights: str = "imagenet"  # imagenet | none | PATH to a state dict (.pt/.pth or .safetensors)
@@ -47,6 +82,13 @@ class ModelConfig(Strict):
     hidden_dim: int = Field(512, ge=1)
     attention_dim: int = Field(512, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @field_validator("encoder")
+    @classmethod
+    def _registered_encoder(cls, v: str) -> str:
+        if v not in ENCODER_NAMES:
+            raise ValueError(unknown_name("encoder", v, ENCODER_NAMES))
+        return v
 
     @field_validator("fine_tune")
     @classmethod
@@ -153,6 +195,13 @@ class AlignmentConfig(Strict):
     beta: float = Field(1.0, ge=0.0)  # MRF β: snippets for the region captioner and `orch align`
     caption_epochs: int = Field(5, ge=0)  # region captioner (0: none)
     caption_lr: float = Field(1.0e-3, gt=0.0)  # RMSprop, as the paper trains its generator
+
+    @field_validator("detector")
+    @classmethod
+    def _registered_detector(cls, v: str) -> str:
+        if v not in DETECTOR_NAMES:
+            raise ValueError(unknown_name("detector", v, DETECTOR_NAMES))
+        return v
 
 
 # Top-level keys that older versions of orch wrote into the configs they saved (checkpoints' meta.json,

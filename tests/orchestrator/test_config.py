@@ -392,6 +392,59 @@ def test_a_runs_saved_config_from_an_older_orch_still_loads(tmp_path):
     assert load_config(path, saved=True).name == "x"
 
 
+def test_an_unknown_encoder_names_the_set_and_the_nearest_name(tmp_path):
+    path = write(tmp_path, "x.yaml", "model: {encoder: resnet18}\n")
+    assert load_error(path, ["model.encoder=resnet1011"]).startswith(
+        "--set model.encoder=resnet1011: model.encoder: unknown encoder 'resnet1011'; did you mean resnet101")
+
+
+def test_every_encoder_of_a_grid_and_a_search_is_checked(tmp_path):
+    path = write(tmp_path, "x.yaml", "ablation:\n  model.encoder:\n    - resnet18\n    - vgg61\n")
+    assert load_error(path).startswith(f'{path}:4: ablation value "vgg61" is invalid: model.encoder: '
+                                       "unknown encoder 'vgg61'; did you mean")
+    path = write(tmp_path, "s.yaml", "search:\n  space:\n    model.encoder: {choice: [resnet18, resnet1011]}\n")
+    assert load_error(path).startswith(f'{path}:3: search.space model.encoder: choice reaches "resnet1011", '
+                                       "which is invalid: model.encoder: unknown encoder 'resnet1011'")
+
+
+def test_an_unknown_detector_names_its_line(tmp_path):
+    path = write(tmp_path, "x.yaml", "trainer: alignment\nalignment:\n  detector: fasterrcnn_resnet51_fpn\n")
+    assert load_error(path).startswith(f"{path}:3: alignment.detector: unknown detector 'fasterrcnn_resnet51_fpn'; "
+                                       "did you mean fasterrcnn_resnet50_fpn")
+
+
+def test_a_missing_weights_file_is_named_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "x.yaml", "name: x\nmodel:\n  weights: weights/r18.pt\n")
+    assert load_error(path) == (f"{path}:3: model.weights: 'weights/r18.pt' is not imagenet, none, or an existing "
+                                f"file (looked for {tmp_path / 'weights' / 'r18.pt'})")
+    assert load_config(path, check_files=False).model.weights == "weights/r18.pt"  # what --smoke reads first
+
+
+def test_a_weights_file_is_relative_to_the_working_folder_and_resolved_for_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "weights/r18.pt", "")
+    write(tmp_path, "weights/r34.pt", "")
+    path = write(tmp_path, "configs/x.yaml", """
+        model: {weights: weights/r18.pt}
+        ablation: {model.weights: [weights/r34.pt, none]}
+    """)
+    config = load_config(path)
+    assert config.model.weights == str(tmp_path / "weights" / "r18.pt")
+    assert config.ablation["model.weights"] == [str(tmp_path / "weights" / "r34.pt"), "none"]
+    bad = write(tmp_path, "configs/bad.yaml", "ablation:\n  model.weights:\n    - none\n    - weights/r50.pt\n")
+    assert load_error(bad).startswith(f'{bad}:4: ablation value "weights/r50.pt" is invalid: model.weights: '
+                                      "'weights/r50.pt' is not imagenet, none, or an existing file")
+
+
+def test_detector_weights_are_checked_when_a_detector_is_used(tmp_path):
+    text = "trainer: alignment\nalignment:\n  regions: {regions}\n  detector_weights: missing.pt\n"
+    assert load_config(write(tmp_path, "grid.yaml", text.format(regions="grid"))).alignment.regions == "grid"
+    path = write(tmp_path, "detector.yaml", text.format(regions="detector"))
+    assert load_error(path).startswith(f"{path}:4: alignment.detector_weights: 'missing.pt' is not coco or an "
+                                       "existing file")
+
+
 # --- dotted keys <-> nested dicts -------------------------------------------------------------------------------
 
 key_names = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)

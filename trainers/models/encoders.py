@@ -23,7 +23,7 @@ import torch
 import torchvision.models as tv
 from torch import nn
 
-from trainers.config import ModelConfig
+from trainers.config import ENCODER_FAMILIES, ModelConfig, weights_problem
 from trainers.errors import InputError
 from trainers.models.registry import Registry
 
@@ -32,13 +32,13 @@ ENCODERS: Registry = Registry("encoder", "model.encoder")
 _INIT_SEED = 0  # `weights: none` is the same random trunk on every build, so its features can be cached
 
 
-@ENCODERS.register("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+@ENCODERS.register(*ENCODER_FAMILIES["resnet"])
 def _resnet_blocks(model: tv.ResNet) -> list[nn.Module]:
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
 
 
-@ENCODERS.register("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
+@ENCODERS.register(*ENCODER_FAMILIES["vgg"])
 def _vgg_blocks(model: tv.VGG) -> list[nn.Module]:
     stages, current = [], []
     for layer in model.features:
@@ -50,12 +50,12 @@ def _vgg_blocks(model: tv.VGG) -> list[nn.Module]:
     return stages
 
 
-@ENCODERS.register("regnet_x_400mf")
+@ENCODERS.register(*ENCODER_FAMILIES["regnet"])
 def _regnet_blocks(model: tv.RegNet) -> list[nn.Module]:
     return [model.stem, *model.trunk_output]
 
 
-@ENCODERS.register("mobilenet_v3_large")
+@ENCODERS.register(*ENCODER_FAMILIES["mobilenet"])
 def _mobilenet_blocks(model: tv.MobileNetV3) -> list[nn.Module]:
     return list(model.features)
 
@@ -152,10 +152,10 @@ def _torchvision_model(cfg: ModelConfig) -> nn.Module:
 
 
 def _weights_file(cfg: ModelConfig) -> Path:
-    path = Path(cfg.weights).expanduser()
-    if not path.is_file():
-        raise InputError(f"model.weights: {cfg.weights!r} is not imagenet, none, or an existing file")
-    return path
+    problem = weights_problem("model.weights", cfg.weights)
+    if problem:
+        raise InputError(problem)
+    return Path(cfg.weights).expanduser()
 
 
 def _load_weights_file(model: nn.Module, cfg: ModelConfig) -> None:

@@ -6,10 +6,9 @@ error that says which key was wrong and what the user probably meant.
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, TypeVar
 
-from trainers.errors import InputError
+from trainers.errors import InputError, unknown_name
 
 T = TypeVar("T")
 
@@ -36,10 +35,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise InputError(f"{self.key}: unknown {self.kind} {name!r}{hint} "
-                             f"(registered {self.kind}s: {', '.join(self.names())})")
+            raise InputError(f"{self.key}: {unknown_name(self.kind, name, self._entries)}")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -49,8 +49,9 @@ def test_detector_regions_come_from_a_weights_file(tmp_path):
 
 
 def test_a_bad_detector_or_weights_file_names_the_key(tmp_path):
+    unchecked = AlignmentConfig.model_construct(detector="fasterrcnn_resnet51")  # the config itself refuses it
     with pytest.raises(InputError, match="alignment.detector"):
-        build_detector(AlignmentConfig(detector="fasterrcnn_resnet51"))
+        build_detector(unchecked)
     with pytest.raises(InputError, match="alignment.detector_weights"):
         build_detector(AlignmentConfig(detector=SMALL_DETECTOR, detector_weights=str(tmp_path / "missing.pt")))
     wrong = tmp_path / "wrong.pt"

@@ -1,0 +1,32 @@
+"""`orch run --dry-run`: what used to pass the dry run and then fail inside every trial is exit 2 at once,
+naming the --set or file line, with nothing written."""
+
+from __future__ import annotations
+
+from tests.orchestrator.conftest import REPO_ROOT
+
+QUICKSTART = REPO_ROOT / "search_spaces" / "quickstart.yaml"
+COURSEWORK = REPO_ROOT / "search_spaces" / "coursework.yaml"
+
+
+def test_an_unknown_encoder_fails_the_dry_run(orch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = orch("run", QUICKSTART, "--dry-run", "--set", "model.encoder=resnet1011")
+    assert result.exit_code == 2
+    assert ("error: --set model.encoder=resnet1011: model.encoder: unknown encoder 'resnet1011'; "
+            "did you mean resnet101") in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_weights_file_fails_the_run_but_not_its_smoke_run(orch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "cluster.yaml"
+    config.write_text("# orch run cluster.yaml\nname: cluster\nmodel: {weights: /cluster/weights/r101.pth}\n"
+                      "ablation: {model.decoder: [lstm, gru]}\n")
+    result = orch("run", config, "--dry-run")
+    assert result.exit_code == 2
+    assert f"error: {config}:3: model.weights: '/cluster/weights/r101.pth' is not imagenet, none, or an " \
+           "existing file" in result.output
+    smoke = orch("run", config, "--smoke", "--dry-run")
+    assert smoke.exit_code == 0, smoke.output
+    assert "Plan for 'cluster-smoke'" in smoke.output and "2 trainings (2 grid cells)" in smoke.output
