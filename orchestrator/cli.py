@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainers.errors import InputError, TrainingDiverged
 
@@ -30,10 +31,10 @@ def _exits_cleanly(command):
         try:
             return command(*args, **kwargs)
         except InputError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)  # [lstm, gru] is no markup
             raise typer.Exit(2)
         except TrainingDiverged as error:
-            console.print(f"[bold red]failed:[/] {error}", highlight=False)
+            console.print(f"[bold red]failed:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(1)
 
     return wrapper

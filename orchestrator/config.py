@@ -16,6 +16,7 @@ Values are parsed as YAML, so `1e-3` is a float, `[lstm, gru]` a list and `null`
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -294,21 +295,53 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check
     `check_files=False` leaves out the check that weights files exist (for a config whose weights
     settings are about to be overridden, as `--smoke` does). `saved=True` reads a config orch wrote
     itself (a run's orch.yaml), dropping the keys older versions wrote that nothing reads now."""
-    raw, origins = _read_with_bases(Path(path), str(path), chain=())
+    written, written_origins = _read_with_bases(Path(path), str(path), chain=())
     if saved:
-        raw = without_retired_keys(raw)
-    for override in overrides:
-        key_path, value = _parse_override(override)
-        set_path(raw, key_path, value)
+        written = without_retired_keys(written)
+    parsed = [(override, *_parse_override(override)) for override in overrides]
+    raw, origins = _with_overrides(written, written_origins, parsed)
+    problems = _problems(raw, check_files)
+    if isinstance(problems, ExperimentConfig):
+        return problems
+    blamed: dict[int, list] = {}  # index of a --set -> the problems without it (computed when needed)
+
+    def origin(problem: tuple[KeyPath, str]) -> str:
+        """Where a problem came from: the file line or --set that wrote its key, unless the file alone
+        is fine there and the problem comes from a --set elsewhere (--set model.decoder=mrnn breaks
+        the model section the file wrote): then that --set."""
+        where = _origin(origins, problem[0], str(path))
+        if where.startswith("--set "):
+            return where
+        for index in range(len(parsed)):
+            if index not in blamed:
+                others = parsed[:index] + parsed[index + 1:]
+                without = _problems(_with_overrides(written, written_origins, others)[0], check_files)
+                blamed[index] = [] if isinstance(without, ExperimentConfig) else without
+        culprits = [f"--set {parsed[index][0]}" for index, without in blamed.items() if problem not in without]
+        return ", ".join(culprits) or where
+
+    raise InputError("\n".join(f"{origin(problem)}: {problem[1]}" for problem in problems))
+
+
+def _with_overrides(written: dict, origins: dict[KeyPath, str], parsed: Sequence[tuple[str, KeyPath, Any]]
+                    ) -> tuple[dict, dict[KeyPath, str]]:
+    """The file's mapping with the parsed `--set` overrides applied in order, and where each key came from."""
+    raw = copy.deepcopy(written)
+    for override, key_path, value in parsed:
+        set_path(raw, key_path, copy.deepcopy(value))
         origins = {p: o for p, o in origins.items() if p[:len(key_path)] != key_path}
         origins[key_path] = f"--set {override}"
+    return raw, origins
+
+
+def _problems(raw: dict, check_files: bool) -> ExperimentConfig | list[tuple[KeyPath, str]]:
+    """The validated experiment, or what is wrong with it: (key path, sentence naming the key)."""
     try:
         return ExperimentConfig.model_validate(raw, context={"check_files": check_files})
     except ValidationError as error:
-        raise InputError("\n".join(f"{_origin(origins, p, str(path))}: {reason}"
-                                   for p, reason in _explain(error))) from None
+        return _explain(error)
     except ConfigError as error:
-        raise InputError(f"{_origin(origins, error.path, str(path))}: {error.reason}") from None
+        return [(error.path, error.reason)]
 
 
 def dump_resolved(config: ExperimentConfig) -> str:

@@ -18,6 +18,21 @@ def test_an_unknown_encoder_fails_the_dry_run(orch, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_set_that_breaks_the_model_section_is_named_not_the_files_line(orch):
+    result = orch("run", QUICKSTART, "--dry-run", "--set", "model.decoder=mrnn")
+    assert result.exit_code == 2
+    assert "error: --set model.decoder=mrnn: model: decoder 'mrnn' sees the image once" in result.output
+    assert "quickstart.yaml" not in result.output
+
+
+def test_a_set_with_a_list_is_shown_whole(orch):
+    # `[resnet101, vgg61]` is printed as written, not taken for console markup.
+    result = orch("run", COURSEWORK, "--smoke", "--dry-run", "--set", "ablation.model.encoder=[resnet101, vgg61]")
+    assert result.exit_code == 2
+    assert ("error: --set ablation.model.encoder=[resnet101, vgg61]: ablation value \"vgg61\" is invalid: "
+            "model.encoder: unknown encoder 'vgg61'") in result.output
+
+
 def test_a_missing_weights_file_fails_the_run_but_not_its_smoke_run(orch, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "cluster.yaml"

@@ -445,6 +445,26 @@ def test_detector_weights_are_checked_when_a_detector_is_used(tmp_path):
                                        "existing file")
 
 
+# --- a --set is blamed for what it breaks ---------------------------------------------------------------------
+
+def test_a_set_that_breaks_a_section_rule_is_named(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\nmodel: {decoder: lstm, attention: soft}\n")
+    assert load_error(path, ["model.decoder=mrnn"]) == ("--set model.decoder=mrnn: model: decoder 'mrnn' sees the "
+                                                        "image once and takes no attention: set model.attention: none")
+
+
+def test_a_file_that_breaks_a_section_rule_keeps_its_line_whatever_is_set(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\nmodel: {decoder: mrnn, attention: soft}\n")
+    assert load_error(path, ["model.dropout=0.1", "train.lr=1e-3"]).startswith(
+        f"{path}:2: model: decoder 'mrnn' sees the image once")
+
+
+def test_a_set_elsewhere_is_named_for_the_key_it_invalidates(tmp_path):
+    path = write(tmp_path, "x.yaml", "scheduler: {kind: asha, grace_period: 3}\n")
+    assert load_error(path, ["train.lr=1e-3", "train.epochs=2"]) == (
+        "--set train.epochs=2: scheduler.grace_period 3 is more than scheduler.max_t 2: no trial could be stopped")
+
+
 # --- dotted keys <-> nested dicts -------------------------------------------------------------------------------
 
 key_names = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)
