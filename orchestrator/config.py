@@ -32,7 +32,8 @@ from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, field_v
                       model_validator)
 
 from orchestrator.keys import KeyPath, apply_overrides, deep_merge, nearest, set_path
-from trainers.config import WEIGHTS_NAMES, Strict, TrainerConfig, weights_problem, without_retired_keys
+from trainers.config import (METRIC_NAMES, WEIGHTS_NAMES, Strict, TrainerConfig, reported_metrics,
+                             weights_problem, without_retired_keys)
 from trainers.errors import InputError
 
 TRIAL_SECTIONS = ("data", "model", "train", "decode", "eval")  # what an ablation or a search may vary
@@ -178,6 +179,7 @@ class ExperimentConfig(TrainerConfig):
         self._fill_defaults()
         self._check_ablation()
         self._check_search()
+        self._check_search_metric()
         if (info.context or {}).get("check_files", True):
             self._check_weights_files()
         self._fill_max_t()
@@ -252,6 +254,27 @@ class ExperimentConfig(TrainerConfig):
                 except ConfigError as error:
                     raise ConfigError(path, f"search.space {key}: {dimension.kind} reaches {_shown(value)}, "
                                             f"which is invalid: {error.reason}") from None
+
+    def _check_search_metric(self) -> None:
+        """search.metric must be a val metric the trainer reports, in every cell of the grid."""
+        if self.search is None:
+            return
+        metric = self.search.metric
+        grid = "eval.metrics" in self.ablation  # then every cell computes its own eval.metrics
+        for index, metrics in enumerate(self.ablation["eval.metrics"] if grid else [self.eval.metrics]):
+            valid = reported_metrics(self.trainer, metrics)
+            if metric in valid:
+                continue
+            if grid and metric in reported_metrics(self.trainer, METRIC_NAMES):
+                raise ConfigError(("ablation", "eval.metrics", index),
+                                  f"ablation value {_shown(metrics)} is invalid: search.metric {metric!r} is "
+                                  "not computed without its family in eval.metrics")
+            lowered = {name.lower(): name for name in valid}  # `cider` meant CIDEr
+            close = lowered.get(nearest(metric.lower(), lowered))
+            hint = f" — did you mean {close!r}?" if close else ""
+            raise ConfigError(("search", "metric"), f"search.metric {metric!r} is not a val metric trainer "
+                              f"{self.trainer} reports{hint} (choose one of {', '.join(valid)}: eval.select_by "
+                              "names, where neg_loss ranks by val_loss)")
 
     def _check_weights_files(self) -> None:
         """A weights file must exist before anything starts (a relative path is relative to where orch

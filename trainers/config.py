@@ -8,6 +8,7 @@ search, resources, tracking, ray); trainers never see those.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Union
 
@@ -157,6 +158,15 @@ METRIC_NAMES = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")
 SELECTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "neg_loss")
 # What ranks alignment models (trainer: alignment); rsum is the sum of the six recalls.
 RETRIEVAL_SELECTABLE = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "rsum")
+
+
+def reported_metrics(trainer: str, metrics: Sequence[str]) -> tuple[str, ...]:
+    """The names that rank trials (`eval.select_by`, `search.metric`): the val metrics a trainer reports
+    as `val_<name>` with these `eval.metrics` computed; `neg_loss` ranks by `val_loss`, lowest first."""
+    if trainer == "alignment":
+        return (*RETRIEVAL_SELECTABLE, "neg_loss")
+    return tuple(name for name in SELECTABLE
+                 if name == "neg_loss" or ("Bleu" if name.startswith("Bleu") else name) in metrics)
 
 
 class EvalConfig(Strict):

@@ -445,6 +445,39 @@ def test_detector_weights_are_checked_when_a_detector_is_used(tmp_path):
                                        "existing file")
 
 
+# --- search.metric ------------------------------------------------------------------------------------------------
+
+SEARCH = "search: {space: {train.lr: {loguniform: [1.0e-5, 1.0e-3]}}}\n"
+
+
+def test_search_metric_must_be_a_metric_the_trainer_reports(tmp_path):
+    path = write(tmp_path, "x.yaml", SEARCH)
+    assert load_error(path, ["search.metric=cider"]) == (
+        "--set search.metric=cider: search.metric 'cider' is not a val metric trainer captioner reports — did you "
+        "mean 'CIDEr'? (choose one of Bleu_1, Bleu_2, Bleu_3, Bleu_4, METEOR, ROUGE_L, CIDEr, neg_loss: "
+        "eval.select_by names, where neg_loss ranks by val_loss)")
+    assert "did you mean 'CIDEr'?" in load_error(path, ["search.metric=val_CIDEr"])
+    assert load_config(path, ["search.metric=neg_loss", "search.mode=max"]).search.metric == "neg_loss"
+
+
+def test_search_metric_must_be_computed_by_eval_metrics(tmp_path):
+    path = write(tmp_path, "x.yaml", "eval: {metrics: [Bleu, CIDEr]}\nsearch: {metric: METEOR, space: "
+                                     "{train.lr: {loguniform: [1.0e-5, 1.0e-3]}}}\n")
+    message = load_error(path)
+    assert message.startswith(f"{path}:2: search.metric 'METEOR' is not a val metric trainer captioner reports")
+    assert "(choose one of Bleu_1, Bleu_2, Bleu_3, Bleu_4, CIDEr, neg_loss:" in message
+    grid = write(tmp_path, "grid.yaml", "search: {metric: Bleu_4, space: {train.lr: {loguniform: [1.0e-5, 1.0e-3]}}}\n"
+                                        "ablation:\n  eval.metrics:\n    - [Bleu, CIDEr]\n    - [CIDEr]\n")
+    assert load_error(grid).startswith(f'{grid}:5: ablation value ["CIDEr"] is invalid: search.metric \'Bleu_4\' '
+                                       "is not computed without its family in eval.metrics")
+
+
+def test_an_alignment_search_is_ranked_by_retrieval(tmp_path):
+    path = write(tmp_path, "x.yaml", "trainer: alignment\n" + SEARCH)
+    assert load_config(path, ["search.metric=t2i_R5"]).search.metric == "t2i_R5"
+    assert "reports — did you mean 'rsum'?" in load_error(path, ["search.metric=rsun"])
+
+
 # --- a --set is blamed for what it breaks ---------------------------------------------------------------------
 
 def test_a_set_that_breaks_a_section_rule_is_named(tmp_path):

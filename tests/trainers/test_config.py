@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from trainers.config import (DETECTOR_NAMES, ENCODER_NAMES, AlignmentConfig, ModelConfig, TrainerConfig,
-                             weights_problem, without_retired_keys)
+                             reported_metrics, weights_problem, without_retired_keys)
 
 
 def test_results_is_not_a_key():
@@ -51,3 +51,10 @@ def test_weights_are_a_name_or_an_existing_file(tmp_path):
     assert "did you mean 'none'?" in weights_problem("model.weights", "None")
     assert weights_problem("alignment.detector_weights", "cocoo").startswith(
         "alignment.detector_weights: 'cocoo' is not coco or an existing file — did you mean 'coco'?")
+
+
+def test_the_metrics_that_rank_trials_are_those_computed():
+    assert reported_metrics("captioner", ["Bleu", "CIDEr"]) == ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr",
+                                                               "neg_loss")
+    assert reported_metrics("alignment", []) == ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10",
+                                                 "rsum", "neg_loss")
