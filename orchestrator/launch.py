@@ -23,7 +23,7 @@ from rich.console import Console
 
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator import preflight
-from orchestrator.plan import Plan
+from orchestrator.plan import Plan, max_concurrent_trials
 from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
@@ -98,13 +98,12 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
             param_space = {"cell": study.cells[0], "search": space}
         else:
             param_space["search"] = space
-    max_concurrent = (config.search.max_concurrent if config.search and config.search.max_concurrent
-                      else config.resources.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=samples, search_alg=search_alg,
-                                    scheduler=_scheduler(config, metric, mode), max_concurrent_trials=max_concurrent,
+                                    scheduler=_scheduler(config, metric, mode),
+                                    max_concurrent_trials=max_concurrent_trials(config),
                                     reuse_actors=True,  # the next trial runs in a finished one's worker: no re-import
                                     trial_name_creator=lambda t: f"{t.config['cell']}-{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{t.config['cell']}-{t.trial_id}"),

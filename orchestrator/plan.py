@@ -133,15 +133,21 @@ def _short_id(prefix: str, index: int, count: int, min_width: int) -> str:
     return f"{prefix}{index:0{max(min_width, len(str(count)))}d}"
 
 
+def max_concurrent_trials(config: ExperimentConfig) -> int | None:
+    """The most trials at once: the tighter of resources.max_concurrent and search.max_concurrent, or None
+    (as many as the cluster holds). What the plan shows and what the launch gives Ray Tune."""
+    caps = [n for n in (config.resources.max_concurrent, config.search and config.search.max_concurrent) if n]
+    return min(caps) if caps else None
+
+
 def _resources(config: ExperimentConfig) -> dict[str, Any]:
     """Per-trial reservation, trials sharing one GPU, and the tightest cap on concurrent trials."""
     gpu = config.resources.gpu
-    caps = [n for n in (config.resources.max_concurrent, config.search and config.search.max_concurrent) if n]
     return {
         "cpu_per_trial": config.resources.cpu,
         "gpu_per_trial": gpu,
         "trials_per_gpu": math.floor(1 / gpu + 1e-9) if 0 < gpu <= 1 else None,
-        "max_concurrent": min(caps) if caps else None,
+        "max_concurrent": max_concurrent_trials(config),
     }
 
 
@@ -168,7 +174,7 @@ def _describe_search(config: ExperimentConfig) -> str:
     if search is None:
         return "none (one training per grid cell)"
     goal = "maximise" if search.mode == "max" else "minimise"
-    cap = f", at most {search.max_concurrent} at once" if search.max_concurrent else ""
+    cap = f", at most {max_concurrent_trials(config)} at once" if search.max_concurrent else ""
     space = "; ".join(f"{key} ~ {d.kind} {_text(d.args)}" for key, d in search.space.items())
     return f"{search.algorithm}, {search.num_samples} samples per cell, {goal} {search.metric}{cap}; {space}"
 

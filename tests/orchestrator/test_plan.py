@@ -1,11 +1,13 @@
 """The plan: grid expansion, decode-time factors split off, counts, and what --dry-run prints."""
 
+import inspect
 import io
 import itertools
 import json
 import math
 import textwrap
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -106,6 +108,32 @@ def test_render_plan_shows_trials_variants_counts_search_scheduler_and_concurren
     assert "optuna, 40 samples per cell, maximise CIDEr" in text and "train.lr ~ loguniform" in text
     assert "asha (grace_period 2, reduction_factor 3, max_t 20)" in text
     assert "gpu 0.25/trial: up to 4 trials per GPU" in text and "at most 8 trials at once" in text
+
+
+@pytest.mark.parametrize("overrides, cap", [
+    ([], None),
+    (["resources.max_concurrent=6"], 6),
+    (["search.max_concurrent=8"], 8),
+    (["resources.max_concurrent=2", "search.max_concurrent=8"], 2),
+    (["resources.max_concurrent=8", "search.max_concurrent=3"], 3),
+])
+def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatch, overrides, cap):
+    from ray import tune
+
+    from orchestrator.launch import _tuner, studies_of
+    from orchestrator.storage import resolve
+
+    config = coursework(tmp_path, ["search.algorithm=random", *overrides])
+    plan = make_plan(config)
+    assert plan.resources["max_concurrent"] == cap
+    assert (f"at most {cap} trials at once" if cap else "as many at once as the cluster") in rendered(plan, config)
+    made = {}
+    monkeypatch.setattr(tune, "Tuner", lambda trainable, **kwargs: made.update(kwargs))
+    # Where the study writes: a Storage and a folder in it, or (before bucket storage) a local folder.
+    where = ({"storage": resolve(str(tmp_path / "results")), "folder": "x"}
+             if "storage" in inspect.signature(_tuner).parameters else {"folder": tmp_path / "results" / "x"})
+    _tuner(config, studies_of(config, plan)[0], trainable=None, callbacks=[], **where)
+    assert made["tune_config"].max_concurrent_trials == cap
 
 
 def test_render_plan_of_a_single_run():
