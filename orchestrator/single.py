@@ -31,15 +31,30 @@ def tracking_uri(config: ExperimentConfig) -> str:
     return config.tracking.uri or default_tracking_uri(config.ray.storage)
 
 
+def train_refusal(config: ExperimentConfig) -> str | None:
+    """Why `orch train` refuses a config with a grid or a search, and the --set options that train one
+    configuration of it; None for a config it trains."""
+    if not config.ablation and config.search is None:
+        return None
+    has = " and ".join(what for what, present in (("an ablation grid", config.ablation),
+                                                   ("a search", config.search is not None)) if present)
+    drop = " ".join(option for option, present in (("--set 'ablation={}'", config.ablation),
+                                                    ("--set search=null", config.search is not None)) if present)
+    keys = [*config.ablation, *(config.search.space if config.search is not None else {})]
+    example = " ".join(f"--set {key}=VALUE" for key in keys[:2]) + (" ..." if len(keys) > 2 else "")
+    return (f"'{config.name}' has {has}, which `orch train` does not run: run it with `orch run`, or train one "
+            f"configuration with {drop} plus a --set of each value you want ({example})")
+
+
 def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
     return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in columns]
 
 
 def train_one(config: ExperimentConfig, console: Console) -> dict:
     """Train `config` (no ablation grid) and return the final summary `orch train --json` prints."""
-    if config.ablation or config.search is not None:
-        raise InputError(f"'{config.name}' has an ablation grid or a search space: run it with `orch run`, "
-                         "or pin one value per key with --set")
+    refusal = train_refusal(config)
+    if refusal:
+        raise InputError(refusal)
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 

@@ -9,6 +9,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.config import load_config
+from orchestrator.single import train_refusal
 from tests.conftest import tiny_trainer_dict
 
 
@@ -52,3 +54,22 @@ def test_orch_train_refuses_an_ablation_grid(prepared_dir, tmp_path, monkeypatch
     assert result.exit_code == 2
     assert "orch run" in result.output
     assert not (tmp_path / "results").exists()
+
+
+def test_the_refusal_says_how_to_train_one_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("name: grid\nablation: {model.decoder: [lstm, gru], train.seed: [0, 1]}\n"
+                                        "search: {space: {train.lr: {loguniform: [1.0e-5, 1.0e-3]}}}\n")
+
+    refused = CliRunner().invoke(app, ["train", "grid.yaml", "--set", "model.decoder=gru"])
+
+    assert refused.exit_code == 2
+    said = " ".join(refused.output.split())
+    assert ("'grid' has an ablation grid and a search, which `orch train` does not run: run it with `orch run`, or "
+            "train one configuration with --set 'ablation={}' --set search=null plus a --set of each value you "
+            "want (--set model.decoder=VALUE --set train.seed=VALUE ...)") in said
+    assert not (tmp_path / "results").exists()
+
+    # What it says works: the grid and the search are gone, and the pinned value is the one trained.
+    one = load_config(tmp_path / "grid.yaml", ["ablation={}", "search=null", "model.decoder=gru"])
+    assert train_refusal(one) is None and one.trainer_config().model.decoder == "gru"

@@ -498,6 +498,15 @@ def test_a_set_elsewhere_is_named_for_the_key_it_invalidates(tmp_path):
         "--set train.epochs=2: scheduler.grace_period 3 is more than scheduler.max_t 2: no trial could be stopped")
 
 
+def test_set_ablation_empty_drops_the_grid_and_a_set_pins_the_value(tmp_path):
+    path = write(tmp_path, "x.yaml", "model: {decoder: lstm}\nablation:\n  model.decoder: [lstm, gru]\n"
+                                     "  train.seed: [0, 1]\n" + SEARCH)
+    pinned = load_config(path, ["model.decoder=gru"])
+    assert pinned.ablation["model.decoder"] == ["lstm", "gru"]  # a --set of a grid key leaves its grid entry
+    one = load_config(path, ["ablation={}", "search=null", "model.decoder=gru"])
+    assert one.ablation == {} and one.search is None and one.model.decoder == "gru"
+
+
 # --- dotted keys <-> nested dicts -------------------------------------------------------------------------------
 
 key_names = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)
