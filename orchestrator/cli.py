@@ -142,8 +142,10 @@ def run(
 @app.command()
 @_exits_cleanly
 def resume(
-    name_or_dir: str = typer.Argument(..., help="An experiment name (its latest run) or a run folder."),
-    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder the name lives in."),
+    name_or_dir: str = typer.Argument(..., help="An experiment name (its latest run), or a run folder or URI "
+                                                "(s3://bucket/prefix/NAME/run-...)."),
+    storage: str = typer.Option("results", "--storage", help="The ray.storage the name lives in: a folder, or "
+                                                             "s3://bucket/prefix[?endpoint_override=...]."),
 ):
     """Continue an interrupted `orch run`: finished trials stay, unfinished ones resume from checkpoints."""
     from orchestrator.launch import resume_invocation
@@ -156,7 +158,8 @@ def resume(
 def status(
     name: Optional[str] = typer.Argument(None, help="Experiment name (default: every experiment in the store)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
+                                                             "(a bucket holds none: use --config)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The trials and decode variants of an experiment's latest run, with metrics and statuses."""
@@ -169,7 +172,8 @@ def status(
 @_exits_cleanly
 def ui(
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
+                                                             "(a bucket holds none: use --config)."),
     port: int = typer.Option(5000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
 ):
@@ -191,7 +195,8 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md and its PNGs (default reports/NAME)."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest, e.g. run-20250101-120000."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
+                                                             "(a bucket holds none: use --config)."),
 ):
     """Ablation report: mean ± std over seeds per cell and factor, seed-noise tests, plots (Markdown + PNG)."""
     from orchestrator.inspect import store_uri
@@ -211,7 +216,8 @@ def export(
     register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: Path = typer.Option(Path("results"), "--storage", help="The ray.storage folder (default store)."),
+    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
+                                                             "(a bucket holds none: use --config)."),
 ):
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
     from orchestrator.export import export_best

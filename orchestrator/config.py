@@ -32,6 +32,7 @@ from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, field_v
                       model_validator)
 
 from orchestrator.keys import KeyPath, apply_overrides, deep_merge, nearest, set_path
+from orchestrator.storage import default_tracking_uri
 from trainers.config import (METRIC_NAMES, WEIGHTS_NAMES, Strict, TrainerConfig, reported_metrics,
                              weights_problem, without_retired_keys)
 from trainers.errors import InputError
@@ -209,10 +210,10 @@ class ExperimentConfig(TrainerConfig):
         if self.tracking.experiment is None:
             self.tracking.experiment = self.name
         if self.tracking.uri is None:
-            if "://" in self.ray.storage:
-                raise ConfigError(("ray", "storage"), f"ray.storage is {self.ray.storage!r}, where no sqlite "
-                                  "file can live: set tracking.uri (an MLflow server, or sqlite:///PATH)")
-            self.tracking.uri = f"sqlite:///{Path(self.ray.storage).resolve() / 'mlflow.db'}"
+            try:  # a bucket storage needs a tracking.uri: sqlite cannot live in a bucket
+                self.tracking.uri = default_tracking_uri(self.ray.storage)
+            except InputError as error:
+                raise ConfigError(("ray", "storage"), str(error)) from None
         elif self.tracking.uri.startswith("sqlite:///") and not self.tracking.uri.startswith("sqlite:////"):
             # Trials run in their own working folders: a relative sqlite path would scatter the store.
             self.tracking.uri = f"sqlite:///{Path(self.tracking.uri[len('sqlite:///'):]).resolve()}"

@@ -9,17 +9,23 @@ from typing import Optional
 from rich.console import Console
 
 from orchestrator.status import cell_rows, cell_table, latest_invocation, rows_as_json, sort_rows
-from orchestrator.tracking import Tracker, default_tracking_uri
+from orchestrator.storage import default_tracking_uri, share_endpoint_with_mlflow
+from orchestrator.tracking import Tracker
 from trainers.errors import InputError
 
 
-def store_uri(config: Optional[Path], storage: Path) -> str:
-    """The tracking URI of a config file, or the embedded default store under `storage`."""
+def store_uri(config: Optional[Path], storage: str) -> str:
+    """The tracking URI of a config file, or the embedded default store under the `storage` folder.
+
+    A bucket holds no sqlite store: name the tracking.uri with --config. With a config, MLflow is also
+    pointed at the endpoint of its ray.storage, where the artifacts of a serverless store live."""
     if config is not None:
         from orchestrator.config import load_config
 
-        return load_config(config).tracking.uri
-    return default_tracking_uri(storage)
+        loaded = load_config(config)
+        share_endpoint_with_mlflow(loaded.ray.storage)
+        return loaded.tracking.uri
+    return default_tracking_uri(storage, "--storage", "pass --config with the experiment's YAML (its tracking.uri)")
 
 
 def experiment_names(uri: str) -> list[str]:
@@ -28,7 +34,7 @@ def experiment_names(uri: str) -> list[str]:
     return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
 
 
-def show_status(name: Optional[str], config: Optional[Path], storage: Path, as_json: bool, console: Console) -> None:
+def show_status(name: Optional[str], config: Optional[Path], storage: str, as_json: bool, console: Console) -> None:
     uri = store_uri(config, storage)
     if not uri.startswith(("http://", "https://")) and uri.startswith("sqlite:///") \
             and not Path(uri[len("sqlite:///"):]).exists():

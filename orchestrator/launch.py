@@ -1,6 +1,6 @@
 """`orch run` / `orch resume`: a plan becomes Ray Tune trials; the driver records them in MLflow.
 
-Layout of one invocation under `ray.storage`:
+Layout of one invocation under `ray.storage` (a folder, a shared mount or a bucket: orchestrator.storage):
 
     <storage>/<name>/<invocation>/orch.yaml     the resolved config (what `orch resume` re-reads)
     <storage>/<name>/<invocation>/plan.json     the plan
@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import shlex
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +30,11 @@ from orchestrator.plan import Plan, max_concurrent_trials
 from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
+from orchestrator.storage import CONFIG_FILE, Storage, find_invocation, resolve, save_invocation
 from orchestrator.tracking import TAG_TRIAL, Tracker
 from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
 from trainers.errors import InputError
 
-CONFIG_FILE = "orch.yaml"
-PLAN_FILE = "plan.json"
 INTERRUPTED = "interrupted (Ctrl-C) before this run ended"
 
 
@@ -46,10 +48,6 @@ def studies_of(config: ExperimentConfig, plan: Plan) -> list[Study]:
     if config.search is not None and config.search.algorithm == "optuna" and len(plan.cells) > 1:
         return [Study(f"trials-{cell.id}", [cell.id]) for cell in plan.cells]
     return [Study("trials", [cell.id for cell in plan.cells])]
-
-
-def invocation_folder(config: ExperimentConfig, invocation: str) -> Path:
-    return Path(config.ray.storage).resolve() / config.name / invocation
 
 
 def trainer_base(config: ExperimentConfig) -> dict:
@@ -81,7 +79,8 @@ def _scheduler(config: ExperimentConfig, metric: str, mode: str):
     return FIFOScheduler()
 
 
-def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, callbacks: list):
+def _tuner(config: ExperimentConfig, study: Study, storage: Storage, folder: str, trainable, callbacks: list):
+    """A new Tuner for `study`, writing under `folder` (relative to the storage) through its filesystem."""
     from ray import tune
 
     metric, mode = selection_metric(config.eval.select_by)
@@ -98,6 +97,7 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
             param_space = {"cell": study.cells[0], "search": space}
         else:
             param_space["search"] = space
+    storage_path, storage_filesystem = storage.for_ray(folder)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -108,7 +108,8 @@ def _tuner(config: ExperimentConfig, study: Study, folder: Path, trainable, call
                                     trial_name_creator=lambda t: f"{t.config['cell']}-{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{t.config['cell']}-{t.trial_id}"),
         run_config=tune.RunConfig(
-            name=study.name, storage_path=str(folder), verbose=0, callbacks=callbacks,
+            name=study.name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints,
                                                     checkpoint_score_attribute=metric,
@@ -133,21 +134,20 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
 
     from orchestrator.trainable import FAIL_ONCE_ENV, train_trial
 
-    preflight.check(config, address)  # an unreachable tracking server or cluster fails before any trial
+    preflight.check(config, address)  # an unreachable tracking server, bucket or cluster fails before any trial
+    storage = resolve(config.ray.storage)
     resuming = invocation is not None
     invocation = invocation or time.strftime("run-%Y%m%d-%H%M%S")
-    folder = invocation_folder(config, invocation)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = f"{config.name}/{invocation}"  # relative to the storage
     if not resuming:
-        (folder / CONFIG_FILE).write_text(dump_resolved(config))
-        (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
+        save_invocation(storage, config.name, invocation, dump_resolved(config), json.dumps(plan.to_dict(), indent=1))
     metric, _ = selection_metric(config.eval.select_by)
     base = trainer_base(config)
     cells = {cell.id: cell.overrides for cell in plan.cells}
     variants = {d.id: d.overrides for d in plan.decode_variants}
 
     uri, experiment = tracking_uri(config), config.tracking.experiment or config.name
-    tracker = Tracker(uri, experiment, artifact_root=config.ray.storage)
+    tracker = Tracker(uri, experiment, artifact_root=storage.setting)
     tracker.repair_orphans()
     run_key = f"{config.name}/{invocation}"
     trial_runs = tracker.runs(invocation=run_key, kind="trial")
@@ -155,14 +155,14 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     recorded = {run.data.tags[TAG_TRIAL]: int(run.data.metrics.get("epoch", 0)) for run in trial_runs}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base, cells=cells, variants=variants, finished=finished,
-                             stored=stored_checkpoints(folder, recorded) if resuming else {},
+                             storage=storage, stored=stored_checkpoints(storage, folder, recorded) if resuming else {},
                              fail_at=int(os.environ.get(FAIL_ONCE_ENV) or 0)),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     parent = tracker.parent_run(run_key, f"orch run {invocation}",
-                                {"orch.results": str(folder), "orch.ray_address": config.ray.address or "local"})
+                                {"orch.results": storage.uri(folder), "orch.ray_address": config.ray.address or "local"})
     if not resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan.to_dict())
-    callbacks = [MlflowRecorder(uri, experiment, str(Path(config.ray.storage).resolve()), parent, run_key, base, cells,
+    callbacks = [MlflowRecorder(uri, experiment, storage.setting, parent, run_key, base, cells,
                                 {d.id: d.params for d in plan.decode_variants}),
                  LiveTable(plan, metric, cells)]
 
@@ -172,11 +172,13 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     status, reason = "FAILED", "the driver stopped"
     try:
         for study in studies_of(config, plan):
-            study_path = folder / study.name
-            if resuming and (study_path / "tuner.pkl").exists():
-                tuner = tune.Tuner.restore(str(study_path), trainable, resume_unfinished=True, resume_errored=True)
+            study_folder = f"{folder}/{study.name}"
+            if resuming and storage.is_file(f"{study_folder}/tuner.pkl"):
+                study_path, filesystem = storage.for_ray(study_folder)
+                tuner = tune.Tuner.restore(study_path, trainable, resume_unfinished=True, resume_errored=True,
+                                           storage_filesystem=filesystem)
             else:
-                tuner = _tuner(config, study, folder, trainable, callbacks)
+                tuner = _tuner(config, study, storage, folder, trainable, callbacks)
             grid = tuner.fit()
             failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
                          for r in grid if r.error is not None]
@@ -203,28 +205,32 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
         console.print(f"[red]failed[/] {failure}", highlight=False)
     if unfinished:
         console.print(f"[yellow]interrupted[/]: {len(unfinished)} trial(s) did not finish; continue with "
-                      f"`orch resume {folder}`", highlight=False)
-    console.print(f"results: {folder}\nMLflow: {uri}\nnext: `orch report {config.name}`, "
+                      f"`orch resume {shlex.quote(storage.locate(folder))}`", highlight=False)
+    console.print(f"results: {storage.uri(folder)}\nMLflow: {uri}\nnext: `orch report {config.name}`, "
                   f"`orch status {config.name}`, `orch ui`", highlight=False)
     return 1 if failures or unfinished else 0
 
 
-def stored_checkpoints(folder: Path, recorded: dict[str, int]) -> dict[str, list[str]]:
-    """Trial id -> the checkpoint folders of its trial folder up to the epoch MLflow recorded.
+def stored_checkpoints(storage: Storage, folder: str, recorded: dict[str, int]) -> dict[str, list[str]]:
+    """Trial id -> the checkpoint folders (relative to the storage) of its trial folder under the
+    invocation `folder`, newest first, up to the epoch MLflow recorded.
 
     What a resumed trial may continue from when Tune's saved state, written every few seconds,
     lags behind the checkpoints the trials wrote before their driver was killed. A checkpoint of an
     epoch the driver never recorded is passed over: resuming there would leave that epoch out of
     the trial's MLflow history."""
     found: dict[str, list[tuple[int, str]]] = {}
-    for meta in folder.glob("*/*/checkpoint_*/meta.json"):
+    for meta in storage.find(folder, "meta.json"):
+        parts = posixpath.relpath(meta, folder).split("/") if folder else meta.split("/")
+        if len(parts) != 4 or not parts[2].startswith("checkpoint_"):
+            continue  # <study>/<trial>/checkpoint_*/meta.json only, not the trainer's own files
         try:
-            epoch = int(json.loads(meta.read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
+            epoch = int(json.loads(storage.read_text(meta))["epoch"])
+        except (InputError, ValueError, KeyError):
             continue  # a checkpoint cut short by the kill
-        trial_id = meta.parent.parent.name.split("-", 1)[1]  # trial folders are <cell>-<trial id>
+        trial_id = parts[1].split("-", 1)[1]  # trial folders are <cell>-<trial id>
         if epoch <= recorded.get(trial_id, 0):
-            found.setdefault(trial_id, []).append((epoch, str(meta.parent)))
+            found.setdefault(trial_id, []).append((epoch, posixpath.dirname(meta)))
     return {trial: [path for _, path in sorted(folders, reverse=True)] for trial, folders in found.items()}
 
 
@@ -235,24 +241,15 @@ def close_unfinished(tracker: Tracker, run_key: str, status: str, reason: str) -
             tracker.end(run.info.run_id, status, reason)
 
 
-def find_invocation(name_or_dir: str, storage: Path) -> Path:
-    """An invocation folder: given directly, or the newest run of experiment `name` under `storage`."""
-    given = Path(name_or_dir)
-    if (given / CONFIG_FILE).is_file():
-        return given.resolve()
-    runs = sorted((storage / name_or_dir).glob(f"run-*/{CONFIG_FILE}")) if (storage / name_or_dir).is_dir() else []
-    if not runs:
-        raise InputError(f"{name_or_dir!r}: neither a run folder (with {CONFIG_FILE}) nor an experiment "
-                         f"with runs under {storage}/")
-    return runs[-1].parent.resolve()
-
-
-def resume_invocation(name_or_dir: str, storage: Path, console: Console) -> int:
+def resume_invocation(name_or_run: str, storage_setting: str, console: Console) -> int:
+    """`orch resume`: the invocation a run folder or URI names, or experiment `name`'s newest under
+    `storage_setting`, continued with the config it was started with, on the storage it was found on."""
     from orchestrator.config import load_config
     from orchestrator.plan import make_plan
 
-    folder = find_invocation(name_or_dir, storage)
-    config = load_config(folder / CONFIG_FILE, saved=True)
-    config.ray.storage = str(folder.parent.parent)
-    console.print(f"resuming {folder}", highlight=False)
-    return run_plan(config, make_plan(config), console, invocation=folder.name)
+    storage, name, invocation = find_invocation(name_or_run, storage_setting)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = load_config(storage.local(f"{name}/{invocation}/{CONFIG_FILE}", Path(scratch)), saved=True)
+    config.ray.storage = storage.setting
+    console.print(f"resuming {storage.uri(f'{name}/{invocation}')}", highlight=False)
+    return run_plan(config, make_plan(config), console, invocation=invocation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,7 +14,8 @@ from rich.table import Table
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
-from orchestrator.tracking import Tracker, TrialRecorder, default_tracking_uri
+from orchestrator.storage import Storage, default_tracking_uri, resolve
+from orchestrator.tracking import Tracker, TrialRecorder
 from trainers.errors import InputError
 
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
@@ -55,16 +57,31 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
     refusal = train_refusal(config)
     if refusal:
         raise InputError(refusal)
-    from trainers.evaluation import DecodeVariant
-    from trainers.loop import run_training
 
     trainer_config = config.trainer_config({})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.ray.storage) / config.name / f"train-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=config.ray.storage)
     invocation = f"train-{stamp}"
-    parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": str(run_dir.resolve())})
+    storage = resolve(config.ray.storage)
+    folder = f"{config.name}/{invocation}"  # relative to the storage
+    with tempfile.TemporaryDirectory(prefix="orch-train-") as staging:
+        # A bucket storage gets the run folder when the training ends; until then it is staged here.
+        run_dir = Path(storage.path(folder)) if storage.is_local else Path(staging) / invocation
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return _train(config, trainer_config, storage, folder, run_dir, stamp, console)
+        finally:
+            if not storage.is_local:
+                storage.upload(run_dir, folder)
+
+
+def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: str, run_dir: Path, stamp: str,
+           console: Console) -> dict:
+    from trainers.evaluation import DecodeVariant
+    from trainers.loop import run_training
+
+    invocation = f"train-{stamp}"
+    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
+    parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
     log_provenance(tracker, parent, dump_resolved(config), plan=None)
     variants = [DecodeVariant("d01", trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
@@ -99,8 +116,9 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
     summary = {key: final.metrics[key] for key in FINAL_KEYS if key in final.metrics}
     summary.update(mean_caption_length=final.metrics.get("test_mean_caption_length"),
                    distinct_captions=final.metrics.get("test_distinct_captions"),
-                   predictions=str(final.predictions["d01"]), best_epoch=final.metrics["best_epoch"],
-                   stop_reason=final.stop_reason, results=str(run_dir), mlflow_run_id=recorder.run_id)
+                   predictions=_stored_as(storage, folder, run_dir, Path(final.predictions["d01"])),
+                   best_epoch=final.metrics["best_epoch"], stop_reason=final.stop_reason, results=storage.uri(folder),
+                   mlflow_run_id=recorder.run_id)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     scores = (f"test R@1 i2t {summary.get('test_i2t_R1', float('nan')):.1f}, t2i "
               f"{summary.get('test_t2i_R1', float('nan')):.1f}; alignments" if trainer_config.trainer == "alignment" else
@@ -108,3 +126,11 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
               f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions")
     console.print(f"{scores}: {summary['predictions']}; MLflow: {tracking_uri(config)} (`orch ui`)", highlight=False)
     return summary
+
+
+def _stored_as(storage: Storage, folder: str, run_dir: Path, path: Path) -> str:
+    """Where a file of the run folder ends up on the storage (a local path, or its bucket URI)."""
+    try:
+        return storage.uri(f"{folder}/{path.resolve().relative_to(run_dir.resolve()).as_posix()}")
+    except ValueError:  # outside the run folder: it stays where it is
+        return str(path)

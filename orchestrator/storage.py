@@ -9,14 +9,20 @@ Credentials never appear in the setting: pyarrow reads them from the environment
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for MinIO; GOOGLE_APPLICATION_CREDENTIALS) or the instance
 role. Options pyarrow accepts as a query stay with the setting, e.g.
 `s3://orch/results?endpoint_override=minio:9000&scheme=http`.
+
+MLflow artifacts (`artifact_location`) go under the storage too, unless an MLflow server keeps them
+(see orchestrator.tracking.artifact_location). MLflow reaches a bucket with boto3, which knows
+nothing of pyarrow's query options: `share_endpoint_with_mlflow` hands it an `endpoint_override`.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Optional
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow
 import pyarrow.fs
@@ -26,6 +32,7 @@ from trainers.errors import InputError
 CONFIG_FILE = "orch.yaml"  # the resolved config of one invocation: what `orch resume` re-reads
 PLAN_FILE = "plan.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+MLFLOW_ENDPOINT_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,18 @@ class Storage:
     def for_ray(self, relative: str = "") -> tuple[str, pyarrow.fs.FileSystem]:
         """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore."""
         return self.path(relative), self.filesystem
+
+    def locate(self, relative: str = "") -> str:
+        """A setting that resolves to `relative` (the folder, or the URI with this setting's options):
+        what to pass to `orch resume` or `--storage`."""
+        return self.moved(self.path(relative)).setting
+
+    def moved(self, root: str) -> Storage:
+        """The same filesystem and options, another folder on it (`root`, a path on `filesystem`)."""
+        if self.is_local:
+            return Storage(root, self.filesystem, root)
+        parts = urlsplit(self.setting)
+        return Storage(f"{parts.scheme}://{root}" + (f"?{parts.query}" if parts.query else ""), self.filesystem, root)
 
     def artifact_location(self) -> str:
         """The MLflow artifact root for experiments whose results live here (a URI, as MLflow wants)."""
@@ -87,41 +106,81 @@ class Storage:
                       if info.type == pyarrow.fs.FileType.File and info.base_name == name)
 
     def download(self, relative: str, folder: Path) -> Path:
-        """A local copy of one file (in `folder`), for readers that need a path."""
+        """A local copy of one file or folder (in `folder`, under its own name), for readers that need a path."""
         target = Path(folder) / posixpath.basename(relative)
-        target.write_text(self.read_text(relative))
+        is_folder = self.filesystem.get_file_info(self.path(relative)).type == pyarrow.fs.FileType.Directory
+        (target if is_folder else target.parent).mkdir(parents=True, exist_ok=True)  # copy_files makes only subfolders
+        pyarrow.fs.copy_files(self.path(relative), str(target), source_filesystem=self.filesystem,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
         return target
 
+    def upload(self, local: Path, relative: str) -> None:
+        """Copy a local file or folder to `relative` (a folder's contents go below it)."""
+        self.filesystem.create_dir(posixpath.dirname(self.path(relative)), recursive=True)
+        pyarrow.fs.copy_files(str(local), self.path(relative), source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=self.filesystem)
 
-def resolve(setting: str) -> Storage:
-    """`ray.storage` as written (a folder, file://, s3://, gs://, hdfs://...) -> Storage.
+    def local(self, relative: str, folder: Path) -> Path:
+        """`relative` as a local path: itself on a local storage, else a copy downloaded into `folder`."""
+        return Path(self.path(relative)) if self.is_local else self.download(relative, folder)
 
-    A local folder is made absolute against the current directory: trials run elsewhere.
-    Raises InputError naming `ray.storage` for a setting pyarrow cannot open.
+
+def local_folder(setting: str, option: str = "ray.storage") -> Optional[Path]:
+    """The absolute folder a local setting (a path, or file://) names; None for a bucket URI.
+
+    A relative folder is made absolute against the current directory: trials run elsewhere.
+    Raises InputError naming `option` for a scheme that is neither.
     """
     scheme = urlsplit(setting).scheme
     if scheme in ("", "file"):
-        folder = Path(setting.removeprefix("file://") if scheme == "file" else setting).expanduser().resolve()
-        return Storage(str(folder), pyarrow.fs.LocalFileSystem(), str(folder))
+        return Path(setting.removeprefix("file://") if scheme == "file" else setting).expanduser().resolve()
     if scheme not in REMOTE_SCHEMES:
-        raise InputError(f"ray.storage: {setting!r} is neither a folder nor a storage URI "
+        raise InputError(f"{option}: {setting!r} is neither a folder nor a storage URI "
                          f"({', '.join(s + '://' for s in ('file',) + REMOTE_SCHEMES)})")
+    return None
+
+
+def default_tracking_uri(setting: str, option: str = "ray.storage",
+                         remedy: str = "set tracking.uri (an MLflow server, or sqlite:///PATH)") -> str:
+    """The embedded default MLflow store: a sqlite file in a local storage folder.
+
+    A bucket cannot hold one (sqlite needs a filesystem with locks): InputError naming `option` and `remedy`."""
+    folder = local_folder(setting, option)
+    if folder is None:
+        raise InputError(f"{option} is {setting!r}, where no sqlite file can live: {remedy}")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def resolve(setting: str, option: str = "ray.storage") -> Storage:
+    """`ray.storage` as written (a folder, file://, s3://, gs://, hdfs://...) -> Storage.
+
+    Raises InputError naming `option` for a setting pyarrow cannot open.
+    """
+    folder = local_folder(setting, option)
+    if folder is not None:
+        return Storage(str(folder), pyarrow.fs.LocalFileSystem(), str(folder))
+    scheme = urlsplit(setting).scheme
     try:
         filesystem, root = pyarrow.fs.FileSystem.from_uri(setting)
     except (pyarrow.ArrowException, OSError, ValueError) as error:
-        raise InputError(f"ray.storage: cannot open {setting!r}: {error}") from None
+        raise InputError(f"{option}: cannot open {setting!r}: {error}") from None
     if not root.strip("/"):
-        raise InputError(f"ray.storage: {setting!r} names no bucket: write {scheme}://bucket/prefix")
+        raise InputError(f"{option}: {setting!r} names no bucket: write {scheme}://bucket/prefix")
     return Storage(setting, filesystem, root.rstrip("/"))
 
 
-def _moved(storage: Storage, root: str) -> Storage:
-    """The same filesystem and options, another folder on it."""
-    if storage.is_local:
-        return Storage(root, storage.filesystem, root)
-    parts = urlsplit(storage.setting)
-    query = f"?{parts.query}" if parts.query else ""
-    return Storage(f"{parts.scheme}://{root}{query}", storage.filesystem, root)
+def share_endpoint_with_mlflow(setting: str) -> None:
+    """Point MLflow's S3 client (boto3) at the endpoint an s3:// setting names in its query.
+
+    pyarrow reads `endpoint_override` from the setting; boto3 reads only the environment. Without
+    this, artifacts of a MinIO storage would go to AWS. An endpoint the environment already names
+    (MLFLOW_S3_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) is left as it is."""
+    parts = urlsplit(setting)
+    endpoint = parse_qs(parts.query).get("endpoint_override")
+    if parts.scheme != "s3" or not endpoint or any(os.environ.get(v) for v in MLFLOW_ENDPOINT_VARIABLES):
+        return
+    scheme = parse_qs(parts.query).get("scheme", ["https"])[0]
+    os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint[0] if "://" in endpoint[0] else f"{scheme}://{endpoint[0]}"
 
 
 # ---------------------------------------------------------------------------- one invocation's files
@@ -143,12 +202,12 @@ def find_invocation(name_or_run: str, storage_setting: str) -> tuple[Storage, st
     NAME_OR_RUN is a run folder or URI (holding orch.yaml), or an experiment name whose newest run
     under `storage_setting` is meant.
     """
-    given = resolve(name_or_run) if "://" in name_or_run or Path(name_or_run).is_dir() else None
+    given = resolve(name_or_run, "orch resume") if "://" in name_or_run or Path(name_or_run).is_dir() else None
     if given is not None and given.is_file(CONFIG_FILE):
         experiment = posixpath.dirname(given.root)
-        return _moved(given, posixpath.dirname(experiment)), posixpath.basename(experiment), \
+        return given.moved(posixpath.dirname(experiment)), posixpath.basename(experiment), \
             posixpath.basename(given.root)
-    storage = resolve(storage_setting)
+    storage = resolve(storage_setting, "--storage")
     runs = invocations(storage, name_or_run)
     if not runs:
         raise InputError(f"{name_or_run!r}: neither a run folder (with {CONFIG_FILE}) nor an experiment "

@@ -17,10 +17,13 @@ import socket
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
+from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from orchestrator.storage import resolve, share_endpoint_with_mlflow
 
 TAG_INVOCATION = "orch.invocation"
 TAG_TRIAL = "orch.trial"
@@ -32,9 +35,21 @@ MAX_PARAM_LENGTH = 6000
 TRIAL_METRIC = re.compile(r"^((train|val|test)_\w+|lr|ss_rate|epoch|epoch_time_s|best_epoch)$")
 
 
-def default_tracking_uri(results: str | Path) -> str:
-    """The embedded default: a sqlite file in the results folder."""
-    return f"sqlite:///{(Path(results).resolve() / 'mlflow.db')}"
+SERVER_SCHEMES = ("http", "https", "databricks")  # stores whose server decides where artifacts go
+
+
+def artifact_location(uri: str, storage: str | Path) -> Optional[str]:
+    """Where a new experiment of the store at `uri` keeps its artifacts, given `ray.storage`.
+
+    An MLflow server keeps them in its own artifact store (`--serve-artifacts`, or its
+    `--default-artifact-root`): None, the server decides, and clients need no access to it. A store
+    MLflow writes itself (sqlite, PostgreSQL, MySQL) puts them under the results:
+    `<ray.storage>/mlartifacts`, a local folder or `s3://bucket/prefix/mlartifacts`, where every
+    machine that reads the store finds them (not in MLflow's default `./mlartifacts` of whichever
+    folder the command ran in)."""
+    if urlsplit(uri).scheme in SERVER_SCHEMES:
+        return None
+    return resolve(str(storage)).artifact_location()
 
 
 def _driver_id() -> str:
@@ -48,17 +63,19 @@ def _now_ms() -> int:
 class Tracker:
     """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Optional[Path] = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: Optional[str | Path] = None):
+        """`artifact_root`: the `ray.storage` setting a new experiment keeps its artifacts under
+        (see `artifact_location`); None leaves them where MLflow puts them by default."""
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
         self.uri = uri
+        if artifact_root is not None:
+            share_endpoint_with_mlflow(str(artifact_root))
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
-            location = None
-            if artifact_root is not None and not uri.startswith(("http://", "https://", "databricks")):
-                location = (Path(artifact_root).resolve() / "mlartifacts").as_uri()
+            location = artifact_location(uri, artifact_root) if artifact_root is not None else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     # ------------------------------------------------------------------------------ find or create

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from ray import tune
 
 from orchestrator.keys import apply_overrides
+from orchestrator.storage import Storage
 from trainers.config import DecodeConfig, TrainerConfig
 from trainers.errors import InputError
 
@@ -29,11 +30,12 @@ FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail eac
 
 
 def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict],
-                finished: frozenset[str] = frozenset(), stored: Optional[dict[str, list[str]]] = None,
-                fail_at: int = 0) -> None:
+                finished: frozenset[str] = frozenset(), storage: Optional[Storage] = None,
+                stored: Optional[dict[str, list[str]]] = None, fail_at: int = 0) -> None:
     """Tune's saved state can lag a SIGKILLed driver by seconds, so the driver of `orch resume` says
     what the storage holds: `finished`, the trials MLflow saw finish (not trained again), and
-    `stored`, each trial's checkpoint folders there. `fail_at`: the driver's FAIL_ONCE_ENV."""
+    `stored`, each trial's checkpoint folders on `storage` (relative to it), newest first.
+    `fail_at`: the driver's FAIL_ONCE_ENV."""
     from trainers.loop import run_training
 
     trial_id = tune.get_context().get_trial_id()
@@ -43,7 +45,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
-    candidates = [_restored_checkpoint(run_dir), *(Path(path) for path in (stored or {}).get(trial_id, []))]
+    candidates = [_restored_checkpoint(run_dir),
+                  _stored_checkpoint(storage, (stored or {}).get(trial_id, []), run_dir, config.train.epochs)]
     resume_from = _resume_point(candidates, config.train.epochs)
 
     def report(result) -> None:
@@ -72,6 +75,20 @@ def _resume_point(candidates: list[Optional[Path]], epochs: int) -> Optional[Pat
     evaluation that ends a training belongs to the run that trains that epoch."""
     usable = [(epoch, folder) for folder in candidates if 0 <= (epoch := _checkpoint_epoch(folder)) < epochs]
     return max(usable, key=lambda item: item[0])[1] if usable else None
+
+
+def _stored_checkpoint(storage: Optional[Storage], folders: list[str], run_dir: Path, epochs: int) -> Optional[Path]:
+    """The newest whole checkpoint of `folders` (newest first) with epochs left to train, as a local
+    folder: on a bucket, each is downloaded next to the trial until one will do."""
+    if storage is None:
+        return None
+    for folder in folders:
+        local = storage.local(folder, run_dir / "stored_checkpoint")
+        if 0 <= _checkpoint_epoch(local) < epochs:
+            return local
+        if not storage.is_local:
+            shutil.rmtree(local, ignore_errors=True)
+    return None
 
 
 def _checkpoint_epoch(folder: Optional[Path]) -> int:

@@ -33,9 +33,10 @@ def short_params(overrides: dict) -> str:
 class MlflowRecorder(Callback):
     """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str, parent: str, run_key: str,
+    def __init__(self, uri: str, experiment: str, storage: str, parent: str, run_key: str,
                  base: dict, cells: dict[str, dict], variants: dict[str, dict]):
-        self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
+        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it)."""
+        self.uri, self.experiment, self.storage = uri, experiment, storage
         self.parent, self.run_key = parent, run_key
         self.base, self.cells, self.variants = base, cells, variants
         self._tracker: Optional[Tracker] = None
@@ -48,7 +49,7 @@ class MlflowRecorder(Callback):
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(self.uri, self.experiment, artifact_root=Path(self.artifact_root))
+            self._tracker = Tracker(self.uri, self.experiment, artifact_root=self.storage)
         return self._tracker
 
     def _recorder(self, trial) -> TrialRecorder:

@@ -309,19 +309,24 @@ def _checkpoint(folder: Path, epoch: int, whole: bool = True) -> Path:
 
 def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(tmp_path):
     from orchestrator.launch import stored_checkpoints
-    from orchestrator.trainable import _resume_point
+    from orchestrator.storage import resolve
+    from orchestrator.trainable import _resume_point, _stored_checkpoint
 
-    trial = tmp_path / "trials" / "c002-ab12c_00001"
+    storage = resolve(str(tmp_path))
+    trial = tmp_path / "grid" / "run-1" / "trials" / "c002-ab12c_00001"
     for epoch in (1, 2, 3, 4):
         _checkpoint(trial / f"checkpoint_00000{epoch - 1}", epoch)
     (trial / "checkpoint_000004").mkdir()  # cut short by the kill: no meta.json yet
-    stored = stored_checkpoints(tmp_path, recorded={"ab12c_00001": 3})
-    assert stored == {"ab12c_00001": [str(trial / f"checkpoint_00000{i}") for i in (2, 1, 0)]}  # epoch 4: unrecorded
+    _checkpoint(trial / "working" / "checkpoint_000009", 9)  # deeper: the trainer's own folder, not Tune's
+    stored = stored_checkpoints(storage, "grid/run-1", recorded={"ab12c_00001": 3})
+    assert stored == {"ab12c_00001": [f"grid/run-1/trials/c002-ab12c_00001/checkpoint_00000{i}"
+                                      for i in (2, 1, 0)]}  # epoch 4: unrecorded
 
     tune_restored = _checkpoint(tmp_path / "restored", 1)
-    candidates = [tune_restored, *map(Path, stored["ab12c_00001"])]
-    assert _resume_point(candidates, epochs=4) == trial / "checkpoint_000002"  # epoch 3 beats Tune's epoch 1
-    assert _resume_point(candidates, epochs=3) == trial / "checkpoint_000001"  # epoch 3 is the last: not resumed
+    for epochs, newest_left in ((4, "checkpoint_000002"), (3, "checkpoint_000001")):  # the last epoch: not resumed
+        from_storage = _stored_checkpoint(storage, stored["ab12c_00001"], tmp_path / "run", epochs)
+        assert from_storage == trial / newest_left  # a local storage's own folder, not a copy
+        assert _resume_point([tune_restored, from_storage], epochs) == trial / newest_left  # beats Tune's epoch 1
     assert _resume_point([None, _checkpoint(tmp_path / "half", 2, whole=False)], epochs=4) is None
 
 
