@@ -7,6 +7,15 @@ images and a 16-wide decoder over a frozen, randomly initialised RegNet, so an e
 from __future__ import annotations
 
 import copy
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -89,3 +98,69 @@ def invoke_orch(*args):
 @pytest.fixture
 def orch() -> Callable[..., "object"]:
     return invoke_orch
+
+
+# ------------------------------------------------------------------------- an S3 bucket (moto)
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "orch-test", "AWS_SECRET_ACCESS_KEY": "orch-test",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    endpoint: str  # host:port
+    _buckets = itertools.count()
+
+    def bucket(self, prefix: str = "results") -> str:
+        """A new, empty bucket; the `ray.storage` setting of `prefix` in it, as a user writes it for MinIO."""
+        import pyarrow.fs
+
+        name = f"orch-{os.getpid()}-{next(self._buckets)}"
+        pyarrow.fs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", region="us-east-1",
+                                allow_bucket_creation=True).create_dir(name)
+        return f"s3://{name}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API (moto's server) on 127.0.0.1, with dummy credentials in the environment for the
+    session (subprocesses and the Ray workers they start inherit them); stopped afterwards."""
+    try:
+        import moto.server  # noqa: F401  (moto[server], in the `test` extra)
+    except ImportError as error:
+        pytest.skip(f"no S3 server for the bucket tests: moto[server] is not installed ({error})")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
+                break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+            pytest.skip(f"moto's S3 server did not start on 127.0.0.1:{port}: {log_path.read_text()[-2000:]}")
+        time.sleep(0.3)
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in MOTO_CREDENTIALS.items():
+            patch.setenv(variable, value)
+        for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE"):
+            patch.delenv(variable, raising=False)
+        yield S3Server(f"127.0.0.1:{port}")
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

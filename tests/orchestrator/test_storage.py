@@ -1,13 +1,15 @@
 """`ray.storage` as a folder, a file:// URI or a bucket URI: where results go and how resume finds them.
 
-Buckets are not reachable here (nothing beyond 127.0.0.1), so s3:// is checked for what resolving
-it promises without a request; everything that reads or writes runs on file:// and plain folders,
-through the same pyarrow filesystem calls a bucket gets, Ray Tune's checkpoints and restore included.
+The bucket is real S3 API: moto's server on 127.0.0.1 (`s3_server`, skipped with its reason when
+moto cannot start), reached as a user reaches MinIO, `s3://bucket/prefix?endpoint_override=...`.
+The same reads and writes also run on file:// and plain folders, Ray Tune's checkpoints and restore
+included; `orch run`, resume and export on a bucket are in test_storage_s3_run.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.fs
 import pytest
@@ -15,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.storage import (CONFIG_FILE, PLAN_FILE, find_invocation, invocations, resolve,
-                                  save_invocation)
+                                  save_invocation, share_endpoint_with_mlflow)
+from tests.orchestrator.conftest import invoke_orch, sqlite_uri, write_yaml
 from trainers.errors import InputError
 
 S3 = "s3://orch-results/team/coursework?region=eu-west-1&endpoint_override=127.0.0.1:9&scheme=http"
@@ -122,6 +125,149 @@ def test_find_lists_a_file_name_at_any_depth_relative_to_the_root(two_runs):
 def test_download_gives_config_readers_a_local_file(two_runs, tmp_path):
     copy = two_runs.download(f"grid/run-20260101-000000/{CONFIG_FILE}", tmp_path)
     assert copy == tmp_path / CONFIG_FILE and copy.read_text().startswith("name: grid")
+
+
+# ------------------------------------------------------------------------ a bucket (moto's S3)
+def test_a_bucket_holds_small_files_and_lists_its_folders(s3_server):
+    storage = resolve(s3_server.bucket("team/results"))
+    bucket = storage.root.split("/")[0]
+    assert not storage.is_local and storage.root == f"{bucket}/team/results"
+    storage.write_text("grid/run-1/orch.yaml", "name: grid\n")
+    storage.write_text("grid/run-1/trials/c001-a/checkpoint_000000/meta.json", '{"epoch": 1}')
+    storage.write_text("grid/run-2/plan.json", "{}")
+    assert storage.read_text("grid/run-1/orch.yaml") == "name: grid\n"
+    assert storage.is_file("grid/run-1/orch.yaml") and not storage.is_file("grid/run-1")
+    assert storage.folders() == ["grid"] and storage.folders("grid") == ["run-1", "run-2"]
+    assert storage.folders("missing") == [] and storage.find("missing", "meta.json") == []
+    assert storage.find("grid", "meta.json") == ["grid/run-1/trials/c001-a/checkpoint_000000/meta.json"]
+    with pytest.raises(InputError, match=rf"^s3://{bucket}/team/results/grid/run-3/orch.yaml: no such file$"):
+        storage.read_text("grid/run-3/orch.yaml")
+
+
+def test_folders_travel_to_and_from_a_bucket_byte_for_byte(s3_server, tmp_path):
+    storage = resolve(s3_server.bucket())
+    checkpoint = tmp_path / "checkpoint_000001"
+    (checkpoint / "predictions").mkdir(parents=True)
+    (checkpoint / "best_model.pt").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, not text
+    (checkpoint / "predictions" / "test_d01.json").write_text("[]")
+    storage.upload(checkpoint, "grid/run-1/trials/c001-a/checkpoint_000001")
+    assert storage.find("grid", "best_model.pt") == ["grid/run-1/trials/c001-a/checkpoint_000001/best_model.pt"]
+
+    copy = storage.local("grid/run-1/trials/c001-a/checkpoint_000001", tmp_path / "copy")
+    assert copy == tmp_path / "copy" / "checkpoint_000001"
+    assert (copy / "best_model.pt").read_bytes() == (checkpoint / "best_model.pt").read_bytes()
+    assert (copy / "predictions" / "test_d01.json").read_text() == "[]"
+
+    storage.upload(checkpoint / "predictions", "flat/predictions")  # a folder of files only, no subfolder
+    assert (storage.download("flat/predictions", tmp_path / "flat") / "test_d01.json").read_text() == "[]"
+    assert storage.download("flat/predictions/test_d01.json", tmp_path / "one").read_text() == "[]"
+
+
+def test_resume_finds_a_run_in_a_bucket_by_name_or_by_its_uri(s3_server):
+    setting = s3_server.bucket()
+    storage = resolve(setting)
+    for run in ("run-20260101-000000", "run-20260102-000000"):
+        save_invocation(storage, "grid", run, f"name: grid\n# {run}\n", json.dumps({"cells": []}))
+    assert invocations(storage, "grid") == ["run-20260101-000000", "run-20260102-000000"]
+
+    found, name, run = find_invocation("grid", setting)
+    assert (found.setting, name, run) == (setting, "grid", "run-20260102-000000")
+
+    run_uri = storage.locate("grid/run-20260101-000000")  # what `orch run` tells users to resume
+    assert run_uri.startswith(f"s3://{storage.root}/grid/run-20260101-000000?endpoint_override={s3_server.endpoint}")
+    found, name, run = find_invocation(run_uri, "elsewhere")
+    assert (found.root, name, run) == (storage.root, "grid", "run-20260101-000000")
+    assert found.locate() == setting  # the endpoint and the other options come along
+    assert found.read_text(f"{name}/{run}/{CONFIG_FILE}") == "name: grid\n# run-20260101-000000\n"
+
+    with pytest.raises(InputError, match=rf"'nope': neither a run folder \(with orch.yaml\) nor an experiment "
+                                         rf"with runs under s3://{storage.root}/$"):
+        find_invocation("nope", setting)
+
+
+def test_a_serverless_mlflow_store_keeps_its_artifacts_in_the_bucket(s3_server, tmp_path, monkeypatch):
+    """sqlite runs, artifacts in s3://.../mlartifacts; MLflow's boto3 finds moto through the setting's endpoint."""
+    from orchestrator.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    setting = s3_server.bucket()
+    storage = resolve(setting)
+    tracker = Tracker(sqlite_uri(tmp_path), "served-by-a-bucket", artifact_root=setting)
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == f"http://{s3_server.endpoint}"
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.artifact_location == f"s3://{storage.root}/mlartifacts"
+    run = tracker.parent_run("grid/run-1", "orch run run-1")
+    tracker.log_text(run, "a caption\n", "samples/note.txt")
+    tracker.end(run)
+    (stored,) = storage.find("mlartifacts", "note.txt")
+    assert storage.read_text(stored) == "a caption\n"
+    copy = tracker.client.download_artifacts(run, "samples/note.txt", str(tmp_path))
+    assert open(copy).read() == "a caption\n"
+
+
+def test_orch_train_on_a_bucket_uploads_its_run_folder_when_it_ends(s3_server, tiny_experiment, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    setting = s3_server.bucket()
+    storage = resolve(setting)
+    config = write_yaml(tmp_path / "one.yaml", tiny_experiment("one", setting, train={"epochs": 1},
+                                                               tracking={"uri": sqlite_uri(tmp_path)}))
+    result = invoke_orch("train", config, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    (run,) = storage.folders("one")
+    assert summary["results"] == f"s3://{storage.root}/one/{run}"
+    assert summary["predictions"].startswith(f"s3://{storage.root}/one/{run}/")
+    predictions = summary["predictions"][len(f"s3://{storage.root}/"):]
+    assert {"image_id", "caption"} <= set(json.loads(storage.read_text(predictions))[0])
+    assert json.loads(storage.read_text(f"one/{run}/metrics.json"))["results"] == summary["results"]
+    assert storage.find("mlartifacts", "best_model.pt")  # MLflow's copy of the best checkpoint, in the bucket
+    assert not list(tmp_path.glob("s3*")), "a bucket setting must not become a local folder"
+
+
+def test_a_tracking_server_keeps_its_own_artifacts_and_a_local_storage_its_folder(tmp_path):
+    from orchestrator.tracking import artifact_location
+
+    bucket = "s3://orch/results?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    assert artifact_location("https://mlflow.example.org", bucket) is None  # --serve-artifacts decides
+    assert artifact_location("http://127.0.0.1:5000", str(tmp_path)) is None
+    assert artifact_location("postgresql://mlflow@db/mlflow", bucket) == "s3://orch/results/mlartifacts"
+    assert artifact_location(sqlite_uri(tmp_path), str(tmp_path / "r")) == (tmp_path / "r" / "mlartifacts").as_uri()
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "http://minio.internal:9000"),
+    ({"AWS_ENDPOINT_URL": "http://elsewhere:9000"}, None),  # boto3 reads this one itself
+    ({"MLFLOW_S3_ENDPOINT_URL": "http://elsewhere:9000"}, "http://elsewhere:9000"),
+])
+def test_mlflow_is_given_the_endpoint_of_the_setting_unless_the_environment_names_one(monkeypatch, environment,
+                                                                                       expected):
+    for variable in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    share_endpoint_with_mlflow("s3://orch/results?endpoint_override=minio.internal:9000&scheme=http")
+    assert os.environ.get("MLFLOW_S3_ENDPOINT_URL") == expected
+    share_endpoint_with_mlflow("s3://orch/results")  # real S3: nothing to hand over
+    share_endpoint_with_mlflow("/mnt/results")
+    assert os.environ.get("MLFLOW_S3_ENDPOINT_URL") == expected
+
+
+def test_a_bucket_storage_without_a_tracking_uri_is_a_config_error_naming_both(tiny_experiment, tmp_path):
+    bucket = "s3://orch/results?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    config = write_yaml(tmp_path / "bucket.yaml", tiny_experiment("bucket", bucket))
+    result = invoke_orch("run", config, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert f"ray.storage is '{bucket}', where no sqlite file can live: set tracking.uri (an MLflow server, or " \
+           "sqlite:///PATH)" in result.output
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["report", "grid"], ["export", "grid"]])
+def test_readers_given_a_bucket_for_their_store_are_told_to_pass_the_config(command):
+    result = invoke_orch(*command, "--storage", "s3://orch/results")
+    assert result.exit_code == 2, result.output
+    assert "--storage is 's3://orch/results', where no sqlite file can live: pass --config with the " \
+           "experiment's YAML (its tracking.uri)" in result.output
 
 
 # ------------------------------------------------------------------- Ray Tune on a resolved storage
