@@ -16,9 +16,10 @@ import os
 import re
 import socket
 from typing import Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow
+import pyarrow.fs
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.storage import Storage, resolve
@@ -27,6 +28,7 @@ from trainers.errors import InputError
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # with or without +driver
 SEARCH_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+BUCKET_SCHEMES = ("s3", "gs", "gcs")  # a storage root there is bucket/prefix
 
 
 class PreflightError(InputError):
@@ -45,15 +47,24 @@ def check(config: ExperimentConfig, address: Optional[str] = None, timeout_s: fl
 
 # ------------------------------------------------------------------------------------- storage
 def check_storage(storage: Storage) -> None:
-    """A bucket answers with the credentials in the environment (a local folder is made by the run)."""
+    """A bucket answers with the credentials in the environment, and exists (a local folder, or the
+    prefix in a bucket, is made by the run; the bucket is not, unless the URI allows it)."""
     if storage.is_local:
         return
+    parts = urlsplit(storage.setting)
+    bucket = storage.root.split("/")[0]
     try:
         storage.filesystem.get_file_info(storage.root)
+        missing = (parts.scheme in BUCKET_SCHEMES
+                   and parse_qs(parts.query).get("allow_bucket_creation", [""])[0].lower() != "true"
+                   and storage.filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound)
     except (OSError, pyarrow.ArrowException) as error:
         raise PreflightError(f"ray.storage: cannot reach {storage.uri()}: {_first_line(error)} (credentials come "
                              f"from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL "
                              f"for MinIO; GOOGLE_APPLICATION_CREDENTIALS)") from None
+    if missing:
+        raise PreflightError(f"ray.storage: the bucket {bucket!r} of {storage.uri()} does not exist: create it "
+                             f"(or add allow_bucket_creation=true to the URI's query). Nothing was started.")
 
 
 # ------------------------------------------------------------------------------------ tracking

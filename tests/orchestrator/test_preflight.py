@@ -151,6 +151,17 @@ def test_a_bucket_that_does_not_answer_names_ray_storage_and_the_credential_vari
         check_storage(storage)
 
 
+def test_a_bucket_that_does_not_exist_is_named_before_anything_starts(s3_server):
+    setting = s3_server.bucket()
+    check_storage(resolve(setting))  # exists; its prefix does not yet, which the run makes
+    bucket = setting.split("/")[2]
+    missing = resolve(setting.replace(bucket, f"{bucket}-missing"))
+    with pytest.raises(PreflightError, match=rf"^ray.storage: the bucket '{bucket}-missing' of s3://{bucket}-missing/"
+                                             r"results does not exist: create it \(or add allow_bucket_creation=true"):
+        check_storage(missing)
+    check_storage(resolve(f"{missing.setting}&allow_bucket_creation=true"))
+
+
 def test_a_local_storage_needs_no_check(tmp_path):
     check_storage(resolve(str(tmp_path / "results")))
     assert not (tmp_path / "results").exists()
