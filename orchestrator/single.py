@@ -25,6 +25,7 @@ ALIGNMENT_COLUMNS = [*EPOCH_COLUMNS[:3], ("val R@1 i2t", "val_i2t_R1", "{:.1f}")
                      ("val rsum", "val_rsum", "{:.1f}"), EPOCH_COLUMNS[-1]]  # trainer: alignment
 FINAL_KEYS = ["test_Bleu_1", "test_Bleu_2", "test_Bleu_3", "test_Bleu_4", "test_METEOR", "test_ROUGE_L",
               "test_CIDEr", "test_mean_caption_length", "test_distinct_captions", "test_content_accuracy",
+              "test_position_accuracy",
               *[f"test_{d}_{m}" for d in ("i2t", "t2i") for m in ("R1", "R5", "R10", "medr")], "test_rsum",
               "test_snippet_accuracy", "test_region_caption_accuracy"]
 
@@ -113,7 +114,8 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
         recorder.end(status, reason)
         tracker.end(parent, status, reason)
     console.print(table)
-    summary = {key: final.metrics[key] for key in FINAL_KEYS if key in final.metrics}
+    summary = {key: value for key, value in final.metrics.items()
+               if key in FINAL_KEYS or key.startswith("test_constant_caption_")}
     summary.update(mean_caption_length=final.metrics.get("test_mean_caption_length"),
                    distinct_captions=final.metrics.get("test_distinct_captions"),
                    predictions=_stored_as(storage, folder, run_dir, Path(final.predictions["d01"])),

@@ -37,6 +37,7 @@ from trainers.decoding import Hypothesis, decode
 from trainers.errors import InputError
 from trainers.evaluation import DecodeVariant, caption_batches, score_split
 from trainers.features import resize_batch
+from trainers.memory import reuse_freed_memory
 from trainers.models import Captioner, build_captioner
 
 EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_VOCAB = "model.safetensors", "config.yaml", "vocab.json"
@@ -79,6 +80,7 @@ class Captioned:
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """An export folder or a checkpoint folder -> LoadedModel; InputError naming what is missing."""
+    reuse_freed_memory()
     folder = Path(folder)
     if (folder / EXPORT_WEIGHTS).is_file():
         config_dict, vocab, state = _read_export(folder)
