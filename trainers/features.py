@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from trainers.data.prepared import PreparedDataset
+from trainers.errors import InputError
 
 COMPLETE = "complete.json"
 
@@ -56,10 +57,20 @@ def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, 
     probe = encoder(resize_batch(torch.from_numpy(np.array(images[:1])).to(device), image_size))  # (1, P, C)
     staging = out_path.with_suffix(".npy.partial")
     out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float16, shape=(n, *probe.shape[1:]))
-    for start in range(0, n, batch_size):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
-        out[start:start + batch.shape[0]] = encoder(resize_batch(batch, image_size)).half().cpu().numpy()  # (b, P, C)
-    out.flush()
+    try:
+        for start in range(0, n, batch_size):
+            batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
+            features = encoder(resize_batch(batch, image_size)).half()  # (b, P, C)
+            if not torch.isfinite(features).all():
+                raise InputError(f"the encoder's features overflow float16 (|x| > 65504) on images {start}-"
+                                 f"{start + batch.shape[0] - 1} of {out_path.stem}: they cannot be cached; set "
+                                 f"data.feature_cache: false, or use trained weights")
+            out[start:start + batch.shape[0]] = features.cpu().numpy()
+        out.flush()
+    except BaseException:
+        del out
+        staging.unlink()
+        raise
     del out
     os.replace(staging, out_path)
 

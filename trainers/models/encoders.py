@@ -145,10 +145,22 @@ def _torchvision_model(cfg: ModelConfig) -> nn.Module:
                 f"or use model.weights: none") from error
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_INIT_SEED)
-        model = tv.get_model(cfg.encoder, weights=None)
+        model = tv.get_model(cfg.encoder, weights=None, **_random_trunk_options(cfg))
     if cfg.weights != "none":
         _load_weights_file(model, cfg)
     return model
+
+
+def _random_trunk_options(cfg: ModelConfig) -> dict:
+    """A frozen random ResNet starts each residual block as the identity (zero_init_residual).
+
+    Frozen, its batch norms run in eval mode on their initial statistics (mean 0, variance 1), so
+    they normalise nothing, and with the default init every residual block adds to the signal: a
+    random ResNet-101's features reach 3e5, past float16's range (the feature cache) and useless to
+    a decoder. A trunk that is trained learns real statistics and keeps torchvision's default init.
+    """
+    frozen = cfg.weights == "none" and cfg.fine_tune is False
+    return {"zero_init_residual": True} if frozen and cfg.encoder.startswith("resnet") else {}
 
 
 def _weights_file(cfg: ModelConfig) -> Path:

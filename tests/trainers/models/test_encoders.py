@@ -69,6 +69,16 @@ def test_random_initialisation_is_the_same_on_every_build():
     assert torch.equal(build_encoder(config()).eval()(images), first)
 
 
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+def test_a_frozen_random_resnet_gives_features_float16_can_cache(name):
+    """Eval-mode batch norms on their initial statistics normalise nothing: without identity residual
+    blocks a random ResNet-101's features reach 3e5 (float16 ends at 65504)."""
+    encoder = build_encoder(ModelConfig(encoder=name, weights="none", fine_tune=False, encoded_size=2)).eval()
+    with torch.no_grad():
+        features = encoder(torch.rand(2, 3, 64, 64))  # (B, P, C)
+    assert torch.isfinite(features.half()).all() and features.abs().max() < 100
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_weights_from_a_local_file_round_trip(tmp_path, suffix):
     torch.manual_seed(3)

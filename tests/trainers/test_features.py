@@ -1,0 +1,23 @@
+"""The feature cache refuses features float16 cannot hold, and leaves nothing half-written behind."""
+
+import pytest
+import torch
+from torch import nn
+
+from trainers.data.prepared import PreparedDataset
+from trainers.errors import InputError
+from trainers.features import cached_features
+
+
+class Exploding(nn.Module):
+    """A (B, 3, S, S) -> (B, 4, 3) 'encoder' whose features grow past float16's 65504."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3)).unsqueeze(1).repeat(1, 4, 1) * 1e6 + 1e5  # (B, P=4, C=3)
+
+
+def test_features_float16_cannot_hold_are_an_input_error_and_leave_no_cache(prepared_dir, tmp_path):
+    with pytest.raises(InputError, match="overflow float16.*data.feature_cache: false"):
+        cached_features(PreparedDataset(prepared_dir), Exploding(), encoder_name="exploding", image_size=32,
+                        encoded_size=2, cache_dir=tmp_path, device=torch.device("cpu"))
+    assert not list(tmp_path.rglob("*.npy*")) and not list(tmp_path.rglob("complete.json"))
