@@ -29,13 +29,14 @@ class Core(nn.Module):
         return tuple(part[index] for part in state)
 
 
-@DECODERS.register("rnn")
-class RNNCore(Core):
-    """Vanilla tanh RNN."""
+class SingleStateCore(Core):
+    """A recurrent cell whose whole state is h: its class is the one thing RNN and GRU cores change."""
+
+    cell_type: type[nn.RNNCellBase]
 
     def __init__(self, input_dim: int, hidden_dim: int, feature_dim: int):
         super().__init__()
-        self.cell = nn.RNNCell(input_dim, hidden_dim)
+        self.cell = self.cell_type(input_dim, hidden_dim)
         self.init_h = nn.Linear(feature_dim, hidden_dim)
 
     def init_state(self, mean_features: torch.Tensor) -> State:
@@ -44,6 +45,13 @@ class RNNCore(Core):
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h = self.cell(x, state[0])  # (B, H)
         return h, (h,)
+
+
+@DECODERS.register("rnn")
+class RNNCore(SingleStateCore):
+    """Vanilla tanh RNN."""
+
+    cell_type = nn.RNNCell
 
 
 @DECODERS.register("lstm")
@@ -63,18 +71,8 @@ class LSTMCore(Core):
 
 
 @DECODERS.register("gru")
-class GRUCore(Core):
-    def __init__(self, input_dim: int, hidden_dim: int, feature_dim: int):
-        super().__init__()
-        self.cell = nn.GRUCell(input_dim, hidden_dim)
-        self.init_h = nn.Linear(feature_dim, hidden_dim)
-
-    def init_state(self, mean_features: torch.Tensor) -> State:
-        return (self.init_h(mean_features),)  # (B, H)
-
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h = self.cell(x, state[0])  # (B, H)
-        return h, (h,)
+class GRUCore(SingleStateCore):
+    cell_type = nn.GRUCell
 
 
 @DECODERS.register("mrnn")
