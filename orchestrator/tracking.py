@@ -9,6 +9,7 @@ killed with SIGKILL left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -60,6 +62,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _store_creation_lock(uri: str):
+    """Two commands opening a new sqlite store at once would both run its schema migrations, or both
+    create the experiment: one of them fails. A file lock beside the database serialises that."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()  # a server or a database server handles its own concurrency
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".lock")
+
+
 class Tracker:
     """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command."""
 
@@ -70,13 +82,14 @@ class Tracker:
         self.uri = uri
         if artifact_root is not None:
             share_endpoint_with_mlflow(str(artifact_root))
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            location = artifact_location(uri, artifact_root) if artifact_root is not None else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        with _store_creation_lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is not None:
+                self.experiment_id = found.experiment_id
+            else:
+                location = artifact_location(uri, artifact_root) if artifact_root is not None else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     # ------------------------------------------------------------------------------ find or create
     def _find(self, tags: Mapping[str, str]):
