@@ -57,9 +57,13 @@ class Storage:
             return self.path(relative)
         return f"{urlsplit(self.setting).scheme}://{self.path(relative)}"
 
-    def for_ray(self, relative: str = "") -> tuple[str, pyarrow.fs.FileSystem]:
-        """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore."""
-        return self.path(relative), self.filesystem
+    def for_ray(self, relative: str = "") -> tuple[str, Optional[pyarrow.fs.FileSystem]]:
+        """(storage_path, storage_filesystem) for Ray Tune's RunConfig and Tuner.restore.
+
+        A local folder goes to Ray as a plain path: given a filesystem object, Ray stages the trial
+        folders elsewhere and syncs them, and a restored trial's sync replaces its result.json.
+        """
+        return self.path(relative), None if self.is_local else self.filesystem
 
     def locate(self, relative: str = "") -> str:
         """A setting that resolves to `relative` (the folder, or the URI with this setting's options):

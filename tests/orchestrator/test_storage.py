@@ -29,7 +29,7 @@ def test_a_relative_folder_becomes_absolute_so_trials_elsewhere_find_it(tmp_path
     storage = resolve("results")
     assert storage.is_local and storage.root == str(tmp_path / "results")
     assert storage.uri("grid/run-1") == str(tmp_path / "results" / "grid" / "run-1")
-    assert storage.for_ray("grid/run-1") == (str(tmp_path / "results" / "grid" / "run-1"), storage.filesystem)
+    assert storage.for_ray("grid/run-1") == (str(tmp_path / "results" / "grid" / "run-1"), None)
     assert storage.artifact_location() == (tmp_path / "results" / "mlartifacts").as_uri()
 
 
