@@ -227,7 +227,7 @@ def without_retired_keys(saved: dict) -> dict:
 
 # What `trainer: alignment` changes in the keys a YAML does not set: the paper's optimisation
 # (SGD, momentum 0.9, batches of 100, gradients clipped at 5) and ranking by retrieval.
-ALIGNMENT_DEFAULTS = {"train": {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-2},
+ALIGNMENT_DEFAULTS = {"train": {"optimizer": "sgd", "momentum": 0.9, "batch_size": 100, "grad_clip": 5.0, "lr": 1.0e-3},
                       "eval": {"select_by": "rsum"}}
 
 
