@@ -31,7 +31,7 @@ from trainers.alignment.mrf import sentence_snippets
 from trainers.alignment.region_captions import caption_regions
 from trainers.alignment.regions import build_regions, split_fragments
 from trainers.checkpoint import BEST_MODEL, META
-from trainers.config import TrainerConfig
+from trainers.config import TrainerConfig, without_retired_keys
 from trainers.data.prepare import IMAGE_ERRORS, read_image_rgb
 from trainers.data.vocab import Vocab
 from trainers.errors import InputError
@@ -88,7 +88,7 @@ class Aligner:
             raise InputError(f"{folder}: not an orch model (expected {EXPORT_WEIGHTS}, {EXPORT_CONFIG} and "
                              f"{EXPORT_VOCAB}, or a checkpoint's {BEST_MODEL} and {META})")
         try:
-            config = TrainerConfig.model_validate(config_dict)
+            config = TrainerConfig.model_validate(without_retired_keys(config_dict))  # as load_model reads it
         except ValueError as error:
             raise InputError(f"{folder}: its config is not a valid trainer config: {error}") from None
         if config.trainer != "alignment":
@@ -103,7 +103,8 @@ class Aligner:
     @torch.no_grad()
     def fragments(self, image: np.ndarray) -> torch.Tensor:
         """uint8 image (3, S, S) -> its fragments (M, 4 + C), as training computed them."""
-        batch = resize_batch(torch.from_numpy(image)[None].to(self.device), self.config.data.image_size)
+        pixels = torch.tensor(image)[None].to(self.device)  # a copy: the image array is read-only
+        batch = resize_batch(pixels, self.config.data.image_size)
         fragments = self.regions(batch)[0]  # (M, 4 + C)
         return fragments.half().float() if self.config.data.feature_cache else fragments
 
