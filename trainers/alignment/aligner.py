@@ -123,7 +123,8 @@ class Aligner:
         captions = [""] * len(pieces)
         if self.has_region_captioner:
             regions = torch.tensor([p.region for p in pieces], device=self.device)
-            captions = caption_regions(self.model.region_captioner, features[regions], self.config.decode, self.vocab)
+            captions = caption_regions(self.model.region_captioner, self.model.standardised(features[regions]),
+                                       self.config.decode, self.vocab)
         read = [self.vocab.itos[i] for i in ids.tolist()]
         snippets = [AlignedSnippet(" ".join(read[p.start:p.end]), p.region,
                                    tuple(round(float(x), 4) for x in boxes[p.region]), caption)

@@ -76,9 +76,15 @@ class AlignmentModel(nn.Module):
         self.feature_mean.copy_(features.mean(dim=0))
         self.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
 
+    def standardised(self, features: torch.Tensor) -> torch.Tensor:
+        """CNN features (..., C) standardised by the train split's statistics: what eq. (1) and the
+        region captioner read. (A random CNN's raw features share a large common part that would
+        leave the captioner nearly blind to which region it is captioning.)"""
+        return (features - self.feature_mean) / self.feature_std
+
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
         """CNN features (..., M, C) -> image fragments v_i (..., M, h)."""
-        return self.image((features - self.feature_mean) / self.feature_std)
+        return self.image(self.standardised(features))
 
     def embed_sentences(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Words (B, T) with lengths (B,) -> sentence fragments s_t (B, T, h)."""

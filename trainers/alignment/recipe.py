@@ -319,7 +319,8 @@ class AlignmentRecipe(CaptionRecipe):
             for inputs, regions, captions, lengths in DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True,
                                                                  generator=generator,
                                                                  num_workers=cfg.data.num_workers):
-                features = region_features(self._fragments(inputs), regions.to(self.device))  # (B, 1, C)
+                features = self.model.standardised(region_features(self._fragments(inputs),
+                                                                   regions.to(self.device)))  # (B, 1, C)
                 with self._autocast():
                     loss, _ = caption_loss(decoder, features, captions.to(self.device), lengths.to(self.device),
                                            ss_rate=0.0, ss_per="token", alpha_c=0.0)
@@ -339,7 +340,8 @@ class AlignmentRecipe(CaptionRecipe):
         for sentence in aligned:
             regions = torch.tensor([s.region for s in sentence.snippets], dtype=torch.long)
             features = split_fragments(sentence.fragments)[1][regions].to(self.device)  # (R, C)
-            captions.append(caption_regions(self.model.region_captioner, features, self.config.decode, self.vocab))
+            captions.append(caption_regions(self.model.region_captioner, self.model.standardised(features),
+                                            self.config.decode, self.vocab))
         return aligned, captions
 
     def _synthetic_scores(self, aligned: list[AlignedSentence], captions: Optional[list[list[str]]]) -> dict:

@@ -3,7 +3,8 @@
 The paper's second stage: every training sentence is aligned to its image (the MRF at
 `alignment.beta`), each snippet becomes a caption of its region, and a decoder of
 trainers.models (the multimodal RNN with `model.decoder: mrnn`) learns to generate them from the
-region's CNN feature, seen as a one-cell grid (B, 1, C). Any region can then be captioned.
+region's CNN feature, standardised as eq. (1) reads it (AlignmentModel.standardised) and seen as a
+one-cell grid (B, 1, C). Any region can then be captioned.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def region_features(fragments: torch.Tensor, regions: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def caption_regions(decoder: Decoder, features: torch.Tensor, cfg: DecodeConfig, vocab: Vocab) -> list[str]:
-    """A caption for each region feature (R, C)."""
+    """A caption for each (standardised) region feature (R, C)."""
     if features.shape[0] == 0:
         return []
     return [vocab.decode(h.tokens) for h in decode(decoder, features[:, None], cfg)]
