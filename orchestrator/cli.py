@@ -210,7 +210,8 @@ def report(
 @_exits_cleanly
 def export(
     name: str = typer.Argument(..., help="Experiment name (its latest run unless --invocation)."),
-    metric: str = typer.Option("CIDEr", "--metric", help="Rank trials by this val metric at their best epoch."),
+    metric: str = typer.Option("CIDEr", "--metric", help="Rank trials by this val metric at their best epoch "
+                                                         "(rsum, t2i_R5, ... ranks trainer: alignment trials)."),
     top_k: int = typer.Option(1, "--top-k", help="Export this many of the best trials."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the exports (default exports/NAME)."),
     register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME."),
@@ -289,25 +290,43 @@ def caption(
 @_exits_cleanly
 def align(
     image: Path = typer.Argument(..., help="An image file."),
-    sentence: str = typer.Argument(..., help="A sentence about the image, in quotes."),
-    model: Path = typer.Option(..., "--model", help="An alignment model: a trial's checkpoint folder or an export "
-                                                    "folder (trainers.alignment.aligner.export_aligner)."),
+    sentence: Optional[str] = typer.Argument(None, help="A sentence about the image, in quotes."),
+    model: Path = typer.Option(..., "--model", help="An alignment model: an `orch export NAME --metric rsum` folder "
+                                                    "or a trial's checkpoint folder."),
     beta: Optional[float] = typer.Option(None, "--beta", min=0.0, help="MRF β: larger gives longer snippets "
                                                                        "(default: the model's alignment.beta)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the regions with their snippets into this PNG "
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the regions with their snippets (or, with "
+                                                             "--caption-regions alone, their captions) into this PNG "
                                                              "(the paper's Figure 1)."),
+    caption_regions: bool = typer.Option(False, "--caption-regions", help="Also caption every region of the image "
+                                                                          "with the region captioner."),
 ):
-    """Align a sentence's snippets with image regions (Karpathy & Fei-Fei 2015): one line per snippet."""
+    """Align a sentence's snippets with image regions (Karpathy & Fei-Fei 2015): one line per snippet,
+    `WORDS<TAB>REGION (BOX)<TAB>REGION CAPTION`; with --caption-regions, one line per region and its caption."""
     from trainers.alignment.aligner import Aligner, plot_alignment
 
-    alignment = Aligner.load(model).align(image, sentence, beta)
-    for snippet in alignment.snippets:
-        where = "whole image" if snippet.region == 0 else f"region {snippet.region}"
-        box = ", ".join(f"{c:.2f}" for c in snippet.box)
-        said = f"\t{snippet.caption}" if snippet.caption else ""
-        print(f"{snippet.words}\t{where} ({box}){said}")
+    if sentence is None and not caption_regions:
+        raise InputError("give a sentence to align, or --caption-regions to caption the image's regions")
+    aligner = Aligner.load(model)
+    drawn = None
+    if sentence is not None:
+        drawn = aligner.align(image, sentence, beta)
+        for snippet in drawn.snippets:
+            said = f"\t{snippet.caption}" if snippet.caption else ""
+            print(f"{snippet.words}\t{_region(snippet)}{said}")
+    if caption_regions:
+        captioned = aligner.caption_regions(image)
+        for snippet in captioned.snippets:
+            print(f"{_region(snippet)}\t{snippet.caption}")
+        drawn = drawn or captioned
     if plot is not None:
-        console.print(f"figure: {plot_alignment(alignment, plot)}", highlight=False)
+        console.print(f"figure: {plot_alignment(drawn, plot)}", highlight=False)
+
+
+def _region(snippet) -> str:
+    """`region 3 (0.33, 0.00, 0.67, 0.33)`, or `whole image (...)` for region 0."""
+    where = "whole image" if snippet.region == 0 else f"region {snippet.region}"
+    return f"{where} ({', '.join(f'{c:.2f}' for c in snippet.box)})"
 
 
 def main() -> None:

@@ -10,6 +10,10 @@ becomes one folder that `orch caption` and `orch evaluate` load without MLflow o
     metrics.json        where it came from, how it was chosen, its val and test scores
     README.md           the model card
 
+A `trainer: alignment` experiment is exported with a retrieval metric (`--metric rsum`, `t2i_R5`, ...):
+its folders (trainers.alignment.aligner's export, plus metrics.json and README.md) are what
+`orch align --model` reads.
+
 `--register` also logs each as an MLflow pyfunc model (orchestrator.pyfunc) in a run nested
 under its trial (tagged orch.kind=export) and registers it in the MLflow Model Registry under
 the experiment's name, one version per export.
@@ -30,6 +34,7 @@ import yaml
 
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
+from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
 
@@ -51,24 +56,31 @@ class Exported:
 def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: int = 1, register: bool = False,
                 invocation: Optional[str] = None) -> list[Exported]:
     """Export the `top_k` best finished trials of `name`'s latest (or named) invocation into `out`."""
-    if metric not in EXPORTABLE:
-        raise InputError(f"--metric {metric!r}: choose one of {', '.join(EXPORTABLE)}")
+    if metric not in EXPORTABLE + RETRIEVAL_SELECTABLE:
+        raise InputError(f"--metric {metric!r}: choose one of {', '.join(EXPORTABLE)} (captioners) or "
+                         f"{', '.join(RETRIEVAL_SELECTABLE)} (trainer: alignment)")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: export at least 1 trial")
+    trainer = "alignment" if metric in RETRIEVAL_SELECTABLE else "captioner"
+    if register and trainer == "alignment":
+        raise InputError("--register: the Model Registry holds captioners; an alignment model is exported as a "
+                         "folder for `orch align` (leave out --register)")
     results = open_results(name, uri, invocation)
     picks = [pick for pick in pick_best(results, metric)
-             if pick.variant.params.get("trainer", "captioner") == "captioner"][:top_k]
+             if pick.variant.params.get("trainer", "captioner") == trainer][:top_k]
     if not picks:
-        trainers = {row.params.get("trainer", "captioner") for row in results.finished()} - {"captioner"}
+        trainers = {row.params.get("trainer", "captioner") for row in results.finished()} - {trainer}
         if trainers:
-            raise InputError(f"experiment {name!r} trains {', '.join(sorted(trainers))} models: `orch export` "
-                             "writes captioners only")
+            rank_by = "a retrieval metric, e.g. --metric rsum" if "alignment" in trainers else "--metric CIDEr"
+            raise InputError(f"experiment {name!r} trains {', '.join(sorted(trainers))} models: rank them by "
+                             f"{rank_by} (--metric {metric} ranks {trainer} models)")
         statuses = ", ".join(f"{run.info.run_name}: {run.info.status}" for run in results.trials.values()) or "no trials"
         raise InputError(f"experiment {name!r} ({results.invocation}) has no finished trial to export ({statuses}): "
                          f"see `orch status {name}`")
     exported = []
+    write = write_alignment_export if trainer == "alignment" else write_export
     for rank, pick in enumerate(picks, start=1):
-        folder = write_export(results, pick, Path(out) / f"top{rank}-{pick.trial}-{pick.variant.variant}", rank, metric)
+        folder = write(results, pick, Path(out) / f"top{rank}-{pick.trial}-{pick.variant.variant}", rank, metric)
         version = register_export(results, pick, folder) if register else None
         exported.append(Exported(folder, pick, version))
     return exported
@@ -107,6 +119,75 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def write_alignment_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
+    """A `trainer: alignment` trial as the folder `orch align --model` reads (trainers.alignment.aligner's
+    export: the frozen CNN's weights inside, nothing downloaded), with metrics.json and a model card."""
+    from trainers.alignment.aligner import export_aligner
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with quiet_downloads():
+            checkpoint = Path(results.tracker.client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint",
+                                                                        str(staging)))
+        model = export_aligner(checkpoint, staging / "model", origin=f"{results.experiment}, trial {pick.trial}")
+        shutil.rmtree(checkpoint)
+        metrics = _metrics(results, pick, rank, metric)
+        (model / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        config = yaml.safe_load((model / EXPORT_CONFIG).read_text())
+        (model / "README.md").write_text(alignment_card(results, pick, config, metrics, folder))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(model, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def alignment_card(results: Results, pick: Pick, config: dict, metrics: dict, folder: Path) -> str:
+    """README.md of an alignment export: what it is, its retrieval scores, how to align with it."""
+    model, alignment = config["model"], config["alignment"]
+    regions = (f"the whole image and the cells of the {model['encoded_size']}x{model['encoded_size']} grid"
+               if alignment["regions"] == "grid" else
+               f"the whole image and the top {alignment['num_regions']} boxes of {alignment['detector']}")
+    keys = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("R1", "R5", "R10", "medr")]
+    rows = "\n".join(f"| {split} | " + " | ".join(
+        "–" if metrics[split].get(k) is None else f"{metrics[split][k]:.1f}" for k in keys) + " |"
+        for split in ("val", "test"))
+    return f"""# Alignment model: {results.experiment}, trial {pick.trial}
+
+Karpathy & Fei-Fei 2015's visual-semantic alignment model (`trainer: alignment`, docs/alignment.md).
+
+- Image fragments: {regions}; CNN {model['encoder']} (frozen), embedded in h = {alignment['embed_dim']}.
+- Sentence fragments: the bidirectional ReLU RNN, word vectors of {alignment['word_dim']}.
+- MRF β (default of `orch align`): {alignment['beta']}.
+- Region captioner: {f"{model['decoder']} trained {alignment['caption_epochs']} epochs on the aligned "
+                     "region-snippet pairs" if alignment['caption_epochs'] else "none"}.
+
+Rank {metrics['rank']} of the finished trials of experiment `{results.experiment}` (invocation
+`{results.invocation}`) by {metrics['selected_by']} at its best epoch ({pick.best_epoch}).
+MLflow: trial run `{metrics['trial_run_id']}` in `{results.uri}`.
+
+## Retrieval (recalls in percent, median rank 1-based)
+
+| split | {" | ".join(keys)} |
+|---|{"---|" * len(keys)}
+{rows}
+
+All metrics, with the chance levels of the test recalls: `metrics.json`.
+
+## Align with it
+
+```bash
+orch align --model {folder} photo.jpg "a sentence about the photo" --plot figure.png
+orch align --model {folder} photo.jpg --caption-regions
+```
+
+`model.safetensors` holds the alignment model, the region captioner and the frozen CNN
+(under `regions.`): nothing is downloaded to use it.
+"""
 
 
 def _metrics(results: Results, pick: Pick, rank: int, metric: str) -> dict:

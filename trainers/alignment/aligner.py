@@ -1,4 +1,5 @@
-"""A trained alignment model outside training: align a sentence with an image (`orch align`), export it.
+"""A trained alignment model outside training: align a sentence with an image (`orch align`), caption
+its regions (`orch align --caption-regions`), export it (`orch export NAME --metric rsum`).
 
 A model loads from either folder orch writes (trainers.inference reads both):
 
@@ -132,6 +133,21 @@ class Aligner:
         return Alignment(image, read, snippets)
 
 
+    @torch.no_grad()
+    def caption_regions(self, image_path: str | Path) -> Alignment:
+        """A caption for every region of the image by the region captioner (the paper's region captions);
+        each snippet of the result is one region with its caption as `words`."""
+        if not self.has_region_captioner:
+            raise InputError(f"{self.source}: this model has no region captioner (alignment.caption_epochs: 0)")
+        image = _read_image(Path(image_path), self.config.data.image_size)
+        boxes, features = split_fragments(self.fragments(image))  # (M, 4), (M, C)
+        captions = caption_regions(self.model.region_captioner, self.model.standardised(features), self.config.decode,
+                                   self.vocab)
+        snippets = [AlignedSnippet(caption, region, tuple(round(float(x), 4) for x in boxes[region]), caption)
+                    for region, caption in enumerate(captions)]
+        return Alignment(image, [], snippets)
+
+
 def _read_image(path: Path, size: int) -> np.ndarray:
     try:
         return read_image_rgb(path, size)
@@ -141,11 +157,12 @@ def _read_image(path: Path, size: int) -> np.ndarray:
         raise InputError(f"{path}: cannot read the image: {error}") from None
 
 
-def export_aligner(checkpoint: str | Path, out: str | Path) -> Path:
+def export_aligner(checkpoint: str | Path, out: str | Path, origin: Optional[str] = None) -> Path:
     """Write a trial's checkpoint as an export folder that loads with nothing downloaded.
 
     model.safetensors holds the alignment model, the region captioner and, under `regions.`, the
-    frozen CNN (and detector); config.yaml and vocab.json as `orch export` writes them.
+    frozen CNN (and detector); config.yaml (its header comment says `origin`, by default the
+    checkpoint's path) and vocab.json as `orch export` writes them.
     """
     from safetensors.torch import save_file
 
@@ -158,7 +175,7 @@ def export_aligner(checkpoint: str | Path, out: str | Path) -> Path:
                  **{REGIONS_PREFIX + k: v for k, v in aligner.regions.state_dict().items()}}
         save_file({k: v.contiguous() for k, v in state.items()}, staging / EXPORT_WEIGHTS,
                   metadata={"format": "orch-aligner"})
-        (staging / EXPORT_CONFIG).write_text(f"# orch alignment model, from {checkpoint}\n"
+        (staging / EXPORT_CONFIG).write_text(f"# orch alignment model, from {origin or checkpoint}\n"
                                              + yaml.safe_dump(aligner.config.model_dump(mode="json"), sort_keys=False))
         (staging / EXPORT_VOCAB).write_text(json.dumps(aligner.vocab.to_dict()))
         staging.chmod(0o755)
@@ -196,7 +213,8 @@ def plot_alignment(alignment: Alignment, out: str | Path) -> Path:
         y, align = (y1 - 1, "bottom") if region == 0 else (y0 + 1, "top")  # the whole image's label below
         ax.text(x0 + 1, y, label, color="white", fontsize=10, va=align,
                 bbox={"facecolor": colour, "alpha": 0.85, "pad": 2, "edgecolor": "none"})
-    ax.set_title(" ".join(alignment.words), fontsize=11, wrap=True)
+    if alignment.words:
+        ax.set_title(" ".join(alignment.words), fontsize=11, wrap=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
