@@ -16,7 +16,7 @@ from trainers.alignment.retrieval import chance_recall
 
 pytestmark = pytest.mark.integration
 
-TEST_IMAGES = 15  # of 150 synthetic images: 120 train, 15 val, 15 test, five captions each
+TEST_IMAGES = 30  # of 300 synthetic images: 240 train, 30 val, 30 test, five captions each
 RETRIEVAL_KEYS = [f"test_{d}_{m}" for d in ("i2t", "t2i") for m in ("R1", "R5", "R10", "medr")]
 
 
@@ -26,12 +26,12 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("alignment")
     config = {
         "name": "tiny-alignment", "trainer": "alignment",
-        "data": {"prepared": str(root / "data" / "prepared"), "synthetic": {"n": 150, "size": 32},
+        "data": {"prepared": str(root / "data" / "prepared"), "synthetic": {"n": 300, "size": 32},
                  "image_size": 64, "num_workers": 0},
-        "model": {"encoder": "resnet18", "weights": "none", "encoded_size": 2, "decoder": "mrnn",
+        "model": {"encoder": "vgg11", "weights": "none", "encoded_size": 2, "decoder": "mrnn",
                   "attention": "none", "embed_dim": 16, "hidden_dim": 32, "dropout": 0.0},
-        "alignment": {"word_dim": 16, "embed_dim": 32, "caption_epochs": 2, "beta": 0.5},
-        "train": {"epochs": 8, "batch_size": 40, "optimizer": "adam", "lr": 3.0e-3},
+        "alignment": {"word_dim": 16, "embed_dim": 32, "caption_epochs": 1, "beta": 0.5},
+        "train": {"epochs": 12, "batch_size": 40, "optimizer": "adam", "lr": 3.0e-3},
         "decode": {"beam_size": 2, "max_len": 12},
         "eval": {"sample_captions": 2},
         "ray": {"storage": str(root / "results")},
@@ -46,8 +46,10 @@ def test_orch_train_ends_with_test_retrieval_well_above_chance(trained):
     summary = trained["summary"]
     assert set(RETRIEVAL_KEYS) <= set(summary)
     sentences = 5 * TEST_IMAGES
-    assert summary["test_i2t_R5"] >= 2 * chance_recall(5, sentences, right=5)
-    assert summary["test_t2i_R5"] >= 2 * chance_recall(5, TEST_IMAGES)
+    chance = {f"{d}_R{k}": chance_recall(k, sentences, right=5) if d == "i2t" else chance_recall(k, TEST_IMAGES)
+              for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert summary["test_rsum"] >= 2 * sum(chance.values())
+    assert summary["test_t2i_R5"] >= 2 * chance["t2i_R5"]
     assert summary["test_t2i_medr"] < TEST_IMAGES / 2
     alignments = json.loads(Path(summary["predictions"]).read_text())
     assert len(alignments) == sentences
@@ -63,14 +65,14 @@ def test_the_run_is_tracked_like_any_trial(trained):
     trial = next(run for run in runs if run.data.tags["orch.kind"] == "trial")
     variant = next(run for run in runs if run.data.tags["orch.kind"] == "variant")
     assert trial.data.params["trainer"] == "alignment"
-    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_i2t_R1")] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_i2t_R1")] == list(range(1, 13))
     assert {"val_rsum", "test_t2i_medr"} <= set(variant.data.metrics)
 
 
 def test_orch_align_prints_each_snippet_with_its_region_and_draws_them(trained, tmp_path):
     root = trained["root"]
     checkpoint = Path(trained["summary"]["results"]) / "checkpoint"
-    image = root / "data" / "prepared-source" / "images" / "synth_000140.png"
+    image = root / "data" / "prepared-source" / "images" / "synth_000280.png"
     sentence = "a large red circle on the left and a small blue cross on the right"
     result = CliRunner().invoke(app, ["align", "--model", str(checkpoint), str(image), sentence,
                                       "--beta", "0.5", "--plot", str(tmp_path / "figure.png")])
@@ -91,9 +93,9 @@ def test_orch_align_prints_each_snippet_with_its_region_and_draws_them(trained, 
 
 
 def test_orch_align_refuses_what_is_not_an_alignment_model(trained, tmp_path):
-    image = trained["root"] / "data" / "prepared-source" / "images" / "synth_000140.png"
+    image = trained["root"] / "data" / "prepared-source" / "images" / "synth_000280.png"
     result = CliRunner().invoke(app, ["align", "--model", str(tmp_path), str(image), "a red circle"])
-    assert result.exit_code == 2 and "not an orch model" in result.output
+    assert result.exit_code == 2 and "not an orch model" in " ".join(result.output.split())  # wrapped at any width
     checkpoint = Path(trained["summary"]["results"]) / "checkpoint"
     missing = CliRunner().invoke(app, ["align", "--model", str(checkpoint), str(tmp_path / "nope.png"), "a circle"])
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())
