@@ -1,4 +1,5 @@
-"""`orch train` on a `trainer: alignment` YAML, then `orch align` on what it trained: as a user runs them."""
+"""`orch train` and `orch run` on a `trainer: alignment` YAML, then `orch export` and `orch align` on what
+they trained: as a user runs them."""
 
 from __future__ import annotations
 
@@ -99,3 +100,28 @@ def test_orch_align_refuses_what_is_not_an_alignment_model(trained, tmp_path):
     checkpoint = Path(trained["summary"]["results"]) / "checkpoint"
     missing = CliRunner().invoke(app, ["align", "--model", str(checkpoint), str(tmp_path / "nope.png"), "a circle"])
     assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())
+
+
+def test_orch_run_trains_it_as_a_ray_trial_that_exports_and_aligns(tmp_path, monkeypatch):
+    """search_spaces/alignment.yaml in smoke mode through Ray, then `orch export --metric rsum`, `orch align`."""
+    import ray
+
+    from tests.orchestrator.conftest import REPO_ROOT, invoke_orch
+
+    monkeypatch.chdir(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        result = invoke_orch("run", REPO_ROOT / "search_spaces" / "alignment.yaml", "--smoke")
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    assert "c001/d01" in result.output and "FINISHED" in result.output
+    result = invoke_orch("export", "alignment-smoke", "--metric", "rsum", "--out", "exports")
+    assert result.exit_code == 0, result.output
+    (folder,) = Path("exports").iterdir()
+    assert {"t2i_R1", "t2i_medr", "chance_t2i_R1"} <= set(json.loads((folder / "metrics.json").read_text())["test"])
+    image = sorted(Path("data/smoke").glob("*-source/images/*.png"))[0]
+    result = invoke_orch("align", "--model", folder, image, "a small red circle on the left")
+    assert result.exit_code == 0, result.output
+    assert " ".join(line.split("\t")[0] for line in result.stdout.strip().splitlines()) == \
+        "a small red circle on the left"
