@@ -151,16 +151,22 @@ def _torchvision_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def _random_trunk_options(cfg: ModelConfig) -> dict:
-    """A frozen random ResNet starts each residual block as the identity (zero_init_residual).
+# Random trunks whose features blow up when frozen (largest |x| on a 224 px image, default init:
+# resnet18 7.8, resnet34 237, resnet50 87, resnet101 3.2e5, past float16's 65504).
+_UNBOUNDED_WHEN_FROZEN = frozenset({"resnet101", "resnet152"})
 
-    Frozen, its batch norms run in eval mode on their initial statistics (mean 0, variance 1), so
-    they normalise nothing, and with the default init every residual block adds to the signal: a
-    random ResNet-101's features reach 3e5, past float16's range (the feature cache) and useless to
-    a decoder. A trunk that is trained learns real statistics and keeps torchvision's default init.
+
+def _random_trunk_options(cfg: ModelConfig) -> dict:
+    """A frozen random ResNet-101/152 starts each residual block as the identity (zero_init_residual).
+
+    Frozen, batch norms run in eval mode on their initial statistics (mean 0, variance 1) and
+    normalise nothing; through 33 or 50 residual blocks the default init then overflows float16
+    (the feature cache) and drowns a decoder. Identity blocks keep it bounded, but they also shrink
+    what each grid cell sees to the strided shortcuts, so shallower trunks, whose features stay in
+    range, keep torchvision's init; so does any trunk that is trained.
     """
     frozen = cfg.weights == "none" and cfg.fine_tune is False
-    return {"zero_init_residual": True} if frozen and cfg.encoder.startswith("resnet") else {}
+    return {"zero_init_residual": True} if frozen and cfg.encoder in _UNBOUNDED_WHEN_FROZEN else {}
 
 
 def _weights_file(cfg: ModelConfig) -> Path:

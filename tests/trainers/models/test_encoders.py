@@ -69,14 +69,14 @@ def test_random_initialisation_is_the_same_on_every_build():
     assert torch.equal(build_encoder(config()).eval()(images), first)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
 def test_a_frozen_random_resnet_gives_features_float16_can_cache(name):
-    """Eval-mode batch norms on their initial statistics normalise nothing: without identity residual
-    blocks a random ResNet-101's features reach 3e5 (float16 ends at 65504)."""
+    """Eval-mode batch norms on their initial statistics normalise nothing: with the default init a
+    random ResNet-101's features reach 3e5, past float16's 65504 (the feature cache)."""
     encoder = build_encoder(ModelConfig(encoder=name, weights="none", fine_tune=False, encoded_size=2)).eval()
     with torch.no_grad():
         features = encoder(torch.rand(2, 3, 64, 64))  # (B, P, C)
-    assert torch.isfinite(features.half()).all() and features.abs().max() < 100
+    assert features.abs().max() < 65504 / 10  # a tenth of float16's range: room for brighter images
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
