@@ -22,7 +22,6 @@ the experiment's name, one version per export.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
+from trainers.staging import staged_folder
 
 EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 CARD_METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
@@ -91,9 +91,7 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
     import torch
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder, replace=True) as staging:
         client = results.tracker.client
         with quiet_downloads():
             checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
@@ -111,38 +109,25 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         metrics = _metrics(results, pick, rank, metric)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (staging / "README.md").write_text(model_card(results, pick, config, metrics, folder))
-        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the model from other users
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
 def write_alignment_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
     """A `trainer: alignment` trial as the folder `orch align --model` reads (trainers.alignment.aligner's
     export: the frozen CNN's weights inside, nothing downloaded), with metrics.json and a model card."""
-    from trainers.alignment.aligner import export_aligner
+    from trainers.alignment.aligner import export_aligner_files
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as download:
         with quiet_downloads():
             checkpoint = Path(results.tracker.client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint",
-                                                                        str(staging)))
-        model = export_aligner(checkpoint, staging / "model", origin=f"{results.experiment}, trial {pick.trial}")
-        shutil.rmtree(checkpoint)
-        metrics = _metrics(results, pick, rank, metric)
-        (model / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        config = yaml.safe_load((model / EXPORT_CONFIG).read_text())
-        (model / "README.md").write_text(alignment_card(results, pick, config, metrics, folder))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(model, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                                                                        download))
+        with staged_folder(folder, replace=True) as staging:
+            export_aligner_files(checkpoint, staging, origin=f"{results.experiment}, trial {pick.trial}")
+            metrics = _metrics(results, pick, rank, metric)
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            config = yaml.safe_load((staging / EXPORT_CONFIG).read_text())
+            (staging / "README.md").write_text(alignment_card(results, pick, config, metrics, folder))
     return folder
 
 

@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from rich.console import Console
 from rich.table import Table

@@ -14,10 +14,8 @@ Nothing unpickles whole modules (DESIGN.md item 11).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from trainers.errors import InputError
+from trainers.staging import staged_folder
 
 TRAINING_STATE = "training_state.pt"
 BEST_MODEL = "best_model.pt"
@@ -68,26 +67,13 @@ def save_checkpoint(folder: Path, training_state: dict, best_model: dict, meta: 
     `extra_files` (name inside the folder -> source file) are copied in, e.g. test predictions.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder, replace=True) as staging:
         torch.save(training_state, staging / TRAINING_STATE)
         torch.save(best_model, staging / BEST_MODEL)
         (staging / META).write_text(json.dumps(meta, indent=1, default=str))
         for name, source in (extra_files or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
-        retired = None
-        if folder.exists():
-            retired = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(folder, retired)
-        os.replace(staging, folder)
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

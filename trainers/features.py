@@ -68,10 +68,10 @@ def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, 
             out[start:start + batch.shape[0]] = features.cpu().numpy()
         out.flush()
     except BaseException:
-        del out
-        staging.unlink()
+        staging.unlink()  # the memmap stays valid on its unlinked file until it is dropped
         raise
-    del out
+    finally:
+        del out
     os.replace(staging, out_path)
 
 

@@ -82,17 +82,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     """An export folder or a checkpoint folder -> LoadedModel; InputError naming what is missing."""
     reuse_freed_memory()
     folder = Path(folder)
-    if (folder / EXPORT_WEIGHTS).is_file():
-        config_dict, vocab, state = _read_export(folder)
-    elif (folder / BEST_MODEL).is_file():
-        config_dict, vocab, state = _read_checkpoint(folder)
-    else:
-        raise InputError(f"{folder}: not an orch model (expected {EXPORT_WEIGHTS}, {EXPORT_CONFIG} and {EXPORT_VOCAB} "
-                         f"from `orch export`, or a checkpoint's {BEST_MODEL} and {META})")
-    try:
-        config = TrainerConfig.model_validate(without_retired_keys(config_dict))
-    except ValueError as error:
-        raise InputError(f"{folder}: its config is not a valid trainer config: {error}") from None
+    config, vocab, state = read_saved_model(folder)
     model_cfg = config.model.model_copy(update={"weights": "none"})  # the saved state holds the encoder too
     captioner = build_captioner(model_cfg, len(vocab))
     try:
@@ -103,6 +93,21 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Loaded
     device = torch.device(device)
     captioner.to(device).eval()
     return LoadedModel(captioner, vocab, config, folder, device)
+
+
+def read_saved_model(folder: Path) -> tuple[TrainerConfig, Vocab, dict]:
+    """An export or checkpoint folder's config, vocabulary and weights; InputError naming what is missing."""
+    if (folder / EXPORT_WEIGHTS).is_file():
+        config_dict, vocab, state = _read_export(folder)
+    elif (folder / BEST_MODEL).is_file():
+        config_dict, vocab, state = _read_checkpoint(folder)
+    else:
+        raise InputError(f"{folder}: not an orch model (expected {EXPORT_WEIGHTS}, {EXPORT_CONFIG} and {EXPORT_VOCAB} "
+                         f"from `orch export`, or a checkpoint's {BEST_MODEL} and {META})")
+    try:
+        return TrainerConfig.model_validate(without_retired_keys(config_dict)), vocab, state
+    except ValueError as error:
+        raise InputError(f"{folder}: its config is not a valid trainer config: {error}") from None
 
 
 def _read_export(folder: Path) -> tuple[dict, Vocab, dict]:

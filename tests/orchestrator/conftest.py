@@ -108,7 +108,17 @@ MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "orch-test", "AWS_SECRET_ACCESS_KEY": "
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return probe.getsockname()[1]  # free again once closed: nothing listens there
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server started in its own process group (start_new_session): SIGTERM, then SIGKILL."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 @dataclass
@@ -158,9 +168,4 @@ def s3_server(tmp_path_factory):
         for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE"):
             patch.delenv(variable, raising=False)
         yield S3Server(f"127.0.0.1:{port}")
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    stop_server(server)

@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.preflight import check_tracking
-from tests.orchestrator.conftest import invoke_orch, write_yaml
-from tests.orchestrator.test_preflight import free_port
+from tests.orchestrator.conftest import free_port, invoke_orch, stop_server, write_yaml
 from tests.orchestrator.test_run import artifact_paths, assert_tree_finished, runs_of
 
 pytestmark = pytest.mark.integration
@@ -113,8 +111,7 @@ def postgres_mlflow(postgres, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
         log.close()
 
 

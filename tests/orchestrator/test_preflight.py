@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import socket
 import threading
 import time
 
@@ -19,15 +18,10 @@ import pytest
 from orchestrator.config import ExperimentConfig
 from orchestrator.preflight import PreflightError, check, check_ray_address, check_storage, check_tracking
 from orchestrator.storage import resolve
+from tests.orchestrator.conftest import free_port
 from trainers.errors import InputError
 
 USER, PASSWORD, TOKEN = "alice", "s3cret", "tok-123"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # free again once closed: nothing listens there
 
 
 class FakeMlflow(http.server.BaseHTTPRequestHandler):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
+from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, stop_server, write_yaml
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
 
@@ -170,12 +170,7 @@ def mlflow_server(tmp_path):
         assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
         time.sleep(0.5)
     yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    stop_server(server)
     log.close()
 
 

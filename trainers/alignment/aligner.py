@@ -16,9 +16,6 @@ they are rounded to float16 here too, so the same weights align the same way.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,13 +28,13 @@ from trainers.alignment.model import AlignmentModel
 from trainers.alignment.mrf import sentence_snippets
 from trainers.alignment.region_captions import caption_regions
 from trainers.alignment.regions import build_regions, split_fragments
-from trainers.checkpoint import BEST_MODEL, META
-from trainers.config import TrainerConfig, without_retired_keys
+from trainers.config import TrainerConfig
 from trainers.data.prepare import IMAGE_ERRORS, read_image_rgb
 from trainers.data.vocab import Vocab
 from trainers.errors import InputError
 from trainers.features import resize_batch
-from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS, _read_checkpoint, _read_export
+from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS, read_saved_model
+from trainers.staging import staged_folder
 from trainers.text import tokenize
 
 REGIONS_PREFIX = "regions."
@@ -81,17 +78,7 @@ class Aligner:
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Aligner":
         """An export or checkpoint folder of a `trainer: alignment` run -> Aligner."""
         folder = Path(folder)
-        if (folder / EXPORT_WEIGHTS).is_file():
-            config_dict, vocab, state = _read_export(folder)
-        elif (folder / BEST_MODEL).is_file():
-            config_dict, vocab, state = _read_checkpoint(folder)
-        else:
-            raise InputError(f"{folder}: not an orch model (expected {EXPORT_WEIGHTS}, {EXPORT_CONFIG} and "
-                             f"{EXPORT_VOCAB}, or a checkpoint's {BEST_MODEL} and {META})")
-        try:
-            config = TrainerConfig.model_validate(without_retired_keys(config_dict))  # as load_model reads it
-        except ValueError as error:
-            raise InputError(f"{folder}: its config is not a valid trainer config: {error}") from None
+        config, vocab, state = read_saved_model(folder)
         if config.trainer != "alignment":
             raise InputError(f"{folder}: a {config.trainer} model, not an alignment model (trainer: alignment); "
                              "caption with `orch caption`")
@@ -164,28 +151,22 @@ def export_aligner(checkpoint: str | Path, out: str | Path, origin: Optional[str
     frozen CNN (and detector); config.yaml (its header comment says `origin`, by default the
     checkpoint's path) and vocab.json as `orch export` writes them.
     """
+    out = Path(out)
+    with staged_folder(out, replace=True) as staging:
+        export_aligner_files(checkpoint, staging, origin)
+    return out
+
+
+def export_aligner_files(checkpoint: str | Path, folder: Path, origin: Optional[str] = None) -> None:
+    """The export's three files, written into `folder` (which the caller makes atomic)."""
     from safetensors.torch import save_file
 
     aligner = Aligner.load(checkpoint)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        state = {**aligner.model.state_dict(),
-                 **{REGIONS_PREFIX + k: v for k, v in aligner.regions.state_dict().items()}}
-        save_file({k: v.contiguous() for k, v in state.items()}, staging / EXPORT_WEIGHTS,
-                  metadata={"format": "orch-aligner"})
-        (staging / EXPORT_CONFIG).write_text(f"# orch alignment model, from {origin or checkpoint}\n"
-                                             + yaml.safe_dump(aligner.config.model_dump(mode="json"), sort_keys=False))
-        (staging / EXPORT_VOCAB).write_text(json.dumps(aligner.vocab.to_dict()))
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    state = {**aligner.model.state_dict(), **{REGIONS_PREFIX + k: v for k, v in aligner.regions.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / EXPORT_WEIGHTS, metadata={"format": "orch-aligner"})
+    (folder / EXPORT_CONFIG).write_text(f"# orch alignment model, from {origin or checkpoint}\n"
+                                        + yaml.safe_dump(aligner.config.model_dump(mode="json"), sort_keys=False))
+    (folder / EXPORT_VOCAB).write_text(json.dumps(aligner.vocab.to_dict()))
 
 
 def plot_alignment(alignment: Alignment, out: str | Path) -> Path:

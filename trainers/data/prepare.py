@@ -14,10 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -33,6 +30,7 @@ from trainers.data.prepared import (MANIFEST, VOCAB, Manifest, PrepareOptions, P
                                     SplitCounts, read_manifest)
 from trainers.data.vocab import Vocab
 from trainers.errors import InputError
+from trainers.staging import is_absent_or_empty, staged_folder
 
 CHUNK = 128  # images decoded concurrently between writes; bounds memory
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -87,28 +85,6 @@ def prepare_dataset(json_path: Path, images_dir: Path, out_dir: Path, *, min_wor
         (staging / VOCAB).write_text(json.dumps(vocab.to_dict()))
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))  # last: marks the folder complete
     return PrepareResult(manifest, out_dir, up_to_date=False)
-
-
-@contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A hidden folder next to OUT that becomes OUT when the block succeeds and vanishes otherwise.
-
-    OUT must be absent or an empty folder (see `is_absent_or_empty`); the rename is atomic because
-    the folder lives on OUT's filesystem.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the dataset from other users
-        yield staging
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def is_absent_or_empty(out: Path) -> bool:
-    return not out.exists() or (out.is_dir() and not any(out.iterdir()))
 
 
 def read_image_rgb(path: Path, size: int) -> np.ndarray:

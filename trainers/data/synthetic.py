@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainers.data.prepare import is_absent_or_empty, staged_folder
 from trainers.errors import InputError
+from trainers.staging import is_absent_or_empty, staged_folder
 from trainers.text import tokenize
 
 FORMAT_VERSION = 1
