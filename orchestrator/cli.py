@@ -270,8 +270,8 @@ def caption(
     from trainers.inference import caption_images, decode_settings, load_model, plot_attention
 
     loaded = load_model(model)
-    if attention_plot is not None and loaded.config.model.attention == "none":
-        raise InputError(f"--attention-plot: {model} has no attention (model.attention: none)")
+    if attention_plot is not None and loaded.config.model.attention in ("none", "mean"):
+        raise InputError(f"--attention-plot: {model} learns no attention (model.attention: {loaded.config.model.attention})")
     results = caption_images(loaded, images, decode_settings(loaded.config.decode, beam_size, length_penalty))
     for result in results:
         if result.error:

@@ -33,7 +33,7 @@ from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, field_v
 
 from orchestrator.keys import KeyPath, apply_overrides, deep_merge, nearest, set_path
 from orchestrator.storage import default_tracking_uri
-from trainers.config import (METRIC_NAMES, WEIGHTS_NAMES, Strict, TrainerConfig, reported_metrics,
+from trainers.config import (METRIC_NAMES, Strict, TrainerConfig, is_weights_name, reported_metrics,
                              weights_problem, without_retired_keys)
 from trainers.errors import InputError
 
@@ -281,7 +281,7 @@ class ExperimentConfig(TrainerConfig):
         """A weights file must exist before anything starts (a relative path is relative to where orch
         runs, like data.prepared); it is then named by its absolute path, for trials run elsewhere."""
         def checked(path: KeyPath, key: str, value: Any) -> Any:
-            if not isinstance(value, str) or value in WEIGHTS_NAMES[key]:
+            if not isinstance(value, str) or is_weights_name(key, value):
                 return value  # a wrong type is the schema's to report
             problem = weights_problem(key, value)
             if problem:

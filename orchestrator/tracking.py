@@ -290,7 +290,7 @@ class TrialRecorder:
             if path is not None:
                 self.tracker.log_file(run_id, path, "predictions")
         self.tracker.set_tags(self.run_id, {"orch.stop_reason": report.get("stop_reason") or reason,
-                                            "orch.best_variant": report.get("best_variant", "")})
+                                            "orch.reference_variant": report.get("reference_variant", "")})
         self.end(status, reason)
 
     def end(self, status: str, reason: str = "") -> None:

@@ -55,8 +55,22 @@ DETECTOR_NAMES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fast
                   "fasterrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
                   "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "ssd300_vgg16",
                   "ssdlite320_mobilenet_v3_large")
+# torchvision's ImageNet weights of each encoder, by enum name (`model.weights: IMAGENET1K_V1`);
+# `imagenet` is torchvision's DEFAULT weights. tests/trainers/test_config.py checks this
+# table against torchvision.
+_V1, _V2 = ("IMAGENET1K_V1",), ("IMAGENET1K_V1", "IMAGENET1K_V2")
+IMAGENET_WEIGHTS = {**dict.fromkeys(ENCODER_NAMES, _V1),
+                    **dict.fromkeys(("resnet50", "resnet101", "resnet152", "regnet_x_400mf", "mobilenet_v3_large"), _V2),
+                    "vgg16": ("IMAGENET1K_FEATURES", "IMAGENET1K_V1")}
 # The weights keys: the names each accepts; any other value is a path to a state dict file.
 WEIGHTS_NAMES = {"model.weights": ("imagenet", "none"), "alignment.detector_weights": ("coco",)}
+ENUM_WEIGHTS_NAMES = {"model.weights": tuple(sorted({n for names in IMAGENET_WEIGHTS.values() for n in names})),
+                      "alignment.detector_weights": ()}
+
+
+def is_weights_name(key: str, value: str) -> bool:
+    """Whether `value` names weights (imagenet, none, IMAGENET1K_V1, ...) rather than a file."""
+    return value in WEIGHTS_NAMES[key] or value in ENUM_WEIGHTS_NAMES[key]
 
 
 def weights_problem(key: str, value: str) -> str | None:
@@ -64,9 +78,9 @@ def weights_problem(key: str, value: str) -> str | None:
     a relative path is relative to the working folder), or None when it can."""
     names = WEIGHTS_NAMES[key]
     path = Path(value).expanduser()
-    if value in names or path.is_file():
+    if is_weights_name(key, value) or path.is_file():
         return None
-    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, names + ENUM_WEIGHTS_NAMES[key], n=1, cutoff=0.6)
     hint = f" — did you mean {close[0]!r}?" if close else ""
     listed = f"{', '.join(names)}," if len(names) > 1 else names[0]
     return f"{key}: {value!r} is not {listed} or an existing file{hint} (looked for {path.absolute()})"
@@ -74,11 +88,13 @@ def weights_problem(key: str, value: str) -> str | None:
 
 class ModelConfig(Strict):
     encoder: str = "resnet101"
-    weights: str = "imagenet"  # imagenet | none | PATH to a state dict (.pt/.pth or .safetensors)
+    # imagenet (torchvision's DEFAULT) | an enum name (IMAGENET1K_V1, ...) | none | PATH to a state dict
+    weights: str = "imagenet"
     fine_tune: Union[bool, int] = False  # false, true (all), or N = the last N blocks
     encoded_size: int = Field(14, ge=1)
     decoder: Literal["rnn", "lstm", "gru", "mrnn"] = "lstm"
-    attention: Literal["none", "soft", "dot"] = "soft"
+    # none: the image only starts the state; mean: the mean encoding is fed at every step too
+    attention: Literal["none", "mean", "soft", "dot"] = "soft"
     embed_dim: int = Field(512, ge=1)
     hidden_dim: int = Field(512, ge=1)
     attention_dim: int = Field(512, ge=1)
@@ -97,6 +113,13 @@ class ModelConfig(Strict):
         if not isinstance(v, bool) and v < 0:
             raise ValueError("fine_tune must be false, true or a number of blocks >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _weights_enum_exists(self):
+        if self.weights in ENUM_WEIGHTS_NAMES["model.weights"] and self.weights not in IMAGENET_WEIGHTS[self.encoder]:
+            raise ValueError(f"weights: encoder {self.encoder!r} has no torchvision weights {self.weights!r} "
+                             f"(it has {', '.join(IMAGENET_WEIGHTS[self.encoder])}, or use imagenet)")
+        return self
 
     @model_validator(mode="after")
     def _mrnn_has_no_attention(self):

@@ -186,7 +186,7 @@ def evaluate_split(model: LoadedModel, prepared: str | Path, split: str = "test"
     variant = DecodeVariant("eval", decode_cfg or model.config.decode)
     batches = DataLoader(SplitImages(data), batch_size=model.config.train.batch_size, shuffle=False)
     captions = caption_batches(batches, model.features, model.captioner.decoder, model.vocab, [variant])["eval"]
-    return score_split(data, captions, list(metrics)), captions
+    return score_split(data, captions, list(metrics)), captions.texts
 
 
 def plot_attention(result: Captioned, out: str | Path, columns: int = 5) -> Path:

@@ -29,7 +29,7 @@ from trainers.config import TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.data.prepared import PreparedDataset
-from trainers.evaluation import (DecodeVariant, caption_batches, constant_caption_scores, score_split,
+from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
 from trainers.errors import TrainingDiverged
 from trainers.features import cached_features, resize_batch
@@ -43,8 +43,8 @@ PAD = 0
 @dataclass
 class EpochResult:
     epoch: int  # 1-based
-    metrics: dict[str, float]  # train_loss, val_loss, val_<metric> (best variant), lr, epoch_time_s, ...
-    variant_metrics: dict[str, dict[str, float]]  # decode variant id -> its val_* (and test_* when final)
+    metrics: dict[str, float]  # train_loss, val_loss, val_<metric> (reference decode), lr, epoch_time_s, ...
+    variant_metrics: dict[str, dict[str, float]]  # final only: decode variant id -> its val_* and test_*
     checkpoint: Path
     is_best: bool
     final: bool
@@ -70,8 +70,17 @@ class EpochResult:
 EpochCallback = Callable[[EpochResult], None]
 
 
+REFERENCE_ID = "ref"
+
+
 def default_variants(config: TrainerConfig) -> list[DecodeVariant]:
     return [DecodeVariant("d01", config.decode)]
+
+
+def reference_variant(config: TrainerConfig, variants: list[DecodeVariant]) -> DecodeVariant:
+    """The decode setting that drives a training: its own `decode:` section, never the grid's decode
+    keys. Named as the variant it equals, or `ref` when no variant does."""
+    return next((v for v in variants if v.config == config.decode), DecodeVariant(REFERENCE_ID, config.decode))
 
 
 def pick_device(name: str) -> torch.device:
@@ -90,12 +99,13 @@ def seed_everything(seed: int) -> None:
 
 def caption_loss(decoder, features, captions, lengths, *, ss_rate: float, ss_per: str,
                  alpha_c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over real tokens (pads ignored) plus doubly stochastic attention regularisation."""
+    """Cross-entropy over real tokens (pads ignored) plus, for learned attention, the doubly stochastic
+    attention regularisation (Xu et al. 2015, with the tutorial's mean over pixels)."""
     logits, alphas = decoder(features, captions, lengths, ss_rate=ss_rate, ss_per=ss_per)  # (B, T-1, V), (B, T-1, P)
     targets = captions[:, 1:]  # (B, T-1)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)
     loss = ce
-    if alpha_c > 0 and alphas is not None:
+    if alpha_c > 0 and decoder.learns_attention:
         loss = loss + alpha_c * attention_regularisation(alphas, targets != PAD)
     return loss, ce
 
@@ -108,6 +118,7 @@ class CaptionRecipe:
         self.config = config
         self.run_dir = Path(run_dir)
         self.variants = variants or default_variants(config)
+        self.reference = reference_variant(config, self.variants)
         self.on_epoch = on_epoch or (lambda result: None)
         self.progress = progress
         self.checkpoint_dir = self.run_dir / "checkpoint"
@@ -273,8 +284,9 @@ class CaptionRecipe:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, split_name: str, limit: Optional[int] = None) -> dict[str, tuple[list[str], dict]]:
-        """Decode `split_name` (its first `limit` images) with every variant: id -> (captions, scores)."""
+    def evaluate(self, split_name: str, variants: list[DecodeVariant],
+                 limit: Optional[int] = None) -> dict[str, tuple[Captions, dict]]:
+        """Decode `split_name` (its first `limit` images) with `variants`: id -> (captions, scores)."""
         self.model.eval()
         split = self.dataset.split(split_name)
         images = SplitImages(split, self.inputs[split_name])
@@ -282,7 +294,7 @@ class CaptionRecipe:
             images = Subset(images, range(limit))
         with self._autocast():
             captions = caption_batches(self._loader(images, False), self._to_features, self.model.decoder,
-                                       self.vocab, self.variants)
+                                       self.vocab, variants, seed=self.config.train.seed)
         metrics = list(self.config.eval.metrics)
         return {vid: (caps, score_split(split, caps, metrics)) for vid, caps in captions.items()}
 
@@ -300,10 +312,9 @@ class CaptionRecipe:
             metrics = {"train_loss": train_loss, "val_loss": self.validation_loss(),
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "ss_rate": ss_rate_at(epoch - 1, cfg.train.scheduled_sampling)}
-            evaluated = self.evaluate("val", cfg.eval.val_images)
-            variant_metrics = {vid: {f"val_{k}": v for k, v in scores.items()} for vid, (_, scores) in evaluated.items()}
-            best_vid = max(variant_metrics, key=lambda vid: variant_metrics[vid].get(f"val_{cfg.eval.select_by}", 0.0))
-            metrics.update(variant_metrics[best_vid])
+            # Only the reference decode steers training: selection, LR on plateau, early stopping.
+            captions, scores = self.evaluate("val", [self.reference], cfg.eval.val_images)[self.reference.id]
+            metrics.update({f"val_{k}": v for k, v in scores.items()})
             score = self._selection_score(metrics)
             is_best = score > self.best_score
             if is_best:
@@ -315,8 +326,8 @@ class CaptionRecipe:
             stop_reason = self._stop_reason(epoch)
             metrics.update(epoch=epoch, epoch_time_s=time.perf_counter() - started, best_epoch=self.best_epoch)
             self.history.append(dict(metrics))
-            result = EpochResult(epoch, metrics, variant_metrics, self.checkpoint_dir, is_best, bool(stop_reason),
-                                 stop_reason, samples=self._samples(evaluated[best_vid][0]))
+            result = EpochResult(epoch, metrics, {}, self.checkpoint_dir, is_best, bool(stop_reason),
+                                 stop_reason, samples=self._samples(captions))
             if result.final:
                 self._finish(result)
             self._save(epoch, {f"predictions/{path.name}": path for path in result.predictions.values()})
@@ -341,27 +352,33 @@ class CaptionRecipe:
             return "completed all epochs"
         return ""
 
-    def _samples(self, captions: list[str]) -> list[dict]:
+    def _samples(self, captions: Captions) -> list[dict]:
         split = self.dataset.split("val")
-        n = min(self.config.eval.sample_captions, len(captions))
-        return [{"image_id": split.image_ids[i], "file": split.filenames[i], "caption": captions[i],
+        n = min(self.config.eval.sample_captions, len(captions.texts))
+        return [{"image_id": split.image_ids[i], "file": split.filenames[i], "caption": captions.texts[i],
                  "references": split.references[i][:2]} for i in range(n)]
 
     def _finish(self, result: EpochResult) -> None:
-        """Decode the test split with the best weights; test metrics join the final result, with the
-        constant caption's (`test_constant_caption_*`) to compare them with."""
+        """Decode val and test with the best weights, once for every variant (and the reference);
+        the reference's test metrics are the training's own, next to the constant caption's
+        (`test_constant_caption_*`) to compare them with."""
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
-        evaluated = self.evaluate("test")
+        decoded = self.variants + ([] if self.reference in self.variants else [self.reference])
+        val = self.evaluate("val", decoded, self.config.eval.val_images)
+        test = self.evaluate("test", decoded)
         self.model.load_state_dict(current)
-        for vid, (captions, scores) in evaluated.items():
-            result.variant_metrics[vid].update({f"test_{k}": v for k, v in scores.items()})
-            result.predictions[vid] = write_predictions(self.run_dir / "predictions" / f"test_{vid}.json",
-                                                        self.dataset.split("test"), captions)
-        best_vid = max(result.variant_metrics,
-                       key=lambda vid: result.variant_metrics[vid].get(f"val_{self.config.eval.select_by}", 0.0))
-        result.metrics.update({k: v for k, v in result.variant_metrics[best_vid].items() if k.startswith("test_")})
-        result.metrics["best_variant"] = best_vid
+        for variant in decoded:
+            captions, scores = test[variant.id]
+            metrics = {**{f"val_{k}": v for k, v in val[variant.id][1].items()},
+                       **{f"test_{k}": v for k, v in scores.items()}}
+            if variant in self.variants:
+                result.variant_metrics[variant.id] = metrics
+            if variant == self.reference:
+                result.metrics.update({k: v for k, v in metrics.items() if k.startswith("test_")})
+            result.predictions[variant.id] = write_predictions(
+                self.run_dir / "predictions" / f"test_{variant.id}.json", self.dataset.split("test"), captions.texts)
+        result.metrics["reference_variant"] = self.reference.id
         baseline = constant_caption_scores(self.dataset.split("test"), list(self.config.eval.metrics))
         result.metrics.update({f"test_constant_caption_{k}": v for k, v in baseline.items()})
 

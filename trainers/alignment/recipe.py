@@ -189,12 +189,14 @@ class AlignmentRecipe(CaptionRecipe):
         return total / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, split_name: str, limit: Optional[int] = None) -> dict[str, tuple[list[dict], dict]]:
-        """Retrieval on `split_name` (its first `limit` images) and sample alignments, per variant."""
+    def evaluate(self, split_name: str, variants: list[DecodeVariant],
+                 limit: Optional[int] = None) -> dict[str, tuple[list[dict], dict]]:
+        """Retrieval on `split_name` (its first `limit` images) and sample alignments: one answer,
+        whatever the decode variant (retrieval decodes nothing)."""
         embedded = self._embed(split_name, limit)
         scores = retrieval_metrics(self._score_matrix(embedded), embedded.sentence_image)
         samples = self._sample_alignments(split_name, self.config.eval.sample_captions)
-        return {variant.id: (samples, scores) for variant in self.variants}
+        return {variant.id: (samples, scores) for variant in variants}
 
     def _samples(self, alignments: list[dict]) -> list[dict]:
         return alignments
@@ -286,11 +288,12 @@ class AlignmentRecipe(CaptionRecipe):
         captioner = {k: v for k, v in self.best_state.items() if k.startswith("region_captioner.")}
         self.model.load_state_dict({**current, **captioner})
         test_metrics = {f"test_{k}": v for k, v in scores.items()}
-        for vid, metrics in result.variant_metrics.items():
-            metrics.update(test_metrics)
-            result.predictions[vid] = path
+        best_val = {k: v for k, v in self.history[self.best_epoch - 1].items() if k.startswith("val_")}
+        for variant in self.variants:
+            result.variant_metrics[variant.id] = {**best_val, **test_metrics}
+            result.predictions[variant.id] = path
         result.metrics.update(test_metrics)
-        result.metrics["best_variant"] = self.variants[0].id
+        result.metrics["reference_variant"] = self.reference.id
 
     @staticmethod
     def _chance(sentence_image: np.ndarray, n_images: int) -> dict[str, float]:

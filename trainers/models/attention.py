@@ -74,9 +74,13 @@ class DotAttention(nn.Module):
         return context.view(-1, self.context_dim), alpha.view(-1, pixels)
 
 
-@ATTENTIONS.register("none")
-class NoAttention(nn.Module):
-    """No attention: the context is the mean encoding and the weights are uniform."""
+@ATTENTIONS.register("mean")
+class MeanContext(nn.Module):
+    """No learned attention, but the mean encoding is fed to the decoder at every step.
+
+    `model.attention: none` is the tutorial's "without attention" (the image only starts the
+    state); this is the variant that keeps the image in view with uniform weights.
+    """
 
     def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
         super().__init__()
@@ -90,15 +94,20 @@ class NoAttention(nn.Module):
         mean = self.prepare(features) if prepared is None else prepared  # (B, C)
         rows_per_image = hidden.shape[0] // mean.shape[0]
         context = mean.repeat_interleave(rows_per_image, dim=0)  # (B*K, C)
-        alpha = features.new_full((hidden.shape[0], features.shape[1]), 1.0 / features.shape[1])  # (B*K, P)
-        return context, alpha
+        return context, uniform_weights(features, hidden.shape[0])
+
+
+def uniform_weights(features: torch.Tensor, rows: int) -> torch.Tensor:
+    """Attention weights (rows, P) of 1/P each: what a decoder that learns no attention shows."""
+    return features.new_full((rows, features.shape[1]), 1.0 / features.shape[1])
 
 
 def attention_regularisation(alphas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Doubly stochastic attention (Xu et al. 2015): push each pixel's total attention towards 1.
+    """Doubly stochastic attention (Xu et al. 2015) as the Show-Attend-Tell tutorial computes it.
 
-    alphas (B, T, P), mask (B, T) true at real (non-pad) steps -> mean over the batch of
-    sum_p (1 - sum_t alpha_tp)^2, the sum over t running over real steps only.
+    alphas (B, T, P), mask (B, T) true at real (non-pad) steps -> the mean over images and pixels of
+    (1 - sum_t alpha_tp)^2, the sum over t running over real steps only. The mean over P is the
+    tutorial's `((1 - alphas.sum(dim=1)) ** 2).mean()`, so `alpha_c` = the paper's λ times P.
     """
     attended = (alphas * mask.unsqueeze(2).to(alphas.dtype)).sum(dim=1)  # (B, P)
-    return ((1.0 - attended) ** 2).sum(dim=1).mean()
+    return ((1.0 - attended) ** 2).mean()

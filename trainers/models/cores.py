@@ -18,8 +18,6 @@ State = tuple[torch.Tensor, ...]
 
 
 class Core(nn.Module):
-    takes_context = True  # whether the decoder feeds the attention context in at every step
-
     def hidden(self, state: State) -> torch.Tensor:
         return state[0]  # (B, H)
 
@@ -83,8 +81,6 @@ class MultimodalRNNCore(Core):
     seen once. The state carries b_v until the first step consumes it (then zeros), so beam
     search reorders it like any other state.
     """
-
-    takes_context = False
 
     def __init__(self, input_dim: int, hidden_dim: int, feature_dim: int):
         super().__init__()

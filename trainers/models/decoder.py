@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainers.config import ModelConfig
-from trainers.models.attention import ATTENTIONS
+from trainers.models.attention import ATTENTIONS, uniform_weights
 from trainers.models.cores import DECODERS, State
 
 
@@ -34,13 +34,16 @@ class Decoder(nn.Module):
         super().__init__()
         core_class = DECODERS.get(cfg.decoder)
         self.vocab_size = vocab_size
-        self.learns_attention = cfg.attention != "none"  # only then does attention regularisation apply
+        # Only learned attention is regularised (alpha_c): uniform weights have nothing to learn.
+        self.learns_attention = cfg.attention in ("soft", "dot")
         self.embedding = nn.Embedding(vocab_size, cfg.embed_dim)
-        self.attention = ATTENTIONS.get(cfg.attention)(feature_dim, cfg.hidden_dim, cfg.attention_dim)
-        context_dim = self.attention.context_dim
+        # `none`: the image only starts the state (the tutorial's "without attention"); no context.
+        self.attention = (ATTENTIONS.get(cfg.attention)(feature_dim, cfg.hidden_dim, cfg.attention_dim)
+                          if cfg.attention != "none" else None)
+        context_dim = self.attention.context_dim if self.attention is not None else 0
         # Show, Attend and Tell gates the soft-attention context with sigmoid(f_beta(h)).
         self.f_beta = nn.Linear(cfg.hidden_dim, context_dim) if cfg.attention == "soft" else None
-        input_dim = cfg.embed_dim + (context_dim if core_class.takes_context else 0)
+        input_dim = cfg.embed_dim + context_dim
         self.core = core_class(input_dim, cfg.hidden_dim, feature_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.hidden_dim, vocab_size)
@@ -49,7 +52,9 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def prepare(self, features: torch.Tensor) -> Memory:
-        return Memory(features, self.attention.prepare(features), features.mean(dim=1))
+        mean = features.mean(dim=1)  # (B, C)
+        prepared = self.attention.prepare(features) if self.attention is not None else mean
+        return Memory(features, prepared, mean)
 
     def init_state(self, memory: Memory) -> State:
         return self.core.init_state(memory.mean)
@@ -111,11 +116,13 @@ class Decoder(nn.Module):
 
     def _step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         hidden = self.core.hidden(state)  # (B, H)
-        context, alpha = self.attention(memory.features, hidden, memory.prepared)  # (B, D), (B, P)
-        if self.f_beta is not None:
-            context = torch.sigmoid(self.f_beta(hidden)) * context  # (B, D)
         x = self.embedding(tokens)  # (B, E)
-        if self.core.takes_context:
+        if self.attention is None:
+            alpha = uniform_weights(memory.features, hidden.shape[0])  # (B, P)
+        else:
+            context, alpha = self.attention(memory.features, hidden, memory.prepared)  # (B, D), (B, P)
+            if self.f_beta is not None:
+                context = torch.sigmoid(self.f_beta(hidden)) * context  # (B, D)
             x = torch.cat([x, context], dim=1)  # (B, E + D)
         h, state = self.core(x, state)  # (B, H)
         return self.fc(self.dropout(h)), state, alpha  # (B, V)

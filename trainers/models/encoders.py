@@ -23,7 +23,7 @@ import torch
 import torchvision.models as tv
 from torch import nn
 
-from trainers.config import ENCODER_FAMILIES, ModelConfig, weights_problem
+from trainers.config import ENCODER_FAMILIES, IMAGENET_WEIGHTS, ModelConfig, weights_problem
 from trainers.errors import InputError
 from trainers.models.registry import Registry
 
@@ -61,13 +61,19 @@ def _mobilenet_blocks(model: tv.MobileNetV3) -> list[nn.Module]:
 
 
 class Encoder(nn.Module):
-    """Normalise, run the trunk (frozen blocks first, without autograd), pool to a grid."""
+    """Normalise, run the trunk (frozen blocks first, without autograd), pool to a grid.
+
+    `frozen_statistics`: the trainable blocks' BatchNorm layers keep their running statistics (their
+    scale and shift still train). A pretrained trunk is fine-tuned so: a captioning batch holds few
+    distinct images (5 captions each), too few to estimate ImageNet-scale statistics from.
+    """
 
     def __init__(self, blocks: list[nn.Module], trainable_blocks: int, encoded_size: int,
-                 mean: list[float], std: list[float]):
+                 mean: list[float], std: list[float], frozen_statistics: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.first_trainable = len(blocks) - trainable_blocks
+        self.frozen_statistics = frozen_statistics
         self.pool = nn.AdaptiveAvgPool2d(encoded_size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -86,10 +92,15 @@ class Encoder(nn.Module):
         return [p for block in self.trainable_blocks() for p in block.parameters()]
 
     def train(self, mode: bool = True) -> "Encoder":
-        """Frozen blocks stay in eval mode so their BatchNorm statistics never move."""
+        """Frozen blocks (and, with frozen_statistics, every BatchNorm) stay in eval mode, so their
+        BatchNorm statistics never move."""
         super().train(mode)
         for block in self.frozen_blocks():
             block.eval()
+        if self.frozen_statistics:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -108,8 +119,9 @@ def build_encoder(cfg: ModelConfig) -> Encoder:
     model = _torchvision_model(cfg)
     blocks = split(model)
     preprocessing = tv.get_model_weights(cfg.encoder).DEFAULT.transforms()
+    # A trunk trained from scratch must learn its statistics; a pretrained one keeps them.
     return Encoder(blocks, _count_trainable_blocks(cfg, len(blocks)), cfg.encoded_size,
-                   preprocessing.mean, preprocessing.std)
+                   preprocessing.mean, preprocessing.std, frozen_statistics=cfg.weights != "none")
 
 
 def encoder_fingerprint(cfg: ModelConfig) -> dict:
@@ -117,8 +129,9 @@ def encoder_fingerprint(cfg: ModelConfig) -> dict:
 
     A weights file is identified by its content, so replacing the file invalidates the cache.
     """
-    weights = cfg.weights
-    if weights not in ("imagenet", "none"):
+    enum = imagenet_weights(cfg)
+    weights = str(enum) if enum is not None else cfg.weights
+    if enum is None and weights != "none":
         weights = "sha256:" + hashlib.sha256(_weights_file(cfg).read_bytes()).hexdigest()
     return {"encoder": cfg.encoder, "weights": weights, "encoded_size": cfg.encoded_size}
 
@@ -132,14 +145,23 @@ def _count_trainable_blocks(cfg: ModelConfig, n_blocks: int) -> int:
     return cfg.fine_tune
 
 
-def _torchvision_model(cfg: ModelConfig) -> nn.Module:
+def imagenet_weights(cfg: ModelConfig) -> tv.WeightsEnum | None:
+    """The torchvision weights `model.weights` names (`imagenet` is the DEFAULT); None for none or a file."""
     if cfg.weights == "imagenet":
-        weights = tv.get_model_weights(cfg.encoder).DEFAULT
+        return tv.get_model_weights(cfg.encoder).DEFAULT
+    if cfg.weights in IMAGENET_WEIGHTS[cfg.encoder]:
+        return tv.get_model_weights(cfg.encoder)[cfg.weights]
+    return None
+
+
+def _torchvision_model(cfg: ModelConfig) -> nn.Module:
+    weights = imagenet_weights(cfg)
+    if weights is not None:
         try:
             return tv.get_model(cfg.encoder, weights=weights)
         except (OSError, RuntimeError) as error:
             raise InputError(
-                f"model.weights: imagenet weights for {cfg.encoder!r} could not be downloaded from "
+                f"model.weights: {cfg.weights} weights for {cfg.encoder!r} ({weights}) could not be downloaded from "
                 f"{weights.url} ({error}). Download that file where there is internet and set "
                 f"model.weights to its path, put it in torch's hub cache ({torch.hub.get_dir()}/checkpoints), "
                 f"or use model.weights: none") from error

@@ -11,7 +11,9 @@ from trainers.config import ModelConfig
 from trainers.models import ATTENTIONS, DECODERS, ENCODERS, Captioner, Decoder, build_encoder
 
 VOCAB = 11
-COMBINATIONS = [(decoder, attention) for decoder in DECODERS.names() for attention in ATTENTIONS.names()
+# `none` is no module: the decoder then learns no attention and the image only starts its state.
+ATTENTION_CHOICES = ("none", *ATTENTIONS.names())
+COMBINATIONS = [(decoder, attention) for decoder in DECODERS.names() for attention in ATTENTION_CHOICES
                 if decoder != "mrnn" or attention == "none"]
 
 
@@ -38,7 +40,7 @@ def test_the_coursework_backbones_are_registered():
                 "mobilenet_v3_large"} | {f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")}
     assert expected <= set(ENCODERS.names())
     assert set(DECODERS.names()) == {"rnn", "lstm", "gru", "mrnn"}
-    assert set(ATTENTIONS.names()) == {"soft", "dot", "none"}
+    assert set(ATTENTIONS.names()) == {"soft", "dot", "mean"}
 
 
 @pytest.mark.parametrize("decoder,attention", COMBINATIONS)

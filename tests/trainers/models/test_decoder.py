@@ -88,7 +88,7 @@ def test_steps_past_a_caption_end_are_skipped_and_do_not_change_the_others():
     assert torch.allclose(alphas[1].sum(dim=1), torch.ones(5))
 
 
-@pytest.mark.parametrize("attention", ["soft", "dot", "none"])
+@pytest.mark.parametrize("attention", ["soft", "dot", "mean", "none"])
 def test_attention_weights_are_a_distribution_over_the_grid(attention):
     features, captions, lengths = batch()
     _, alphas = decoder("gru", attention).eval()(features, captions, lengths)
@@ -100,8 +100,8 @@ def test_attention_regularisation_counts_only_real_steps():
     alphas = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
                            [[1.0, 0.0], [1.0, 0.0], [9.0, 9.0]]])  # (B=2, T=3, P=2); last step of caption 2 is padding
     mask = torch.tensor([[True, True, True], [True, True, False]])
-    # caption 1 attends 1.5 to each pixel: 2 * 0.25; caption 2 attends 2 and 0: 1 + 1
-    assert attention_regularisation(alphas, mask).item() == pytest.approx((0.5 + 2.0) / 2)
+    # caption 1 attends 1.5 to each pixel: 0.25, 0.25; caption 2 attends 2 and 0: 1, 1; the mean of all 4
+    assert attention_regularisation(alphas, mask).item() == pytest.approx((0.25 + 0.25 + 1.0 + 1.0) / 4)
 
 
 def test_multimodal_rnn_adds_the_image_at_the_first_step_only():

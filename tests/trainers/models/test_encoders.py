@@ -117,7 +117,7 @@ def test_imagenet_download_failure_says_how_to_fix_it(monkeypatch):
         raise OSError("network unreachable")  # what torch.hub raises without internet
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
-    expected = (r"imagenet weights for 'resnet18' could not be downloaded from "
+    expected = (r"imagenet weights for 'resnet18' \(ResNet18_Weights.IMAGENET1K_V1\) could not be downloaded from "
                 r"https://download.pytorch.org/models/resnet18-.*network unreachable.*weights: none")
     with pytest.raises(InputError, match=expected):
         build_encoder(config(weights="imagenet"))

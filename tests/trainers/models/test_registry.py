@@ -20,7 +20,7 @@ def test_unknown_names_say_which_key_and_what_was_meant(registry, typo, meant):
 
 
 def test_a_name_far_from_all_lists_every_valid_one():
-    with pytest.raises(InputError, match=r"unknown attention 'transformer' \(registered attentions: dot, none, soft\)"):
+    with pytest.raises(InputError, match=r"unknown attention 'transformer' \(registered attentions: dot, mean, soft\)"):
         ATTENTIONS.get("transformer")
 
 
