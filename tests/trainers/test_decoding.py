@@ -224,3 +224,16 @@ def test_decoding_ignores_dropout_and_leaves_the_training_mode_alone():
     second = decode(model, features, DecodeConfig(max_len=8))
     assert model.training
     assert [h.tokens for h in first] == [h.tokens for h in second]
+
+
+@fixed_examples
+@given(seed=seeds, kind=kinds, strategy=st.sampled_from(["beam", "greedy"]), beam_size=st.integers(1, 4))
+def test_one_search_for_every_beta_picks_what_one_search_per_beta_does(seed, kind, strategy, beam_size):
+    from trainers.decoding import decode_for_betas
+
+    model, features = random_decoder(seed, kind), grid(seed, images=4)
+    betas = [0.0, 0.5, 1.5, 3.0]
+    search = DecodeConfig(strategy=strategy, beam_size=beam_size, max_len=9)
+    for beta, found in zip(betas, decode_for_betas(model, features, search, betas)):
+        alone = decode(model, features, search.model_copy(update={"length_penalty": beta}))
+        assert [(h.tokens, h.score, h.finished) for h in found] == [(h.tokens, h.score, h.finished) for h in alone]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from tests.conftest import tiny_trainer_dict
 from trainers.checkpoint import load_checkpoint
-from trainers.config import TrainerConfig
+from trainers.config import DecodeConfig, TrainerConfig
+from trainers.evaluation import DecodeVariant
 from trainers.errors import TrainingDiverged
 from trainers.loop import CaptionRecipe, run_training
 
@@ -90,3 +92,39 @@ def test_checkpoint_holds_config_vocabulary_and_best_weights(prepared_dir, tmp_p
     assert checkpoint.meta["vocab"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert 1 <= checkpoint.meta["best_epoch"] <= 2
     assert "decoder.fc.weight" in checkpoint.best_model()
+
+
+def _variants(*betas) -> list[DecodeVariant]:
+    """d01, d02, ...: the tiny config's decode section (beam 2, max_len 12) with each β."""
+    return [DecodeVariant(f"d{i:02d}", DecodeConfig(beam_size=2, max_len=12, length_penalty=beta))
+            for i, beta in enumerate(betas, start=1)]
+
+
+def test_decode_variants_never_change_what_is_trained(prepared_dir, tmp_path):
+    """Adding β values (and a beam size) to the grid leaves the training and the shared variant's scores
+    bit-identical: only the trial's own decode section selects checkpoints and steers the LR."""
+    config = _config(prepared_dir, train={"lr_schedule": {"kind": "plateau", "patience": 0}})
+    alone = run_training(config, tmp_path / "alone", variants=_variants(0.0))
+    greedy = DecodeVariant("d04", DecodeConfig(beam_size=1, max_len=12))
+    many = run_training(config, tmp_path / "many", variants=_variants(0.0, 0.5, 1.5) + [greedy])
+    assert _history(tmp_path / "alone") == _history(tmp_path / "many")
+    assert alone.variant_metrics["d01"] == many.variant_metrics["d01"]
+    assert {k: v for k, v in alone.metrics.items() if k.startswith("test_")} == \
+        {k: v for k, v in many.metrics.items() if k.startswith("test_")}
+    assert alone.metrics["reference_variant"] == many.metrics["reference_variant"] == "d01"
+    assert set(many.variant_metrics) == {"d01", "d02", "d03", "d04"}
+    # d01 is the decode section: decoded again from the kept checkpoint, it scores what its best epoch did.
+    best = _history(tmp_path / "alone")[alone.metrics["best_epoch"] - 1]
+    assert alone.variant_metrics["d01"]["val_CIDEr"] == best["val_CIDEr"]
+
+
+def test_every_variant_decodes_the_checkpoint_the_reference_selected(prepared_dir, tmp_path):
+    """The reference (the decode section, here no variant's) picks the best epoch; each variant's val
+    scores are then those of that one checkpoint, and the reference's equal the best epoch's."""
+    config = _config(prepared_dir, decode={"beam_size": 3})
+    final = run_training(config, tmp_path, variants=_variants(0.0, 1.0))
+    assert final.metrics["reference_variant"] == "ref" and set(final.variant_metrics) == {"d01", "d02"}
+    reference = json.loads((tmp_path / "predictions" / "test_ref.json").read_text())
+    assert len(reference) == len(json.loads((tmp_path / "predictions" / "test_d01.json").read_text()))
+    assert all("val_CIDEr" in m and "test_CIDEr" in m and "test_truncated_fraction" in m
+               for m in final.variant_metrics.values())

@@ -114,3 +114,31 @@ def test_multimodal_rnn_adds_the_image_at_the_first_step_only():
 
     assert torch.allclose(h1, torch.relu(core.input(words[0]) + core.image(image)))
     assert torch.allclose(h2, torch.relu(core.input(words[1]) + core.recurrent(h1)))
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_without_attention_the_image_only_starts_the_state(name):
+    """`attention: none` is the tutorial's "without attention": with the state's image projection
+    zeroed, the captions no longer depend on the image. `mean` still feeds the mean at every step."""
+    features, captions, lengths = batch()
+    other = torch.rand_like(features)
+    for attention, sees_the_image in (("none", False), ("mean", True)):
+        model = decoder(name, attention).eval()
+        with torch.no_grad():
+            for layer in (model.core.init_h, getattr(model.core, "init_c", model.core.init_h)):
+                layer.weight.zero_()
+            same = torch.equal(model(features, captions, lengths)[0], model(other, captions, lengths)[0])
+        assert same != sees_the_image, attention
+
+
+@pytest.mark.parametrize("attention", ["none", "mean"])
+def test_alpha_c_regularises_learned_attention_only(attention):
+    from trainers.loop import caption_loss
+
+    features, captions, lengths = batch()
+    model = decoder("lstm", attention)
+    loss, ce = caption_loss(model, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)
+    assert loss.item() == ce.item()
+    learned, learned_ce = caption_loss(decoder("lstm", "soft"), features, captions, lengths, ss_rate=0.0,
+                                       ss_per="token", alpha_c=1.0)
+    assert learned.item() > learned_ce.item()

@@ -141,3 +141,33 @@ def test_decoder_only_captioner_trains_on_cached_features():
     assert model.encoder is None and isinstance(model.decoder, Decoder)
     assert logits.shape == (2, 2, 9) and alphas.shape == (2, 2, 4)
     assert len(model.param_groups(lr=1e-3, encoder_lr=1e-4)) == 1
+
+
+def _running_statistics(encoder) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("weights,statistics_move", [("file", False), ("none", True)])
+def test_a_pretrained_trunk_fine_tunes_with_its_batchnorm_statistics_kept(tmp_path, weights, statistics_move):
+    """A captioning batch holds few distinct images: a pretrained trunk keeps its BatchNorm statistics
+    (its scale and shift still learn); a trunk trained from scratch must learn them."""
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    encoder = build_encoder(config(weights=str(path) if weights == "file" else "none", fine_tune=True)).train()
+    before = _running_statistics(encoder)
+    encoder(torch.rand(4, 3, 64, 64)).sum().backward()
+    moved = any(not torch.equal(a, b) for a, b in zip(before, _running_statistics(encoder)))
+    assert moved == statistics_move
+    assert all(p.grad is not None for p in encoder.trainable_parameters())
+
+
+def test_weights_may_name_a_torchvision_enum():
+    from trainers.config import IMAGENET_WEIGHTS, ModelConfig
+    from trainers.models.encoders import imagenet_weights
+
+    for name, enums in IMAGENET_WEIGHTS.items():  # the torch-free table says what torchvision has
+        assert set(enums) == {w.name for w in torchvision.models.get_model_weights(name)}, name
+    assert imagenet_weights(ModelConfig(encoder="resnet101", weights="IMAGENET1K_V1")).name == "IMAGENET1K_V1"
+    assert imagenet_weights(ModelConfig(encoder="resnet101", weights="imagenet")).name == "IMAGENET1K_V2"
+    with pytest.raises(ValueError, match="encoder 'vgg16' has no torchvision weights 'IMAGENET1K_V2'"):
+        ModelConfig(encoder="vgg16", weights="IMAGENET1K_V2")
