@@ -3,7 +3,9 @@
 The ablation grid is the cartesian product of its lists. Keys under `decode.` never retrain: they
 are split off into decode variants and every trained model is evaluated once per variant, so the
 coursework grid (2 encoders x 2 decoders x 3 sampling rates x 4 β) trains 12 models and evaluates
-48. A `search:` section makes Ray Tune draw `num_samples` trainings inside every grid cell.
+48. Nor do they steer training: each training selects its checkpoint (and drives LR on plateau and
+early stopping) by its own `decode:` section, the reference decode, and every variant decodes that
+same checkpoint. A `search:` section makes Ray Tune draw `num_samples` trainings inside every grid cell.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.text import Text
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.keys import flatten
+from trainers.config import REFERENCE_DECODE_ID
 
 DECODE_PREFIX = "decode."
 
@@ -48,6 +51,8 @@ class Plan:
     decode_variants: tuple[DecodeVariant, ...]
     varying_keys: tuple[str, ...]  # the training keys of the grid (decode keys excluded)
     decode_keys: tuple[str, ...]  # the decode keys of the grid
+    reference_decode: dict[str, Any]  # the config's own decode section, dotted: it steers every training
+    reference_variant: str  # the variant equal to it, or "ref" (decoded besides the variants)
     samples_per_cell: int  # search samples drawn in each cell; 1 without a search
     search_space: dict[str, dict]  # dotted key -> {distribution: args}; empty without a search
     resources: dict[str, Any]  # per trial, and the concurrency that implies
@@ -69,6 +74,7 @@ class Plan:
             "samples_per_cell": self.samples_per_cell,
             "varying_keys": list(self.varying_keys),
             "decode_keys": list(self.decode_keys),
+            "reference_decode": {"variant": self.reference_variant, "params": self.reference_decode},
             "cells": [{"id": c.id, "overrides": c.overrides} for c in self.cells],
             "decode_variants": [{"id": d.id, "overrides": d.overrides, "params": d.params}
                                 for d in self.decode_variants],
@@ -89,6 +95,7 @@ def make_plan(config: ExperimentConfig) -> Plan:
         DecodeVariant(_short_id("d", i, len(decodings), 2), overrides,
                       flatten(config.trainer_config(overrides).decode.model_dump(mode="json"), prefix=DECODE_PREFIX))
         for i, overrides in enumerate(decodings, start=1))
+    reference = flatten(config.trainer_config({}).decode.model_dump(mode="json"), prefix=DECODE_PREFIX)
     search = config.search
     return Plan(
         name=config.name,
@@ -96,6 +103,8 @@ def make_plan(config: ExperimentConfig) -> Plan:
         decode_variants=variants,
         varying_keys=varying_keys,
         decode_keys=decode_keys,
+        reference_decode=reference,
+        reference_variant=next((v.id for v in variants if v.params == reference), REFERENCE_DECODE_ID),
         samples_per_cell=search.num_samples if search else 1,
         search_space={k: d.model_dump(mode="json") for k, d in search.space.items()} if search else {},
         resources=_resources(config),
@@ -114,6 +123,7 @@ def render_plan(plan: Plan, config: ExperimentConfig) -> Group:
         _table("Trainings", "cell", plan.varying_keys, [(c.id, c.overrides) for c in plan.cells]),
         _table("Decode variants", "variant", plan.decode_keys or tuple(plan.decode_variants[0].params),
                [(d.id, d.overrides or d.params) for d in plan.decode_variants]),
+        Text(f"reference decode: {_describe_reference(plan)}"),
         Text(f"search: {_describe_search(config)}"),
         Text(f"scheduler: {_describe_scheduler(config)}"),
         Text(f"resources: {_describe_resources(plan.resources)}"),
@@ -167,6 +177,16 @@ def _count(n: int, noun: str) -> str:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _describe_reference(plan: Plan) -> str:
+    """The decode setting that steers every training, and which variant (if any) it is."""
+    varying = plan.decode_keys or tuple(plan.reference_decode)
+    shown = ", ".join(f"{key[len(DECODE_PREFIX):]} {_text(plan.reference_decode[key])}" for key in varying)
+    which = (f"= variant {plan.reference_variant}" if plan.reference_variant != REFERENCE_DECODE_ID
+             else "decoded as 'ref' besides the variants")
+    return (f"{shown} ({which}); it alone selects each training's checkpoint and steers LR on plateau and "
+            "early stopping; every variant decodes that checkpoint")
 
 
 def _describe_search(config: ExperimentConfig) -> str:

@@ -23,6 +23,7 @@ from typing import Optional
 from orchestrator.plots import Panel, factor_lines, learning_curves
 from orchestrator.results import Results, open_results, pick_best
 from orchestrator.stats import mean_std, paired_t_test
+from orchestrator.status import TRUNCATION_LIMIT, truncation_note
 from trainers.errors import InputError
 
 METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
@@ -272,8 +273,22 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
               "learning": "Learning curves"}
     for key, path in figures.items():
         lines += ["", f"## {titles[key]}", "", f"![{titles[key]}]({path.name})"]
+    lines += _truncated(results)
     lines += _unfinished(results)
     return lines
+
+
+def _truncated(results: Results) -> list[str]:
+    """Cells whose test captions often stop at decode.max_len: their scores measure the cut too."""
+    notes = [(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", truncation_note(row.metrics, "test"))
+             for row in results.finished()]
+    notes = [(cell, note) for cell, note in notes if note]
+    if not notes:
+        return []
+    return ["", "## Captions cut at decode.max_len", "",
+            f"Over {TRUNCATION_LIMIT:.0%} of these cells' test captions stop at decode.max_len without <end>, so "
+            "their scores measure the cut as well as the model: raise decode.max_len.", "",
+            *[f"- {cell}: {note}" for cell, note in notes]]
 
 
 def _search_section(results: Results, shown: int = 10) -> list[str]:

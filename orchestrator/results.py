@@ -85,19 +85,15 @@ class Pick:
 
 
 def pick_best(results: Results, metric: str) -> list[Pick]:
-    """Every finished trial with its best decode variant by val `metric` at the trial's best epoch (the
-    epoch its checkpoint holds), best first. The test split never ranks."""
-    client = results.tracker.client
+    """Every finished trial with its best decode variant by val `metric`, best first. A variant's val
+    scores are those of the checkpoint its trial kept (its best epoch); the test split never ranks."""
     best_by_trial: dict[str, Pick] = {}
     for row in results.finished():
         run = results.trials.get(row.trial)
-        if run is None or run.info.status != "FINISHED":
+        score = row.metrics.get(f"val_{metric}")
+        if run is None or run.info.status != "FINISHED" or score is None:
             continue
         best_epoch = int(run.data.metrics.get("best_epoch", run.data.metrics.get("epoch", 0)))
-        history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(row), f"val_{metric}")}
-        score = history.get(best_epoch, row.metrics.get(f"val_{metric}"))
-        if score is None:
-            continue
         if row.trial not in best_by_trial or score > best_by_trial[row.trial].score:
             best_by_trial[row.trial] = Pick(row.trial, run, row, score, best_epoch)
     return sorted(best_by_trial.values(), key=lambda pick: -pick.score)

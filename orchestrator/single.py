@@ -13,6 +13,7 @@ from rich.table import Table
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
+from orchestrator.status import truncation_note
 from orchestrator.storage import Storage, default_tracking_uri, resolve
 from orchestrator.tracking import Tracker, TrialRecorder
 from trainers.errors import InputError
@@ -95,8 +96,9 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
         recorder.record(report)
         if result.final:
             recorder.complete(report, result.checkpoint)
-        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns))),
-                      highlight=False)
+        cut = truncation_note(result.metrics, "val")
+        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns)))
+                      + (f"  ({cut})" if cut else ""), highlight=False)
         table.add_row(*_row(result.metrics, columns))
 
     status, reason = "FAILED", ""

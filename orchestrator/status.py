@@ -16,6 +16,16 @@ from rich.table import Table
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
 
 SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
+# Above this fraction of a split's captions stopping at decode.max_len without <end>, scores measure the
+# cut as much as the model: the epoch lines, `orch status` and the report say so.
+TRUNCATION_LIMIT = 0.05
+
+
+def truncation_note(metrics: dict, split: str) -> str:
+    """'23 % of val captions cut at decode.max_len' when over TRUNCATION_LIMIT, else ''."""
+    fraction = metrics.get(f"{split}_truncated_fraction", 0.0)
+    return f"{fraction:.0%} of {split} captions cut at decode.max_len" if fraction > TRUNCATION_LIMIT else ""
+
 SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
                "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
 
@@ -89,18 +99,26 @@ def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
     metric, _ = selection_metric(select_by)
     varying = list(rows[0].varying) if rows else []
     shown = [m for m in SHOWN_METRICS if any(f"test_{m}" in row.metrics for row in rows)]
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    cut = any(truncation_note(row.metrics, "test") for row in rows)
+    caption = (f"cut: test captions that stop at decode.max_len without <end>; over {TRUNCATION_LIMIT:.0%}, "
+               "raise decode.max_len" if cut else None)
+    table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for column in ["cell", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying],
                    metric.replace("_", " ", 1), *[f"test {SHORT_NAMES.get(m, m)}" for m in shown]]:
         table.add_column(column, no_wrap=True)
+    if cut:
+        table.add_column("cut", no_wrap=True)
     table.add_column("status", overflow="fold", min_width=8)
     for row in rows:
         def fmt(name: str) -> str:
             value = row.metrics.get(name)
             return "-" if value is None else f"{value:.1f}" if name.endswith("length") else f"{value:.3f}"
         status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:80]}"
+        fraction = row.metrics.get("test_truncated_fraction")
+        cut_cell = ["-" if fraction is None else f"{fraction:.0%}"] if cut else []
         table.add_row(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", *[row.varying[k] for k in varying],
-                      fmt(metric), *[fmt(f"test_{m}") for m in shown], status)
+                      fmt(metric), *[fmt(f"test_{m}") for m in shown], *cut_cell, status)
     return table
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
+from orchestrator.status import truncation_note
 from orchestrator.tracking import Tracker, TrialRecorder
 
 
@@ -134,8 +135,10 @@ class LiveTable(Callback):
         for trial in trials:
             result = trial.last_result or {}
             value = result.get(self.metric)
+            cut = truncation_note(result, "val")
             table.add_row(trial.trial_id, short_params(trial_overrides(trial.config, self.cells)),
-                          f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}", trial.status)
+                          f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}",
+                          trial.status + (f" ({cut})" if cut else ""))
         return table
 
     @property
@@ -147,9 +150,10 @@ class LiveTable(Callback):
         if self.console.is_terminal:
             return
         value = result.get(self.metric)
+        cut = truncation_note(result, "val")
         self.console.print(f"{trial.trial_id} {short_params(trial_overrides(trial.config, self.cells))}: epoch "
-                           f"{result.get('epoch', 0):.0f}, {self.metric} {'-' if value is None else f'{value:.3f}'}",
-                           highlight=False)
+                           f"{result.get('epoch', 0):.0f}, {self.metric} {'-' if value is None else f'{value:.3f}'}"
+                           f"{f' ({cut})' if cut else ''}", highlight=False)
 
     def on_step_end(self, iteration, trials, **info):
         if not self.console.is_terminal or time.monotonic() - self._shown < 1.0:

@@ -166,6 +166,11 @@ class TrainConfig(Strict):
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke runs
 
 
+# The id of a training's own decode section when no decode variant equals it (trainers.loop decodes it
+# besides the variants; the plan names it so).
+REFERENCE_DECODE_ID = "ref"
+
+
 class DecodeConfig(Strict):
     """How captions are generated at evaluation. `decode.*` keys never retrain a model."""
 

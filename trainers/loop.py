@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 
 from trainers.batching import ImageGroupedBatches, encode_distinct
 from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from trainers.config import TrainerConfig
+from trainers.config import REFERENCE_DECODE_ID, TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.data.prepared import PreparedDataset
@@ -70,9 +70,6 @@ class EpochResult:
 EpochCallback = Callable[[EpochResult], None]
 
 
-REFERENCE_ID = "ref"
-
-
 def default_variants(config: TrainerConfig) -> list[DecodeVariant]:
     return [DecodeVariant("d01", config.decode)]
 
@@ -80,7 +77,7 @@ def default_variants(config: TrainerConfig) -> list[DecodeVariant]:
 def reference_variant(config: TrainerConfig, variants: list[DecodeVariant]) -> DecodeVariant:
     """The decode setting that drives a training: its own `decode:` section, never the grid's decode
     keys. Named as the variant it equals, or `ref` when no variant does."""
-    return next((v for v in variants if v.config == config.decode), DecodeVariant(REFERENCE_ID, config.decode))
+    return next((v for v in variants if v.config == config.decode), DecodeVariant(REFERENCE_DECODE_ID, config.decode))
 
 
 def pick_device(name: str) -> torch.device:
