@@ -1,0 +1,64 @@
+"""The same config and seed give the same numbers, whatever else the grid decodes.
+
+Three separate `orch run` processes on the CPU, each with its own storage and MLflow store: two of
+the same config, and one that decodes fewer β values. Every trial's per-epoch metrics and every
+shared variant's test scores must be equal bit for bit (docs/running.md says what breaks this on a
+GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.orchestrator.conftest import REPO_ROOT, sqlite_uri, write_yaml
+
+GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 1.0]}
+
+
+def run_in_a_new_process(folder: Path, experiment: dict) -> MlflowClient:
+    config = write_yaml(folder / "experiment.yaml", experiment)
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(config)], cwd=folder,
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return MlflowClient(sqlite_uri(folder / "results"))
+
+
+def recorded(client: MlflowClient, name: str) -> dict[str, dict]:
+    """Per cell: the trial's per-epoch metric histories, and each variant's final metrics by β."""
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    trials = {run.info.run_id: run for run in runs if run.data.tags["orch.kind"] == "trial"}
+    cells: dict[str, dict] = {}
+    for run in trials.values():
+        histories = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+                     for key in run.data.metrics if not key.endswith("_time_s") and not key.startswith("time_")}
+        cells[run.data.params["orch.cell"]] = {"trial": histories, "variants": {}}
+    for run in runs:
+        if run.data.tags["orch.kind"] == "variant":
+            trial = trials[run.data.tags["mlflow.parentRunId"]]
+            metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val_", "test_"))}
+            cells[trial.data.params["orch.cell"]]["variants"][run.data.params["decode.length_penalty"]] = metrics
+    return cells
+
+
+@pytest.mark.integration
+def test_two_runs_of_one_config_agree_bit_for_bit_and_more_betas_change_nothing(tiny_experiment, tmp_path):
+    same = [recorded(run_in_a_new_process(tmp_path / folder, tiny_experiment("det", tmp_path / folder / "results",
+                                                                                  ablation=GRID)), "det")
+            for folder in ("first", "second")]
+    fewer = recorded(run_in_a_new_process(tmp_path / "fewer", tiny_experiment(
+        "det", tmp_path / "fewer" / "results", ablation={**GRID, "decode.length_penalty": [0.0]})), "det")
+
+    assert same[0] == same[1]
+    assert set(same[0]) == set(fewer) == {"c001", "c002"}
+    for cell, seen in same[0].items():
+        assert seen["variants"]["0.0"]["test_CIDEr"] > 0
+        assert seen["trial"] == fewer[cell]["trial"], cell
+        assert seen["variants"]["0.0"] == fewer[cell]["variants"]["0.0"], cell
