@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import track
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
 from trainers.batching import ImageGroupedBatches, encode_distinct
 from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from trainers.config import REFERENCE_DECODE_ID, TrainerConfig
 from trainers.data.auto import ensure_prepared
-from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
+from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
@@ -38,6 +38,7 @@ from trainers.models import attention_regularisation, build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
 
 PAD = 0
+ACCELERATOR_CHECK_EVERY = 25  # batches between reads of the loss on an accelerator (each read syncs)
 
 
 @dataclass
@@ -132,6 +133,8 @@ class CaptionRecipe:
             self.model.encoder.to(memory_format=torch.channels_last)
         self.use_cache = cfg.data.feature_cache and not self.model.encoder.trainable_parameters()
         self.inputs = self._input_arrays()
+        self._loaders: dict[str, DataLoader] = {}
+        self._shuffle = torch.Generator()  # reseeded every epoch (see _batches)
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
         amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
@@ -206,30 +209,59 @@ class CaptionRecipe:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model.encoder(images)  # (B, P, C)
 
-    def _loader(self, dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
-        """Batches in order, or shuffled by `train.seed` and the epoch (so a resumed run draws the same ones).
+    def _batches(self, purpose: str, epoch: int = 0) -> DataLoader:
+        """The run's one DataLoader for `purpose`: `train` (shuffled captions), `val_pairs` (captions in
+        order) or `val`/`test` (images in order; val capped at eval.val_images).
 
-        Shuffled captions are grouped by image when the encoder trains (see trainers.batching).
+        Each is built once, so its workers persist across epochs. `train` is reshuffled by `train.seed`
+        and the epoch, so a resumed run draws the same batches.
         """
+        if purpose not in self._loaders:
+            self._loaders[purpose] = self._make_loader(purpose)
+        if purpose == "train":
+            self._shuffle.manual_seed(self.config.train.seed * 1000 + epoch)
+        return self._loaders[purpose]
+
+    def _make_loader(self, purpose: str) -> DataLoader:
         cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
-        common = dict(num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        if shuffle and isinstance(dataset, CaptionPairs) and self.model.encoder.trainable_parameters():
-            sampler = ImageGroupedBatches(dataset.caption_image.array, cfg.train.batch_size, generator)
-            return DataLoader(dataset, batch_sampler=sampler, **common)
-        return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, generator=generator, **common)
+        split_name = "val" if purpose == "val_pairs" else purpose
+        split = self.dataset.split(split_name)
+        # Memory-mapped cached features cost a copy in a worker as in this process: no workers then.
+        workers = 0 if self.use_cache else cfg.data.num_workers
+        common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.train.seed))  # seeds workers only
+        if purpose in ("train", "val_pairs"):
+            pairs = CaptionPairs(split, self.inputs[split_name])
+            if purpose == "val_pairs":
+                return DataLoader(pairs, batch_size=cfg.train.batch_size, collate_fn=longest_first, **common)
+            if self.model.encoder.trainable_parameters():  # captions grouped by image (trainers.batching)
+                sampler = ImageGroupedBatches(pairs.caption_image.array, cfg.train.batch_size, self._shuffle)
+            else:
+                sampler = BatchSampler(RandomSampler(pairs, generator=self._shuffle), cfg.train.batch_size, False)
+            return DataLoader(pairs, batch_sampler=sampler, collate_fn=longest_first, **common)
+        images = SplitImages(split, self.inputs[split_name])
+        limit = cfg.eval.val_images if purpose == "val" else None
+        if limit is not None and limit < len(images):
+            images = Subset(images, range(limit))
+        return DataLoader(images, batch_size=cfg.train.batch_size, **common)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     # ---------------------------------------------------------------------------------- train
     def train_epoch(self, epoch: int) -> float:
+        """One pass over the train split; the mean batch loss.
+
+        The losses stay on the device: the divergence guard reads their running peak every batch on
+        the CPU, every `ACCELERATOR_CHECK_EVERY` batches on an accelerator, where each read stalls it.
+        """
         t = self.config.train
         self.model.train()
         rate = ss_rate_at(epoch - 1, t.scheduled_sampling)
-        pairs = CaptionPairs(self.dataset.split("train"), self.inputs["train"])
-        total, count = 0.0, 0
-        batches = self._loader(pairs, True, epoch)
+        total = torch.zeros((), device=self.device)
+        peak, count = torch.full((), -math.inf, device=self.device), 0
+        check_every = 1 if self.device.type == "cpu" else ACCELERATOR_CHECK_EVERY
+        batches = self._batches("train", epoch)
         if self.progress:
             n = len(batches) if not t.max_batches_per_epoch else min(len(batches), t.max_batches_per_epoch)
             batches = track(batches, description=f"epoch {epoch}/{t.epochs}", total=n, transient=True,
@@ -237,11 +269,14 @@ class CaptionRecipe:
         for batch_index, (inputs, captions, lengths, rows) in enumerate(batches):
             if t.max_batches_per_epoch and batch_index >= t.max_batches_per_epoch:
                 break
-            captions, lengths = captions.to(self.device), lengths.to(self.device)
+            captions = captions.to(self.device, non_blocking=True)  # lengths stay on the host
             with self._autocast():
                 loss, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
                                         ss_rate=rate, ss_per=t.scheduled_sampling.per, alpha_c=t.alpha_c)
-            self._guard_divergence(loss.item(), epoch, batch_index)
+            peak = torch.maximum(peak, loss.detach())  # NaN stays NaN
+            if self.start_loss is None or batch_index % check_every == 0:
+                self._guard_divergence(peak.item(), epoch, batch_index)
+                peak.fill_(-math.inf)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if t.grad_clip is not None:
@@ -253,10 +288,14 @@ class CaptionRecipe:
                     torch.nn.utils.clip_grad_value_(params, t.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total, count = total + loss.item(), count + 1
-        return total / max(count, 1)
+            total, count = total + loss.detach(), count + 1
+        self._guard_divergence(peak.item(), epoch, count - 1)
+        return total.item() / max(count, 1)
 
     def _guard_divergence(self, loss: float, epoch: int, batch: int) -> None:
+        """Stop on a non-finite loss, or one above divergence_factor x the first (-inf: none seen)."""
+        if loss == -math.inf:
+            return
         if not math.isfinite(loss):
             raise TrainingDiverged(f"diverged: loss is {loss} at epoch {epoch}, batch {batch}")
         if self.start_loss is None:
@@ -270,29 +309,24 @@ class CaptionRecipe:
     @torch.no_grad()
     def validation_loss(self) -> float:
         self.model.eval()
-        pairs = CaptionPairs(self.dataset.split("val"), self.inputs["val"])
-        total, count = 0.0, 0
-        for inputs, captions, lengths, rows in self._loader(pairs, False):
-            captions, lengths = captions.to(self.device), lengths.to(self.device)
+        total, count = torch.zeros((), device=self.device), 0
+        for inputs, captions, lengths, rows in self._batches("val_pairs"):
+            captions = captions.to(self.device, non_blocking=True)
             with self._autocast():
                 _, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
                                      ss_rate=0.0, ss_per="token", alpha_c=0.0)
-            total, count = total + ce.item() * captions.shape[0], count + captions.shape[0]
-        return total / max(count, 1)
+            total, count = total + ce.float() * captions.shape[0], count + captions.shape[0]
+        return total.item() / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, split_name: str, variants: list[DecodeVariant],
-                 limit: Optional[int] = None) -> dict[str, tuple[Captions, dict]]:
-        """Decode `split_name` (its first `limit` images) with `variants`: id -> (captions, scores)."""
+    def evaluate(self, split_name: str, variants: list[DecodeVariant]) -> dict[str, tuple[Captions, dict]]:
+        """Decode `split_name` (val: its first eval.val_images) with `variants`: id -> (captions, scores)."""
         self.model.eval()
-        split = self.dataset.split(split_name)
-        images = SplitImages(split, self.inputs[split_name])
-        if limit is not None and limit < len(images):
-            images = Subset(images, range(limit))
         with self._autocast():
-            captions = caption_batches(self._loader(images, False), self._to_features, self.model.decoder,
+            captions = caption_batches(self._batches(split_name), self._to_features, self.model.decoder,
                                        self.vocab, variants, seed=self.config.train.seed)
         metrics = list(self.config.eval.metrics)
+        split = self.dataset.split(split_name)
         return {vid: (caps, score_split(split, caps, metrics)) for vid, caps in captions.items()}
 
     def _selection_score(self, metrics: dict) -> float:
@@ -310,7 +344,7 @@ class CaptionRecipe:
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "ss_rate": ss_rate_at(epoch - 1, cfg.train.scheduled_sampling)}
             # Only the reference decode steers training: selection, LR on plateau, early stopping.
-            captions, scores = self.evaluate("val", [self.reference], cfg.eval.val_images)[self.reference.id]
+            captions, scores = self.evaluate("val", [self.reference])[self.reference.id]
             metrics.update({f"val_{k}": v for k, v in scores.items()})
             score = self._selection_score(metrics)
             is_best = score > self.best_score
@@ -362,7 +396,7 @@ class CaptionRecipe:
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
         decoded = self.variants + ([] if self.reference in self.variants else [self.reference])
-        val = self.evaluate("val", decoded, self.config.eval.val_images)
+        val = self.evaluate("val", decoded)
         test = self.evaluate("test", decoded)
         self.model.load_state_dict(current)
         for variant in decoded:

@@ -189,11 +189,10 @@ class AlignmentRecipe(CaptionRecipe):
         return total / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, split_name: str, variants: list[DecodeVariant],
-                 limit: Optional[int] = None) -> dict[str, tuple[list[dict], dict]]:
-        """Retrieval on `split_name` (its first `limit` images) and sample alignments: one answer,
+    def evaluate(self, split_name: str, variants: list[DecodeVariant]) -> dict[str, tuple[list[dict], dict]]:
+        """Retrieval on `split_name` (val: its first eval.val_images) and sample alignments: one answer,
         whatever the decode variant (retrieval decodes nothing)."""
-        embedded = self._embed(split_name, limit)
+        embedded = self._embed(split_name, self.config.eval.val_images if split_name == "val" else None)
         scores = retrieval_metrics(self._score_matrix(embedded), embedded.sentence_image)
         samples = self._sample_alignments(split_name, self.config.eval.sample_captions)
         return {variant.id: (samples, scores) for variant in variants}

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from trainers.data.prepared import PreparedSplit
 
@@ -65,6 +65,19 @@ class CaptionPairs(Dataset):
         row = int(self.caption_image[index])
         caption = torch.from_numpy(self.captions[index].astype(np.int64))  # (L,)
         return _row_tensor(self.images, row), caption, int(self.lengths[index]), row
+
+
+def longest_first(items: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """Collate CaptionPairs items longest caption first, padding cut at the longest.
+
+    The decoder's batch shrinks as captions end, so it needs them sorted: sorting here, on the host,
+    spares it a permuted copy of the feature grid on the device, and no step runs past the longest.
+    Lengths stay on the host (the decoder reads them every step).
+    """
+    inputs, captions, lengths, rows = default_collate(items)
+    order = lengths.argsort(descending=True, stable=True)  # (B,)
+    longest = int(lengths[order[0]])
+    return inputs[order], captions[order, :longest], lengths[order], rows[order]
 
 
 class SplitImages(Dataset):

@@ -79,12 +79,16 @@ class Decoder(nn.Module):
         previous output. `ss_rate` 0 draws no coins, so it is exactly teacher forcing.
         """
         batch, length = captions.shape
-        lengths = lengths.cpu()
-        # Sorted longest first, the captions still running at step t are a prefix of the batch.
+        lengths = lengths.cpu()  # a no-op for the training loaders' batches, whose lengths stay on the host
+        # Sorted longest first, the captions still running at step t are a prefix of the batch. The
+        # training loaders sort their batches already (trainers.data.loaders.longest_first): no copy then.
         order = lengths.argsort(descending=True, stable=True)  # (B,)
+        presorted = bool((order == torch.arange(batch)).all())
         steps_needed = lengths[order] - 1  # (B,)
-        captions = captions[order]  # (B, T)
-        memory = self.prepare(features[order])
+        if not presorted:
+            order_on_device = order.to(captions.device)
+            captions, features = captions[order_on_device], features[order_on_device]  # (B, T), (B, P, C)
+        memory = self.prepare(features)
         state = self.init_state(memory)
         logits = features.new_zeros(batch, length - 1, self.vocab_size)  # (B, T-1, V)
         alphas = features.new_zeros(batch, length - 1, features.shape[1])  # (B, T-1, P)
@@ -106,7 +110,9 @@ class Decoder(nn.Module):
             step_logits, state, alpha = self._step(tokens, state, memory)
             logits[:rows, t] = step_logits  # (rows, V)
             alphas[:rows, t] = alpha  # (rows, P)
-        inverse = order.argsort()
+        if presorted:
+            return logits, alphas
+        inverse = order.argsort().to(logits.device)
         return logits[inverse], alphas[inverse]
 
     @staticmethod
