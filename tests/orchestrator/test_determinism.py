@@ -59,6 +59,7 @@ def test_two_runs_of_one_config_agree_bit_for_bit_and_more_betas_change_nothing(
     assert same[0] == same[1]
     assert set(same[0]) == set(fewer) == {"c001", "c002"}
     for cell, seen in same[0].items():
-        assert seen["variants"]["0.0"]["test_CIDEr"] > 0
+        assert {"test_CIDEr", "test_Bleu_4"} <= set(seen["variants"]["0.0"]), cell
+        assert seen["variants"]["0.0"]["test_mean_caption_length"] > 0, cell
         assert seen["trial"] == fewer[cell]["trial"], cell
         assert seen["variants"]["0.0"] == fewer[cell]["variants"]["0.0"], cell
