@@ -176,3 +176,16 @@ def test_cli_report_names_what_is_missing(orch, tmp_path):
     assert (tmp_path / "r" / "report.md").is_file()
     result = orch("report", "tiny-grid", "--storage", tmp_path / "missing")
     assert result.exit_code == 2 and "no MLflow store" in result.output
+
+
+def test_cells_whose_captions_stop_at_max_len_are_named(tmp_path):
+    uri = record_experiment(tmp_path / "results", "cut", {"decode.length_penalty": [0.0, 1.0]}, lambda cell: 0.5)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cut").experiment_id], "tags.`orch.variant` = 'd02'")
+    client.log_metric(runs[0].info.run_id, "test_truncated_fraction", 0.3)
+    markdown = write_report("cut", uri, tmp_path / "report").read_text()
+    section = markdown.split("## Captions cut at decode.max_len", 1)[1]
+    assert "c001/d02: 30% of test captions cut at decode.max_len" in section
+    assert "c001/d01" not in section
