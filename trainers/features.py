@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
+from trainers.checkpoint import state_digest
 from trainers.data.prepared import PreparedDataset
 from trainers.errors import InputError
 
@@ -27,11 +28,7 @@ COMPLETE = "complete.json"
 
 def encoder_digest(encoder: torch.nn.Module) -> str:
     """A hash of the encoder's weights: random (`weights: none`) encoders differ per seed."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return state_digest(encoder.state_dict())[:16]
 
 
 def cache_key(dataset: PreparedDataset, encoder: torch.nn.Module, encoder_name: str,

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,14 +25,15 @@ from rich.progress import track
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
 from trainers.batching import ImageGroupedBatches, encode_distinct
-from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trainable, restore_rng_state, rng_state,
+                                 save_checkpoint, store_random_encoder, trainable_state)
 from trainers.config import REFERENCE_DECODE_ID, TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
-from trainers.errors import TrainingDiverged
+from trainers.errors import InputError, TrainingDiverged
 from trainers.features import cached_features, resize_batch
 from trainers.memory import reuse_freed_memory
 from trainers.models import attention_regularisation, build_captioner
@@ -143,7 +145,7 @@ class CaptionRecipe:
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None
         self.history: list[dict] = []
-        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_state = trainable_state(self.model)  # on the CPU, without the frozen encoder
         if resume_from is not None:
             self._resume(resume_from)
 
@@ -178,12 +180,15 @@ class CaptionRecipe:
 
     def _resume(self, folder: Path) -> None:
         checkpoint = load_checkpoint(folder)
+        if checkpoint.meta.get("frozen_encoder", self.frozen_encoder) != self.frozen_encoder:
+            raise InputError(f"{folder}: trained with another frozen encoder than this config builds "
+                             f"({checkpoint.meta['frozen_encoder']['weights']})")
         state = checkpoint.training_state(map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        load_trainable(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        self.best_state = checkpoint.best_model(map_location=self.device)
+        self.best_state = checkpoint.best_model()
         self.start_epoch = state["epoch"] + 1
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.stale_epochs, self.start_loss = state["stale_epochs"], state["start_loss"]
@@ -350,7 +355,7 @@ class CaptionRecipe:
             is_best = score > self.best_score
             if is_best:
                 self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = trainable_state(self.model)
             else:
                 self.stale_epochs += 1
             self._step_lr_schedule(score)
@@ -393,12 +398,12 @@ class CaptionRecipe:
         """Decode val and test with the best weights, once for every variant (and the reference);
         the reference's test metrics are the training's own, next to the constant caption's
         (`test_constant_caption_*`) to compare them with."""
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.best_state)
+        current = trainable_state(self.model)
+        load_trainable(self.model, self.best_state)
         decoded = self.variants + ([] if self.reference in self.variants else [self.reference])
         val = self.evaluate("val", decoded)
         test = self.evaluate("test", decoded)
-        self.model.load_state_dict(current)
+        load_trainable(self.model, current)
         for variant in decoded:
             captions, scores = test[variant.id]
             metrics = {**{f"val_{k}": v for k, v in val[variant.id][1].items()},
@@ -415,7 +420,7 @@ class CaptionRecipe:
 
     def _save(self, epoch: int, extra_files: Optional[dict[str, Path]] = None) -> None:
         """The checkpoint; the final one also carries the test predictions, so they reach storage."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "epoch": epoch, "best_score": self.best_score,
                  "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "start_loss": self.start_loss,
@@ -423,8 +428,15 @@ class CaptionRecipe:
         best = self.history[self.best_epoch - 1] if self.best_epoch else {}
         meta = {"config": self.config.model_dump(mode="json"), "vocab": list(self.vocab.itos), "epoch": epoch,
                 "best_epoch": self.best_epoch, "best_metrics": best,
-                "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants}}
+                "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants},
+                "frozen_encoder": self.frozen_encoder}
+        store_random_encoder(self.run_dir, self.model, self.frozen_encoder)
         save_checkpoint(self.checkpoint_dir, state, self.best_state, meta, extra_files)
+
+    @cached_property
+    def frozen_encoder(self) -> Optional[dict]:
+        """What identifies the frozen encoder blocks checkpoints leave out (trainers.checkpoint)."""
+        return frozen_encoder_meta(self.model, self.config.model)
 
 
 def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,
