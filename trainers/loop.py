@@ -91,6 +91,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """`train.amp` on this device: `auto` is bf16 on a CUDA device that supports it, else none."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -127,6 +134,7 @@ class CaptionRecipe:
     def setup(self, resume_from: Optional[Path] = None) -> None:
         cfg = self.config
         self.device = pick_device(cfg.train.device)
+        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
         seed_everything(cfg.train.seed)
         self.dataset: PreparedDataset = ensure_prepared(cfg.data)
         self.vocab = self.dataset.vocab
@@ -139,9 +147,7 @@ class CaptionRecipe:
         self._shuffle = torch.Generator()  # reseeded every epoch (see _batches)
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
-        amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-        self.autocast_dtype = amp
-        self.scaler = torch.amp.GradScaler(enabled=(amp == torch.float16 and self.device.type == "cuda"))
+        self.scaler = torch.amp.GradScaler(enabled=(self.autocast_dtype == torch.float16 and self.device.type == "cuda"))
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None
         self.history: list[dict] = []
@@ -157,7 +163,7 @@ class CaptionRecipe:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.prepared) / "features"
         paths = cached_features(self.dataset, self.model.encoder, encoder_name=cfg.model.encoder,
                                 image_size=cfg.data.image_size, encoded_size=cfg.model.encoded_size,
-                                cache_dir=cache_dir, device=self.device)
+                                cache_dir=cache_dir, device=self.device, autocast=self.autocast_dtype)
         return {s: LazyArray(path) for s, path in paths.items()}
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
