@@ -76,7 +76,7 @@ if [[ $DRY == 1 ]]; then
 else
   DEVICE=(--device cuda)
   QUICK=()
-  TRAIN=(--epochs-part --image-size 256 --images 3000 --rounds 5 --steps 10 --epoch-batches 10)
+  TRAIN=(--epochs-part --image-size 256 --images 2000 --rounds 5 --steps 10 --epoch-batches 10)
   BEAM=(--batch 64 256)
   PACKING=(--set "data.prepared=$OUT/data/prepared")
   step install bash -c 'pip install -q -e ".[test]" >&2 || python -c "import torch, ray, mlflow, pytest" >&2; echo "{}"'

@@ -100,6 +100,7 @@ def store_random_encoder(run_dir: Path, model: torch.nn.Module, frozen: Optional
     from safetensors.torch import save_file
 
     skip = frozen_prefixes(model)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".partial", delete=False) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(skip)},
                   staging.name)
