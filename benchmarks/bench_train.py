@@ -14,7 +14,8 @@ reaches, and what an epoch costs through a frozen ResNet-101 against the feature
     The arms alternate over `--rounds` rounds (each warmed first); medians, min/max and the
     speed-up are reported, with the FLOPs of one step (torch's FlopCounterMode: the matmuls) and
     the fraction of the machine's matmul peak, measured in the same run with a large sgemm.
-    On a GPU each arm also runs under bf16 autocast.
+    On a GPU each arm also runs under bf16 autocast; `--compile` adds orch's step compiled
+    (`train.compile`), its compilation in the warm-up.
 (b) `--epochs-part`: one training epoch of the recipe (CaptionRecipe.train_epoch) on a synthetic
     dataset at `--image-size`, with a frozen ResNet-101 (weights none, 14x14 grid), on the feature
     cache and through the encoder (and on a GPU in float32 and bf16), timed over `--epoch-batches`
@@ -26,6 +27,7 @@ Prints one JSON object. Targets on 2 CPU threads: orch >= 6x the tutorial, >= 50
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -127,16 +129,22 @@ def decoder_arms(args, device: torch.device) -> dict:
 
         return step, steps
 
+    def orch_loss(decoder: Decoder):
+        return lambda: caption_loss(decoder, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)[0]
+
     losses = {"tutorial": (tutorial, lambda: tutorial_loss(tutorial, features, captions, lengths, 1.0)),
-              "orch": (orch, lambda: caption_loss(orch, features, captions, lengths, ss_rate=0.0, ss_per="token",
-                                                  alpha_c=1.0)[0])}
+              "orch": (orch, orch_loss(orch))}
+    if args.compile:  # train.compile: the step compiled as the recipe compiles it
+        compiled = copy.deepcopy(orch)
+        compiled._step = torch.compile(compiled._step, dynamic=True)
+        losses["orch_compiled"] = (compiled, orch_loss(compiled))
     amps = {"fp32": None, **({"bf16": torch.bfloat16} if device.type == "cuda" else {})}
     arms, flops = {}, {}
     for amp_name, amp in amps.items():
         for name, (model, loss_of) in losses.items():
             step, steps = step_of(model, loss_of, amp)
             arms[f"{name}-{amp_name}"] = steps
-            if amp is None:
+            if amp is None and name != "orch_compiled":
                 with FlopCounterMode(display=False) as counter:
                     step()
                 flops[name] = counter.get_total_flops()
@@ -152,6 +160,9 @@ def decoder_arms(args, device: torch.device) -> dict:
         result[arm]["steps_per_s"] = round(args.steps / summary(times)["median_s"], 3)
     for amp_name in amps:
         result[f"orch_over_tutorial-{amp_name}"] = ratio(seconds[f"tutorial-{amp_name}"], seconds[f"orch-{amp_name}"])
+        if args.compile:
+            result[f"compiled_over_eager-{amp_name}"] = ratio(seconds[f"orch-{amp_name}"],
+                                                              seconds[f"orch_compiled-{amp_name}"])
     orch_rate = flops["orch"] * result["orch-fp32"]["steps_per_s"] / 1e9
     result["orch_fraction_of_peak"] = round(orch_rate / peak, 3)
     result["tutorial_fraction_of_peak"] = round(flops["tutorial"] * result["tutorial-fp32"]["steps_per_s"] / 1e9 / peak, 3)
@@ -223,6 +234,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512, help="embed, attention and hidden size")
     parser.add_argument("--vocab", type=int, default=5000, help="within Flickr8k/COCO's 2000-10000")
     parser.add_argument("--tokens", type=int, default=22, help="longest caption, with <start> and <end>")
+    parser.add_argument("--compile", action="store_true", help="also orch's step under torch.compile (train.compile)")
     parser.add_argument("--epochs-part", action="store_true", help="also (b): epochs through the encoder vs the cache")
     parser.add_argument("--encoder", default="resnet101")
     parser.add_argument("--image-size", type=int, default=224)

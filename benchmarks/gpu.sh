@@ -66,7 +66,7 @@ if [[ $DRY == 1 ]]; then
   echo "dry run: every step at tiny sizes on the CPU" >&2
   DEVICE=(--device cpu)
   QUICK=(--quick)
-  TRAIN=(--epochs-part)
+  TRAIN=(--epochs-part --compile)
   BEAM=()
   PACKING=(--set resources.gpu=0 --set resources.cpu=1 --set "data.prepared=$OUT/data/prepared"
            --set data.synthetic.n=40 --set data.image_size=32 --set model.encoder=resnet18 --set model.encoded_size=2
@@ -76,7 +76,7 @@ if [[ $DRY == 1 ]]; then
 else
   DEVICE=(--device cuda)
   QUICK=()
-  TRAIN=(--epochs-part --image-size 256 --images 2000 --rounds 5 --steps 10 --epoch-batches 10)
+  TRAIN=(--epochs-part --compile --image-size 256 --images 2000 --rounds 5 --steps 10 --epoch-batches 10)
   BEAM=(--batch 64 256)
   PACKING=(--set "data.prepared=$OUT/data/prepared")
   step install bash -c 'pip install -q -e ".[test]" >&2 || python -c "import torch, ray, mlflow, pytest" >&2; echo "{}"'

@@ -55,6 +55,9 @@ def rows(steps: dict[str, dict], device: str, dry: bool) -> list[str]:
                           ">= 5,000 (bf16)"))
             table.append((f"orch / tutorial formulation ({amp}, median [min-max])",
                           _ratio(train[f"orch_over_tutorial-{amp}"]), ">= 6x"))
+        if f"compiled_over_eager-{amp}" in train:
+            table.append((f"train.compile: compiled / eager decoder step ({amp})",
+                          _ratio(train[f"compiled_over_eager-{amp}"]), "> 1 to be worth it"))
     if train:
         table.append(("fraction of measured matmul peak (fp32)", train["orch_fraction_of_peak"], ">= 50 % (CPU)"))
     epoch = result("bench_train").get("epoch", {})

@@ -141,6 +141,8 @@ class CaptionRecipe:
         self.model = build_captioner(cfg.model, len(self.vocab)).to(self.device)
         if self.device.type == "cuda":
             self.model.encoder.to(memory_format=torch.channels_last)
+        if cfg.train.compile:  # the step training and decoding share; the state dict is unchanged
+            self.model.decoder._step = torch.compile(self.model.decoder._step, dynamic=True)
         self.use_cache = cfg.data.feature_cache and not self.model.encoder.trainable_parameters()
         self.inputs = self._input_arrays()
         self._loaders: dict[str, DataLoader] = {}

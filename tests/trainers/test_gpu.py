@@ -8,9 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import math
+
+from tests.conftest import tiny_trainer_dict
 from tests.trainers.models.test_all_models import COMBINATIONS, VOCAB, tiny_config
-from trainers.config import DecodeConfig, ModelConfig
+from trainers.config import DecodeConfig, ModelConfig, TrainerConfig
 from trainers.decoding import decode
+from trainers.loop import run_training
 from trainers.models import ENCODERS, Captioner, Decoder, build_encoder
 
 pytestmark = [pytest.mark.gpu,
@@ -72,3 +76,12 @@ def test_beam_search_on_the_gpu_gives_the_cpu_captions():
         assert on_cpu[i].score == pytest.approx(on_gpu[i].score, abs=1e-3)
     assert len(differing) <= 2
     assert all(a.score == pytest.approx(b.score, abs=1e-3) for a, b in zip(on_cpu, on_gpu))
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_a_run_trains_on_the_gpu_in_bf16_by_default(prepared_dir, tmp_path, compile_step):
+    config = TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir, train={"epochs": 1, "compile": compile_step}))
+    assert config.train.amp == "auto"
+    result = run_training(config, tmp_path)
+    assert math.isfinite(result.metrics["train_loss"]) and "test_CIDEr" in result.metrics
+
