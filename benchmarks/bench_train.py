@@ -111,6 +111,9 @@ def decoder_arms(args, device: torch.device) -> dict:
     captions[:, 0] = START
     captions[positions.unsqueeze(0) == (lengths - 1).unsqueeze(1)] = END
     captions[positions.unsqueeze(0) >= lengths.unsqueeze(1)] = PAD
+    order = lengths.argsort(descending=True)  # as orch's loaders batch them: longest first
+    captions, lengths = captions[order], lengths[order]  # (B, T), (B,)
+    host_lengths = lengths.cpu()  # orch's loaders keep lengths on the host; the tutorial's are on the device
 
     def step_of(model: nn.Module, loss_of, amp: torch.dtype | None):
         optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
@@ -130,7 +133,8 @@ def decoder_arms(args, device: torch.device) -> dict:
         return step, steps
 
     def orch_loss(decoder: Decoder):
-        return lambda: caption_loss(decoder, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)[0]
+        return lambda: caption_loss(decoder, features, captions, host_lengths, ss_rate=0.0, ss_per="token",
+                                    alpha_c=1.0)[0]
 
     losses = {"tutorial": (tutorial, lambda: tutorial_loss(tutorial, features, captions, lengths, 1.0)),
               "orch": (orch, orch_loss(orch))}
