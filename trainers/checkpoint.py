@@ -43,7 +43,6 @@ BEST_MODEL = "best_model.pt"
 META = "meta.json"
 
 
-
 def frozen_encoder_file(frozen: dict) -> str:
     """The name a random frozen encoder is stored under, once per run: its hash tells encoders apart."""
     return f"frozen_encoder-{frozen['sha256'][:16]}.safetensors"
@@ -61,9 +60,12 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 def frozen_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     """State-dict prefixes of the encoder's frozen blocks (none for a model without an encoder)."""
     encoder = getattr(model, "encoder", None)
-    if encoder is None:
-        return ()
-    return tuple(f"encoder.blocks.{i}." for i in range(encoder.first_trainable))
+    return _block_prefixes(encoder.first_trainable if encoder is not None else 0)
+
+
+def _block_prefixes(blocks: int) -> tuple[str, ...]:
+    """State-dict prefixes of the encoder's first `blocks` blocks."""
+    return tuple(f"encoder.blocks.{i}." for i in range(blocks))
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -116,7 +118,7 @@ def complete_state(state: dict[str, torch.Tensor], meta: dict, folder: Path) -> 
     from trainers.models.encoders import build_encoder
 
     cfg = TrainerConfig.model_validate(without_retired_keys(meta["config"])).model
-    prefixes = tuple(f"encoder.blocks.{i}." for i in range(frozen["blocks"]))
+    prefixes = _block_prefixes(frozen["blocks"])
     rebuilt = {f"encoder.{k}": v for k, v in build_encoder(cfg).state_dict().items()
                if f"encoder.{k}".startswith(prefixes)}
     if state_digest(rebuilt) != frozen["sha256"]:
