@@ -63,7 +63,8 @@ def rows(steps: dict[str, dict], device: str, dry: bool) -> list[str]:
     epoch = result("bench_train").get("epoch", {})
     for amp in ("fp32", "bf16"):
         if f"cache_build-{amp}" in epoch:
-            table.append((f"building the {epoch['encoder']} feature cache at {epoch['image_size']} px ({amp}), images/s",
+            table.append((f"building the {epoch['encoder']} feature cache at {epoch['image_size']} px ({amp}), "
+                          "images/s",
                           epoch[f"cache_build-{amp}"]["images_per_s"], ">= 1,500"))
         if f"encoder_over_cache-{amp}" in epoch:
             table.append((f"an epoch through the frozen {epoch['encoder']} / on the cache ({amp})",

@@ -149,7 +149,8 @@ class CaptionRecipe:
         self._shuffle = torch.Generator()  # reseeded every epoch (see _batches)
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
-        self.scaler = torch.amp.GradScaler(enabled=(self.autocast_dtype == torch.float16 and self.device.type == "cuda"))
+        fp16_on_cuda = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(enabled=fp16_on_cuda)
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None
         self.history: list[dict] = []
