@@ -1,72 +1,132 @@
-"""Beam-search throughput on CPU: the whole batch at once vs one image at a time.
+"""Beam-search throughput: orch's batched search against the tutorial's, one image at a time.
 
-    PYTHONPATH=. python benchmarks/bench_beam.py [--batch 64] [--beam 3] [--max-len 30] [--glibc-default]
+    PYTHONPATH=. python benchmarks/bench_beam.py [--batch 64 [256 ...]] [--beam 3] [--max-len 20] [--rounds 3]
+    PYTHONPATH=. python benchmarks/bench_beam.py --quick            # seconds: small sizes, checks it runs
 
 A Show-Attend-Tell decoder at the coursework's sizes (embed/attention/hidden 512, LSTM, soft
-attention) on ResNet-101-shaped features (196 x 2048), randomly initialised, so no caption ends
-early and both ways run max_len steps. Prints one JSON object: images/s both ways, whether both
-ways give identical captions, and the speed-up.
+attention, vocabulary 3000) on ResNet-101-shaped features (196 x 2048), randomly initialised, so
+captions rarely end early and both arms run about max_len steps. Two arms, on the same weights
+and features, alternating over `--rounds` rounds after a warm-up:
+
+- `batched`: trainers.decoding.decode, every image's K beams as rows of one step;
+- `per_image`: the tutorial's search (sgrvinod's `caption_image_beam_search` in caption.py),
+  written here: one image at a time, its grid expanded to K rows that shrink as captions end.
+  Two changes make it comparable: it ranks finished captions with the same β penalty, and at
+  max_len the captions still running compete too (the tutorial would have none to return).
+
+Both must give identical captions (`identical_captions`). Prints one JSON object with medians,
+min/max, images/s and the speed-up per batch size. Target on 2 CPU threads: >= 12x at batch 64.
 
 Like `orch train`, `orch evaluate` and every trial, it first keeps freed memory in the process
-(trainers.memory.reuse_freed_memory): the batched search allocates tens of MB per step (the additive
-attention's (B, K, P, A) energies), which glibc otherwise maps fresh, page by page, every step.
-`--glibc-default` leaves glibc's allocator as it is, to measure what that costs.
+(trainers.memory.reuse_freed_memory): the batched search allocates tens of MB per step, which
+glibc otherwise maps fresh, page by page, every step. `--glibc-default` leaves glibc as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from trainers.config import DecodeConfig, ModelConfig
-from trainers.decoding import decode
-from trainers.memory import reuse_freed_memory
-from trainers.models.decoder import Decoder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import environment, interleaved, ratio, summary  # noqa: E402
+
+from trainers.config import DecodeConfig, ModelConfig  # noqa: E402
+from trainers.decoding import END, START, decode, length_penalised  # noqa: E402
+from trainers.loop import pick_device  # noqa: E402
+from trainers.memory import reuse_freed_memory  # noqa: E402
+from trainers.models.decoder import Decoder  # noqa: E402
+
+
+@torch.no_grad()
+def tutorial_beam_search(decoder: Decoder, features: torch.Tensor, k: int, max_len: int, beta: float) -> list[int]:
+    """One image's caption, features (1, P, C), searched as the tutorial does (see the module docstring)."""
+    rows = torch.zeros(k, dtype=torch.long, device=features.device)  # (k,)
+    memory = decoder.prepare(features).select(rows)  # the grid expanded to k rows
+    state = decoder.init_state(memory)
+    words = torch.full((k,), START, dtype=torch.long, device=features.device)  # (k,)
+    seqs = torch.zeros(k, 0, dtype=torch.long, device=features.device)  # (k, t)
+    top_scores = torch.zeros(k, device=features.device)  # (k,)
+    complete: list[tuple[float, list[int]]] = []  # (penalised score, words) in the order they ended
+    for t in range(max_len):
+        logprobs, state, _ = decoder.step(words, state, memory)  # (k, V)
+        vocab = logprobs.shape[1]
+        scores = top_scores.unsqueeze(1) + logprobs  # (k, V)
+        top, flat = (scores[0] if t == 0 else scores.view(-1)).topk(k)  # (k,): all beams are alike at first
+        previous, following = flat // vocab, flat % vocab  # (k,)
+        seqs = torch.cat([seqs[previous], following.unsqueeze(1)], dim=1)  # (k, t+1)
+        ended = following == END  # (k,)
+        for i in ended.nonzero().flatten().tolist():
+            complete.append((length_penalised(top[i], t, beta).item(), seqs[i, :t].tolist()))
+        going = (~ended).nonzero().flatten()  # (k',)
+        k = len(going)
+        if k == 0:
+            break
+        seqs, top_scores, words = seqs[going], top[going], following[going]
+        state, memory = decoder.reorder_state(state, previous[going]), memory.select(previous[going])
+    else:  # max_len reached: the captions still running compete too
+        complete += [(length_penalised(top_scores[i], max_len, beta).item(), seqs[i].tolist()) for i in range(k)]
+    return max(complete, key=lambda candidate: candidate[0])[1]
+
+
+def measure(decoder: Decoder, batch: int, args, device: torch.device) -> dict:
+    features = torch.rand(batch, args.pixels, args.channels, device=device)  # (B, P, C)
+    cfg = DecodeConfig(strategy="beam", beam_size=args.beam, max_len=args.max_len, length_penalty=args.beta,
+                       block_unk=False)  # the tutorial blocks nothing
+    captions: dict[str, list[list[int]]] = {}
+
+    def batched() -> None:
+        captions["batched"] = [h.tokens for h in decode(decoder, features, cfg)]
+
+    def per_image() -> None:
+        captions["per_image"] = [tutorial_beam_search(decoder, features[i:i + 1], args.beam, args.max_len, args.beta)
+                                 for i in range(batch)]
+
+    seconds = interleaved({"batched": batched, "per_image": per_image}, args.rounds, device)
+    return {"batch": batch, "batched": summary(seconds["batched"], batch, "images_per_s"),
+            "per_image": summary(seconds["per_image"], batch, "images_per_s"),
+            "speedup": ratio(seconds["per_image"], seconds["batched"]),
+            "identical_captions": captions["batched"] == captions["per_image"],
+            "mean_caption_words": round(sum(map(len, captions["batched"])) / batch, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64], help="one or more batch sizes")
     parser.add_argument("--beam", type=int, default=3)
-    parser.add_argument("--max-len", type=int, default=30)
+    parser.add_argument("--max-len", type=int, default=20, help="as docs/PERFORMANCE.md states it")
+    parser.add_argument("--beta", type=float, default=0.0, help="the length penalty β")
     parser.add_argument("--vocab", type=int, default=3000, help="about Flickr8k's at min_word_freq 5")
+    parser.add_argument("--pixels", type=int, default=196)
+    parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap/trim thresholds as they are")
     args = parser.parse_args()
+    if args.quick:
+        args.batch, args.max_len, args.vocab, args.pixels, args.channels, args.dim, args.rounds = \
+            [4], 6, 100, 16, 64, 32, 2
     malloc_reuse = not args.glibc_default and reuse_freed_memory()
 
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model_cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=512, attention_dim=512, hidden_dim=512)
-    decoder = Decoder(model_cfg, feature_dim=2048, vocab_size=args.vocab).eval()
-    features = torch.rand(args.batch, 196, 2048)  # (B, P, C)
-    cfg = DecodeConfig(strategy="beam", beam_size=args.beam, max_len=args.max_len)
-    decode(decoder, features[:1], cfg)  # warm-up
-
-    started = time.perf_counter()
-    batched = decode(decoder, features, cfg)
-    batched_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    one_by_one = [decode(decoder, features[i:i + 1], cfg)[0] for i in range(args.batch)]
-    one_by_one_s = time.perf_counter() - started
-
-    print(json.dumps({
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "malloc_reuse": malloc_reuse,
-        "batch": args.batch,
-        "beam_size": args.beam,
-        "max_len": args.max_len,
-        "vocab": args.vocab,
-        "mean_caption_tokens": sum(len(h.tokens) for h in batched) / args.batch,
-        "batched_images_per_s": round(args.batch / batched_s, 2),
-        "one_at_a_time_images_per_s": round(args.batch / one_by_one_s, 2),
-        "identical_captions": [h.tokens for h in batched] == [h.tokens for h in one_by_one],
-        "speedup": round(one_by_one_s / batched_s, 2),
-    }))
+    cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, attention_dim=args.dim, hidden_dim=args.dim)
+    decoder = Decoder(cfg, feature_dim=args.channels, vocab_size=args.vocab).to(device).eval()
+    result = {"environment": environment(device), "quick": args.quick, "malloc_reuse": malloc_reuse,
+              "beam_size": args.beam, "max_len": args.max_len, "beta": args.beta, "vocab": args.vocab,
+              "grid": [args.pixels, args.channels], "dims": args.dim,
+              "batches": [measure(decoder, batch, args, device) for batch in args.batch]}
+    result["load_average_at_end"] = environment(device)["load_average"]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

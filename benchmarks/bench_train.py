@@ -1,141 +1,271 @@
-"""Training throughput: decoder steps/s at the coursework's sizes, and what the feature cache saves.
+"""Training throughput: orch's decoder step against the tutorial's, the fraction of matmul peak it
+reaches, and what an epoch costs through a frozen ResNet-101 against the feature cache.
 
-    PYTHONPATH=. python benchmarks/bench_train.py [--steps 5] [--images 200] [--uncached-batches 3]
+    PYTHONPATH=. python benchmarks/bench_train.py [--rounds 5] [--steps 2] [--threads 2] [--epochs-part]
+    PYTHONPATH=. python benchmarks/bench_train.py --quick            # a minute: small sizes, checks it runs
 
-(a) `decoder_steps_per_s`: the training step of trainers.loop (`caption_loss`, backward, gradient
-    clipping, Adam) of a Show-Attend-Tell decoder at the coursework's sizes (embed / attention /
-    hidden 512, LSTM, soft attention, α_c 1) on cached ResNet-101 features, i.e. random
-    (B, 196, 2048) tensors, batch 32, vocabulary 5000, captions of 22 tokens.
-(b) One training epoch of the recipe (`CaptionRecipe.train_epoch`) on a small synthetic dataset
-    prepared at 224 px, with a frozen ResNet-101 (weights none, 14x14 grid): once on the feature
-    cache and once through the encoder. The encoder path is timed over `--uncached-batches`
-    batches and scaled to the epoch's batch count (every batch costs the same: 32 images through
-    the CNN). Building the cache is timed too: it is paid once per (dataset, encoder) and shared by
-    every later epoch and trial.
+(a) The decoder training step at the coursework's sizes (ResNet-101's 14x14x2048 grid, embed /
+    attention / hidden 512, LSTM, soft attention, α_c 1, batch 32, vocabulary 5000, captions of
+    10-22 tokens), two arms with the same sizes, data and optimiser (Adam, gradients clipped at 5):
+    - `tutorial`: sgrvinod's Show-Attend-Tell decoder as its tutorial trains it, written here: the
+      batch sorted by length, and at every step the attention re-projects the whole encoder grid
+      (`encoder_att(encoder_out[:batch_size_t])`);
+    - `orch`: trainers.models.Decoder with trainers.loop.caption_loss, as the recipe runs it.
+    The arms alternate over `--rounds` rounds (each warmed first); medians, min/max and the
+    speed-up are reported, with the FLOPs of one step (torch's FlopCounterMode: the matmuls) and
+    the fraction of the machine's matmul peak, measured in the same run with a large sgemm.
+    On a GPU each arm also runs under bf16 autocast; `--compile` adds orch's step compiled
+    (`train.compile`) under the default amp (bf16 on a GPU), its compilation in the warm-up.
+(b) `--epochs-part`: one training epoch of the recipe (CaptionRecipe.train_epoch) on a synthetic
+    dataset at `--image-size`, with a frozen ResNet-101 (weights none, 14x14 grid), on the feature
+    cache and through the encoder (and on a GPU in float32 and bf16), timed over `--epoch-batches`
+    batches per round and scaled to the epoch; plus building the cache, in images/s.
 
-Prints one JSON object. Runs on the GPU when there is one (the recipe's `train.device: auto`), else
-on the CPU, in about 3-5 minutes on 2 idle CPU cores; the machine's load average is included
-because CPU timings on a shared machine vary a lot with it.
+Prints one JSON object. Targets on 2 CPU threads: orch >= 6x the tutorial, >= 50 % of matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from trainers.config import ModelConfig, TrainerConfig
-from trainers.data.prepare import prepare_dataset
-from trainers.data.synthetic import write_synthetic_dataset
-from trainers.loop import CaptionRecipe, caption_loss, pick_device
-from trainers.models.decoder import Decoder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import environment, interleaved, matmul_peak_gflops, ratio, summary  # noqa: E402
 
-BATCH, PIXELS, CHANNELS, CAPTION_TOKENS = 32, 196, 2048, 22
-CONFIG_FOR_THE_DIMS = dict(decoder="lstm", attention="soft", embed_dim=512, attention_dim=512, hidden_dim=512,
-                           dropout=0.5)
+from trainers.config import ModelConfig, TrainerConfig  # noqa: E402
+from trainers.loop import CaptionRecipe, caption_loss, pick_device  # noqa: E402
+from trainers.models.decoder import Decoder  # noqa: E402
 
-
-def decoder_steps_per_s(steps: int, vocab: int, seed: int, device: torch.device) -> float:
-    """Training steps/s of the decoder alone on random (B, 196, 2048) features."""
-    torch.manual_seed(seed)
-    decoder = Decoder(ModelConfig(**CONFIG_FOR_THE_DIMS), feature_dim=CHANNELS, vocab_size=vocab).to(device).train()
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=4e-4)
-    features = torch.rand(BATCH, PIXELS, CHANNELS, device=device)  # (B, P, C)
-    captions = torch.randint(4, vocab, (BATCH, CAPTION_TOKENS), device=device)  # (B, T)
-    captions[:, 0], captions[:, -1] = 1, 2  # <start> ... <end>
-    lengths = torch.full((BATCH,), CAPTION_TOKENS, device=device)  # (B,)
-
-    def step() -> None:
-        loss, _ = caption_loss(decoder, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(decoder.parameters(), 5.0)
-        optimizer.step()
-
-    step()  # warm-up
-    _synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronize(device)
-    return steps / (time.perf_counter() - started)
+PAD, START, END = 0, 1, 2
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+class TutorialDecoder(nn.Module):
+    """sgrvinod's DecoderWithAttention (a-PyTorch-Tutorial-to-Image-Captioning, models.py), written
+    from its description: the encoder grid is projected again at every step, for the captions still
+    running, which are a prefix of the batch sorted by length."""
+
+    def __init__(self, vocab: int, feature_dim: int, embed: int, hidden: int, attention: int, dropout: float):
+        super().__init__()
+        self.encoder_att = nn.Linear(feature_dim, attention)
+        self.decoder_att = nn.Linear(hidden, attention)
+        self.full_att = nn.Linear(attention, 1)
+        self.embedding = nn.Embedding(vocab, embed)
+        self.dropout = nn.Dropout(dropout)
+        self.decode_step = nn.LSTMCell(embed + feature_dim, hidden)
+        self.init_h = nn.Linear(feature_dim, hidden)
+        self.init_c = nn.Linear(feature_dim, hidden)
+        self.f_beta = nn.Linear(hidden, feature_dim)
+        self.fc = nn.Linear(hidden, vocab)
+
+    def forward(self, encoder_out: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor):
+        lengths, order = lengths.sort(descending=True)
+        encoder_out, captions = encoder_out[order], captions[order]  # (B, P, C), (B, T)
+        embeddings = self.embedding(captions)  # (B, T, E)
+        mean = encoder_out.mean(dim=1)  # (B, C)
+        h, c = self.init_h(mean), self.init_c(mean)  # (B, H)
+        decode_lengths = (lengths - 1).tolist()
+        steps = max(decode_lengths)
+        predictions = encoder_out.new_zeros(captions.shape[0], steps, self.fc.out_features)  # (B, T-1, V)
+        alphas = encoder_out.new_zeros(captions.shape[0], steps, encoder_out.shape[1])  # (B, T-1, P)
+        for t in range(steps):
+            rows = sum(length > t for length in decode_lengths)
+            att1 = self.encoder_att(encoder_out[:rows])  # (rows, P, A): the grid, projected again
+            att2 = self.decoder_att(h[:rows])  # (rows, A)
+            alpha = F.softmax(self.full_att(F.relu(att1 + att2.unsqueeze(1))).squeeze(2), dim=1)  # (rows, P)
+            context = (encoder_out[:rows] * alpha.unsqueeze(2)).sum(dim=1)  # (rows, C)
+            context = torch.sigmoid(self.f_beta(h[:rows])) * context  # (rows, C)
+            h, c = self.decode_step(torch.cat([embeddings[:rows, t], context], dim=1), (h[:rows], c[:rows]))
+            predictions[:rows, t] = self.fc(self.dropout(h))  # (rows, V)
+            alphas[:rows, t] = alpha
+        return predictions, captions, decode_lengths, alphas
 
 
-def epoch_times(workdir: Path, images: int, uncached_batches: int, seed: int) -> dict:
-    """Seconds for one training epoch on the feature cache and (scaled) through the frozen encoder."""
-    raw = workdir / "raw"
-    write_synthetic_dataset(raw, n=images, size=224, seed=seed)
-    prepared = workdir / "prepared"
-    prepare_dataset(raw / "dataset.json", raw, prepared, min_word_freq=1, max_len=50, image_size=224)
+def tutorial_loss(decoder: TutorialDecoder, features, captions, lengths, alpha_c: float) -> torch.Tensor:
+    """The tutorial's loss: cross-entropy over the packed (real) positions, plus α_c's regulariser."""
+    predictions, captions, decode_lengths, alphas = decoder(features, captions, lengths)
+    scores = nn.utils.rnn.pack_padded_sequence(predictions, decode_lengths, batch_first=True).data
+    targets = nn.utils.rnn.pack_padded_sequence(captions[:, 1:], decode_lengths, batch_first=True).data
+    return F.cross_entropy(scores.float(), targets) + alpha_c * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
 
-    def recipe(feature_cache: bool, max_batches: int | None) -> CaptionRecipe:
-        config = TrainerConfig.model_validate({
-            "data": {"prepared": str(prepared), "image_size": 224, "num_workers": 0,
-                     "feature_cache": feature_cache, "cache_dir": str(workdir / "features")},
-            "model": {"encoder": "resnet101", "weights": "none", "fine_tune": False, "encoded_size": 14,
-                      **CONFIG_FOR_THE_DIMS},
-            "train": {"epochs": 1, "batch_size": BATCH, "seed": seed, "max_batches_per_epoch": max_batches},
-        })
-        return CaptionRecipe(config, workdir / f"run-{feature_cache}")
 
-    cached = recipe(feature_cache=True, max_batches=None)
-    started = time.perf_counter()
-    cached.setup()  # builds the cache: every split through the encoder once
-    cache_build_s = time.perf_counter() - started
-    started = time.perf_counter()
-    cached.train_epoch(1)
-    cached_epoch_s = time.perf_counter() - started
+def decoder_arms(args, device: torch.device) -> dict:
+    """(a): both decoders' training steps, interleaved, in float32 (and bf16 on a GPU)."""
+    torch.manual_seed(args.seed)
+    dims = dict(embed=args.dim, hidden=args.dim, attention=args.dim)
+    orch = Decoder(ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, hidden_dim=args.dim,
+                               attention_dim=args.dim, dropout=0.5), args.channels, args.vocab).to(device).train()
+    tutorial = TutorialDecoder(args.vocab, args.channels, dropout=0.5, **dims).to(device).train()
+    features = torch.rand(args.batch, args.pixels, args.channels, device=device)  # (B, P, C)
+    lengths = torch.randint(args.tokens // 2, args.tokens + 1, (args.batch,), device=device)  # (B,) with <start>, <end>
+    captions = torch.randint(4, args.vocab, (args.batch, args.tokens), device=device)  # (B, T)
+    positions = torch.arange(args.tokens, device=device)  # (T,)
+    captions[:, 0] = START
+    captions[positions.unsqueeze(0) == (lengths - 1).unsqueeze(1)] = END
+    captions[positions.unsqueeze(0) >= lengths.unsqueeze(1)] = PAD
+    order = lengths.argsort(descending=True)  # as orch's loaders batch them: longest first
+    captions, lengths = captions[order], lengths[order]  # (B, T), (B,)
+    host_lengths = lengths.cpu()  # orch's loaders keep lengths on the host; the tutorial's are on the device
 
-    direct = recipe(feature_cache=False, max_batches=uncached_batches)
-    direct.setup()
-    started = time.perf_counter()
-    direct.train_epoch(1)
-    direct_batch_s = (time.perf_counter() - started) / uncached_batches
+    def step_of(model: nn.Module, loss_of, amp: torch.dtype | None):
+        optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
 
-    train_captions = len(cached.dataset.split("train").caption_image)
-    batches = -(-train_captions // BATCH)
-    encoder_epoch_s = direct_batch_s * batches
-    return {
-        "images": images, "train_images": len(cached.dataset.split("train")), "train_captions": train_captions,
-        "batches_per_epoch": batches, "cache_build_s": round(cache_build_s, 1),
-        "cached_epoch_s": round(cached_epoch_s, 1), "encoder_batches_timed": uncached_batches,
-        "encoder_epoch_s": round(encoder_epoch_s, 1),
-        "encoder_over_cached": round(encoder_epoch_s / cached_epoch_s, 1),
-    }
+        def step() -> None:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = loss_of()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_value_(model.parameters(), 5.0)
+            optimizer.step()
+
+        def steps() -> None:
+            for _ in range(args.steps):
+                step()
+
+        return step, steps
+
+    def orch_loss(decoder: Decoder):
+        return lambda: caption_loss(decoder, features, captions, host_lengths, ss_rate=0.0, ss_per="token",
+                                    alpha_c=1.0)[0]
+
+    losses = {"tutorial": (tutorial, lambda: tutorial_loss(tutorial, features, captions, lengths, 1.0)),
+              "orch": (orch, orch_loss(orch))}
+    amps = {"fp32": None, **({"bf16": torch.bfloat16} if device.type == "cuda" else {})}
+    arms, flops = {}, {}
+    for amp_name, amp in amps.items():
+        for name, (model, loss_of) in losses.items():
+            step, steps = step_of(model, loss_of, amp)
+            arms[f"{name}-{amp_name}"] = steps
+            if amp is None:
+                with FlopCounterMode(display=False) as counter:
+                    step()
+                flops[name] = counter.get_total_flops()
+    default_amp = list(amps)[-1]  # what train.amp: auto picks here: bf16 on a GPU, fp32 on the CPU
+    if args.compile:  # train.compile as the recipe does it, under the default amp only: compiling takes minutes
+        compiled = copy.deepcopy(orch)
+        compiled._step = torch.compile(compiled._step, dynamic=True)
+        arms[f"orch_compiled-{default_amp}"] = step_of(compiled, orch_loss(compiled), amps[default_amp])[1]
+    seconds = interleaved(arms, args.rounds, device)
+    peak = matmul_peak_gflops(device)
+    result = {"sizes": {"batch": args.batch, "grid": [args.pixels, args.channels], "dims": args.dim,
+                        "vocab": args.vocab, "caption_tokens": [args.tokens // 2, args.tokens],
+                        "steps_per_round": args.steps},
+              "gflop_per_step": {name: round(f / 1e9, 3) for name, f in flops.items()},
+              "matmul_peak_gflops": round(peak, 1)}
+    for arm, times in seconds.items():
+        result[arm] = summary(times, args.steps * args.batch, "captions_per_s")
+        result[arm]["steps_per_s"] = round(args.steps / summary(times)["median_s"], 3)
+    for amp_name in amps:
+        result[f"orch_over_tutorial-{amp_name}"] = ratio(seconds[f"tutorial-{amp_name}"], seconds[f"orch-{amp_name}"])
+    if args.compile:
+        result[f"compiled_over_eager-{default_amp}"] = ratio(seconds[f"orch-{default_amp}"],
+                                                             seconds[f"orch_compiled-{default_amp}"])
+    orch_rate = flops["orch"] * result["orch-fp32"]["steps_per_s"] / 1e9
+    result["orch_fraction_of_peak"] = round(orch_rate / peak, 3)
+    tutorial_rate = flops["tutorial"] * result["tutorial-fp32"]["steps_per_s"] / 1e9
+    result["tutorial_fraction_of_peak"] = round(tutorial_rate / peak, 3)
+    return result
+
+
+def epoch_arms(args, device: torch.device, workdir: Path) -> dict:
+    """(b): seconds per epoch on the cache and through the frozen encoder (per amp), and cache builds."""
+    from trainers.data.prepare import prepare_dataset
+    from trainers.data.synthetic import write_synthetic_dataset
+    from trainers.features import cached_features
+
+    raw, prepared = workdir / "raw", workdir / "prepared"
+    write_synthetic_dataset(raw, n=args.images, size=args.image_size, seed=args.seed)
+    prepare_dataset(raw / "dataset.json", raw, prepared, min_word_freq=1, max_len=50, image_size=args.image_size)
+    amps = ["none", "bf16"] if device.type == "cuda" else ["none"]
+    recipes = {}
+    for amp in amps:
+        for cached in (True, False):
+            config = TrainerConfig.model_validate({
+                "data": {"prepared": str(prepared), "image_size": args.image_size, "num_workers": 0,
+                         "feature_cache": cached, "cache_dir": str(workdir / "features")},
+                "model": {"encoder": args.encoder, "weights": "none", "fine_tune": False, "encoded_size": 14,
+                          "decoder": "lstm", "attention": "soft", "embed_dim": 512, "attention_dim": 512,
+                          "hidden_dim": 512, "dropout": 0.5},
+                "train": {"epochs": 1, "batch_size": args.batch, "seed": args.seed, "amp": amp,
+                          "max_batches_per_epoch": args.epoch_batches}})
+            recipe = CaptionRecipe(config, workdir / f"run-{amp}-{cached}")
+            recipe.setup()  # the cached one builds its cache here, which warms the encoder
+            recipes[f"{'cache' if cached else 'encoder'}-{'fp32' if amp == 'none' else amp}"] = recipe
+    first = next(iter(recipes.values()))
+    images = sum(len(first.dataset.split(s)) for s in ("train", "val", "test"))
+    builds = {}
+    for name, recipe in recipes.items():
+        if name.startswith("encoder"):
+            seconds = interleaved({name: lambda r=recipe, n=name: cached_features(
+                r.dataset, r.model.encoder, encoder_name=args.encoder, image_size=args.image_size, encoded_size=14,
+                cache_dir=Path(tempfile.mkdtemp(dir=workdir)), device=device, autocast=r.autocast_dtype)},
+                rounds=1, device=device, warmup=0)[name]
+            builds[name.replace("encoder", "cache_build")] = summary(seconds, images, "images_per_s")
+    seconds = interleaved({name: lambda r=recipe: r.train_epoch(1) for name, recipe in recipes.items()},
+                          args.epoch_rounds, device)
+    train_captions = len(first.dataset.split("train").caption_image)
+    batches = -(-train_captions // args.batch)
+    result = {"encoder": args.encoder, "image_size": args.image_size, "images": images,
+              "train_captions": train_captions, "batches_per_epoch": batches, "batches_timed": args.epoch_batches,
+              **builds}
+    for name, times in seconds.items():
+        per_batch = [t / args.epoch_batches for t in times]
+        result[name] = {**summary(per_batch, args.batch, "captions_per_s"),
+                        "epoch_s_median": round(summary(per_batch)["median_s"] * batches, 1)}
+    for amp in ("fp32", "bf16"):
+        if f"cache-{amp}" in seconds:
+            result[f"encoder_over_cache-{amp}"] = ratio(seconds[f"encoder-{amp}"], seconds[f"cache-{amp}"])
+    if "cache-bf16" in seconds:
+        result["fp32_over_bf16-cache"] = ratio(seconds["cache-fp32"], seconds["cache-bf16"])
+        result["fp32_over_bf16-encoder"] = ratio(seconds["encoder-fp32"], seconds["encoder-bf16"])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="decoder training steps timed for (a)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of (a)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per arm per round")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--pixels", type=int, default=196, help="grid cells: 14x14")
+    parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=512, help="embed, attention and hidden size")
     parser.add_argument("--vocab", type=int, default=5000, help="within Flickr8k/COCO's 2000-10000")
+    parser.add_argument("--tokens", type=int, default=22, help="longest caption, with <start> and <end>")
+    parser.add_argument("--compile", action="store_true", help="also orch's step under torch.compile (train.compile)")
+    parser.add_argument("--epochs-part", action="store_true", help="also (b): epochs through the encoder vs the cache")
+    parser.add_argument("--encoder", default="resnet101")
+    parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--images", type=int, default=200, help="synthetic images for (b), 80%% train")
-    parser.add_argument("--uncached-batches", type=int, default=3, help="batches timed through the encoder for (b)")
+    parser.add_argument("--epoch-batches", type=int, default=2, help="batches per arm per round of (b)")
+    parser.add_argument("--epoch-rounds", type=int, default=3)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps, args.batch, args.pixels, args.channels, args.dim = 2, 1, 8, 16, 64, 32
+        args.vocab, args.tokens, args.encoder, args.image_size, args.images = 200, 10, "resnet18", 64, 40
+        args.epoch_batches, args.epoch_rounds = 1, 2
 
-    device = pick_device("auto")
-    load_before = os.getloadavg()[0]
-    steps_per_s = decoder_steps_per_s(args.steps, args.vocab, args.seed, device)
-    with tempfile.TemporaryDirectory(prefix="bench_train.") as folder:
-        epochs = epoch_times(Path(folder), args.images, args.uncached_batches, args.seed)
-    print(json.dumps({
-        "device": device.type, "threads": torch.get_num_threads(),
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # at start, at end
-        "decoder": {"batch": BATCH, "features": [PIXELS, CHANNELS], "vocab": args.vocab,
-                    "caption_tokens": CAPTION_TOKENS, "dims": 512, "steps_timed": args.steps,
-                    "steps_per_s": round(steps_per_s, 3), "captions_per_s": round(steps_per_s * BATCH, 1)},
-        "epoch": epochs,
-    }))
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    started = environment(device)
+    result = {"environment": started, "quick": args.quick, "decoder_step": decoder_arms(args, device)}
+    if args.epochs_part:
+        with tempfile.TemporaryDirectory(prefix="bench_train.") as folder:
+            result["epoch"] = epoch_arms(args, device, Path(folder))
+    result["load_average_at_end"] = environment(device)["load_average"]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

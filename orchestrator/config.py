@@ -151,7 +151,7 @@ class RayConfig(Strict):
     address: str | None = None  # None: start a local Ray for this run
     storage: str = "results"  # a local folder, a shared mount, or a URI such as s3://bucket/prefix
     max_failures: int = Field(2, ge=-1)  # retries of a failed trial; -1 retries forever
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)  # the newest; each holds the best weights too
 
     @field_validator("address")
     @classmethod

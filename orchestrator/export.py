@@ -91,12 +91,15 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
     import torch
     from safetensors.torch import save_file
 
+    from trainers.checkpoint import complete_state
+
     with staged_folder(folder, replace=True) as staging:
         client = results.tracker.client
         with quiet_downloads():
             checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
         meta = json.loads((checkpoint / "meta.json").read_text())
-        state = torch.load(checkpoint / "best_model.pt", map_location="cpu", weights_only=True)
+        state = complete_state(torch.load(checkpoint / "best_model.pt", map_location="cpu", weights_only=True),
+                               meta, checkpoint)  # the frozen encoder rebuilt: an export holds the whole model
         save_file({key: tensor.contiguous() for key, tensor in state.items()}, staging / EXPORT_WEIGHTS,
                   metadata={"format": "orch-captioner", "experiment": results.experiment, "trial": pick.trial})
         (staging / EXPORT_WEIGHTS).chmod(0o644)

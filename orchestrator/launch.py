@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import shlex
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -111,9 +112,8 @@ def _tuner(config: ExperimentConfig, study: Study, storage: Storage, folder: str
             name=study.name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints,
-                                                    checkpoint_score_attribute=metric,
-                                                    checkpoint_score_order=mode)),
+            # The newest: every checkpoint also holds the best weights so far (trainers.checkpoint).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints)),
     )
 
 
@@ -180,6 +180,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
             else:
                 tuner = _tuner(config, study, storage, folder, trainable, callbacks)
             grid = tuner.fit()
+            clean_ray_temp(study.name, [r.path.rsplit("/", 1)[-1] for r in grid])
             failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
                          for r in grid if r.error is not None]
             # On Ctrl-C (SIGINT) Tune saves its state and returns early, its running trials unended.
@@ -232,6 +233,18 @@ def stored_checkpoints(storage: Storage, folder: str, recorded: dict[str, int]) 
         if epoch <= recorded.get(trial_id, 0):
             found.setdefault(trial_id, []).append((epoch, posixpath.dirname(meta)))
     return {trial: [path for _, path in sorted(folders, reverse=True)] for trial, folders in found.items()}
+
+
+def clean_ray_temp(study: str, trial_folders: list[str]) -> None:
+    """Remove what Ray staged for a finished study in its session's temp folder on this node
+    (`<session>/artifacts/<time>/<study>/`, which holds these trials' folders): the storage has
+    everything kept, and Ray leaves the folder behind when the run ends."""
+    from ray.train.constants import _get_ray_train_session_dir
+
+    for staged in Path(_get_ray_train_session_dir()).glob(f"*/{study}"):
+        if any((staged / kind / name).exists() for kind in ("driver_artifacts", "working_dirs")
+               for name in trial_folders):
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def close_unfinished(tracker: Tracker, run_key: str, status: str, reason: str) -> None:

@@ -11,7 +11,10 @@ imported inside the functions, in the trial's worker: the driver starts without 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -45,9 +48,6 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
-    candidates = [_restored_checkpoint(run_dir),
-                  _stored_checkpoint(storage, (stored or {}).get(trial_id, []), run_dir, config.train.epochs)]
-    resume_from = _resume_point(candidates, config.train.epochs)
 
     def report(result) -> None:
         tune.report(result.as_report(), checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
@@ -56,7 +56,30 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
             marker.write_text("1")
             raise RuntimeError(f"injected failure at epoch {result.epoch} ({FAIL_ONCE_ENV})")
 
-    run_training(config, run_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
+    # The trainer works in a scratch folder: Ray copies the trial folder to the storage now and then,
+    # and would copy a working checkpoint there too, whole or half-written.
+    work_dir = Path(tempfile.mkdtemp(prefix=f"orch-{trial_id}-"))
+    checkpoint = tune.get_checkpoint()
+    # Tune's checkpoint is read where it is (a local storage) or from a temporary download it removes.
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
+        try:
+            candidates = [Path(restored) if restored else None,
+                          _stored_checkpoint(storage, (stored or {}).get(trial_id, []), work_dir, config.train.epochs)]
+            resume_from = _resume_point(candidates, config.train.epochs)
+            run_training(config, work_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
+        finally:
+            _keep_random_encoder(work_dir, run_dir.parent)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _keep_random_encoder(work_dir: Path, study_dir: Path) -> None:
+    """A random frozen encoder the trainer stored goes once into the study's folder (the trials'
+    checkpoints' grandparent, where trainers.checkpoint looks for it); the trials share it."""
+    for stored in work_dir.glob("frozen_encoder-*.safetensors"):
+        if not (study_dir / stored.name).exists():
+            staging = study_dir / f".{stored.name}.{os.getpid()}.partial"
+            shutil.copyfile(stored, staging)
+            os.replace(staging, study_dir / stored.name)
 
 
 def decode_variants_of(config: TrainerConfig, variants: dict[str, dict]) -> list[DecodeVariant]:
@@ -99,15 +122,3 @@ def _checkpoint_epoch(folder: Optional[Path]) -> int:
         return load_checkpoint(folder).meta["epoch"] if folder is not None else -1
     except (InputError, OSError, ValueError):
         return -1
-
-
-def _restored_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint Tune restores after a failure or `orch resume`, copied next to the trial."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    target = run_dir / "restored_checkpoint"
-    shutil.rmtree(target, ignore_errors=True)
-    with checkpoint.as_directory() as folder:
-        shutil.copytree(folder, target)
-    return target

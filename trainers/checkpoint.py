@@ -3,19 +3,30 @@
 A checkpoint is a folder, written atomically (a temp folder renamed into place), so a crash
 mid-write never leaves a checkpoint that loads half. It holds:
 
-- `training_state.pt`: everything resuming needs (model, optimizer, LR schedule, RNG states,
-  epoch, history, best score) — tensors and plain containers only, loaded with weights_only.
-- `best_model.pt`: the model's state dict at the best epoch so far.
-- `meta.json`: the trainer config, the vocabulary, the epoch and the best epoch's metrics.
+- `training_state.pt`: everything resuming needs (trainable weights, optimizer, LR schedule, RNG
+  states, epoch, history, best score) — tensors and plain containers only, loaded with weights_only.
+- `best_model.pt`: the trainable weights at the best epoch so far.
+- `meta.json`: the trainer config, the vocabulary, the epoch, the best epoch's metrics and, when
+  the encoder has frozen blocks, what identifies them (`frozen_encoder`).
+
+The frozen blocks of an encoder never go into a checkpoint: a frozen ResNet-101 is 170 MB that
+every epoch would write twice. They are rebuilt when a checkpoint is read (`complete_state`): from
+torchvision's weights enum (`imagenet`), the weights file (a path), or the fixed random init
+(`weights: none`), and checked against the SHA-256 the checkpoint recorded. A random frozen
+encoder is also stored once per run, beside the checkpoint folder or one level up
+(`frozen_encoder-<hash>.safetensors`), in case another torch version draws a different init.
 
 Nothing unpickles whole modules (DESIGN.md item 11).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
@@ -23,12 +34,110 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainers.config import ModelConfig, TrainerConfig, without_retired_keys
 from trainers.errors import InputError
 from trainers.staging import staged_folder
 
 TRAINING_STATE = "training_state.pt"
 BEST_MODEL = "best_model.pt"
 META = "meta.json"
+
+
+def frozen_encoder_file(frozen: dict) -> str:
+    """The name a random frozen encoder is stored under, once per run: its hash tells encoders apart."""
+    return f"frozen_encoder-{frozen['sha256'][:16]}.safetensors"
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of tensors by name: what identifies frozen weights and the feature cache."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def frozen_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the encoder's frozen blocks (none for a model without an encoder)."""
+    encoder = getattr(model, "encoder", None)
+    return _block_prefixes(encoder.first_trainable if encoder is not None else 0)
+
+
+def _block_prefixes(blocks: int) -> tuple[str, ...]:
+    """State-dict prefixes of the encoder's first `blocks` blocks."""
+    return tuple(f"encoder.blocks.{i}." for i in range(blocks))
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy, on the CPU, of the state dict without the frozen encoder blocks: what a checkpoint
+    and the best weights kept in memory hold (the frozen blocks never change)."""
+    skip = frozen_prefixes(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a trainable state into a model built with its frozen blocks; only those may be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    skip = frozen_prefixes(model)
+    wrong = [k for k in missing if not k.startswith(skip)] + list(unexpected)
+    if wrong:
+        raise InputError(f"the saved weights do not fit the model: {', '.join(wrong[:5])}")
+
+
+def frozen_encoder_meta(model: torch.nn.Module, cfg: ModelConfig) -> Optional[dict]:
+    """What identifies the frozen blocks a checkpoint leaves out: the weights and their hash."""
+    skip = frozen_prefixes(model)
+    if not skip:
+        return None
+    from trainers.models.encoders import weights_source
+
+    frozen = {k: v for k, v in model.state_dict().items() if k.startswith(skip)}
+    return {"blocks": len(skip), "weights": weights_source(cfg), "sha256": state_digest(frozen)}
+
+
+def store_random_encoder(run_dir: Path, model: torch.nn.Module, frozen: Optional[dict]) -> None:
+    """A random frozen encoder (`weights: none`) is written once per run, beside its checkpoints."""
+    if frozen is None or frozen["weights"] != "none" or (Path(run_dir) / frozen_encoder_file(frozen)).is_file():
+        return
+    from safetensors.torch import save_file
+
+    skip = frozen_prefixes(model)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".partial", delete=False) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(skip)},
+                  staging.name)
+    os.replace(staging.name, Path(run_dir) / frozen_encoder_file(frozen))
+
+
+def complete_state(state: dict[str, torch.Tensor], meta: dict, folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model's state dict from a checkpoint's trainable one: the frozen blocks rebuilt and
+    checked against the checkpoint's hash. A checkpoint without `frozen_encoder` holds them already."""
+    frozen = meta.get("frozen_encoder")
+    if not frozen:
+        return state
+    from trainers.models.encoders import build_encoder
+
+    cfg = TrainerConfig.model_validate(without_retired_keys(meta["config"])).model
+    prefixes = _block_prefixes(frozen["blocks"])
+    rebuilt = {f"encoder.{k}": v for k, v in build_encoder(cfg).state_dict().items()
+               if f"encoder.{k}".startswith(prefixes)}
+    if state_digest(rebuilt) != frozen["sha256"]:
+        rebuilt = _stored_random_encoder(Path(folder), frozen)
+    return {**rebuilt, **state}
+
+
+def _stored_random_encoder(folder: Path, frozen: dict) -> dict[str, torch.Tensor]:
+    """The copy a run stored of its random frozen encoder: in the checkpoint folder, its run's folder
+    (`orch train`, a trial) or the one above (the trials of an `orch run`)."""
+    from safetensors.torch import load_file
+
+    name = frozen_encoder_file(frozen)
+    for path in (folder / name, folder.parent / name, folder.parent.parent / name):
+        if path.is_file() and state_digest(stored := load_file(path)) == frozen["sha256"]:
+            return stored
+    raise InputError(f"{folder}: the frozen encoder ({frozen['weights']}) rebuilt here does not match the one it "
+                     f"was trained with (sha256 {frozen['sha256'][:16]}...), and no {name} was found beside the "
+                     f"checkpoint")
 
 
 def rng_state() -> dict:
@@ -86,6 +195,7 @@ class Checkpoint:
         return torch.load(self.folder / TRAINING_STATE, map_location=map_location, weights_only=True)
 
     def best_model(self, map_location="cpu") -> dict:
+        """The best epoch's trainable weights (the frozen encoder blocks left out)."""
         return torch.load(self.folder / BEST_MODEL, map_location=map_location, weights_only=True)
 
 

@@ -161,7 +161,8 @@ class TrainConfig(Strict):
     lr_schedule: LRSchedule = LRSchedule()
     early_stopping: int | None = Field(20, ge=1)  # epochs without improvement of eval.select_by
     divergence_factor: float = Field(20.0, gt=1.0)
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else none
+    compile: bool = False  # torch.compile the decoder step (its first steps then take a while to compile)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke runs
 

@@ -13,12 +13,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
+from trainers.checkpoint import state_digest
 from trainers.data.prepared import PreparedDataset
 from trainers.errors import InputError
 
@@ -27,17 +29,15 @@ COMPLETE = "complete.json"
 
 def encoder_digest(encoder: torch.nn.Module) -> str:
     """A hash of the encoder's weights: random (`weights: none`) encoders differ per seed."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return state_digest(encoder.state_dict())[:16]
 
 
 def cache_key(dataset: PreparedDataset, encoder: torch.nn.Module, encoder_name: str,
-              image_size: int, encoded_size: int) -> str:
+              image_size: int, encoded_size: int, autocast: Optional[torch.dtype] = None) -> str:
     source = dataset.manifest["source_sha256"] + json.dumps(dataset.manifest["options"], sort_keys=True)
     parts = [source, encoder_name, encoder_digest(encoder), str(image_size), str(encoded_size)]
+    if autocast is not None:  # features computed in bf16/fp16 differ from float32 ones
+        parts.append(str(autocast))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -52,20 +52,31 @@ def resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, device: torch.device,
-                  batch_size: int) -> None:
+                  batch_size: int, autocast: Optional[torch.dtype]) -> None:
+    """On a GPU: pinned host batches copied without blocking, channels_last images, autocast."""
     n = images.shape[0]
-    probe = encoder(resize_batch(torch.from_numpy(np.array(images[:1])).to(device), image_size))  # (1, P, C)
+
+    def encode(rows: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(np.array(rows))  # (b, 3, S, S) uint8
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        batch = resize_batch(batch.to(device, non_blocking=True), image_size)  # (b, 3, H, W)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            return encoder(batch)  # (b, P, C)
+
+    probe = encode(images[:1])  # (1, P, C)
     staging = out_path.with_suffix(".npy.partial")
     out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float16, shape=(n, *probe.shape[1:]))
     try:
         for start in range(0, n, batch_size):
-            batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
-            features = encoder(resize_batch(batch, image_size)).half()  # (b, P, C)
+            features = encode(images[start:start + batch_size]).half()  # (b, P, C)
             if not torch.isfinite(features).all():
                 raise InputError(f"the encoder's features overflow float16 (|x| > 65504) on images {start}-"
-                                 f"{start + batch.shape[0] - 1} of {out_path.stem}: they cannot be cached; set "
+                                 f"{start + features.shape[0] - 1} of {out_path.stem}: they cannot be cached; set "
                                  f"data.feature_cache: false, or use trained weights")
-            out[start:start + batch.shape[0]] = features.cpu().numpy()
+            out[start:start + features.shape[0]] = features.cpu().numpy()
         out.flush()
     except BaseException:
         staging.unlink()  # the memmap stays valid on its unlinked file until it is dropped
@@ -77,9 +88,11 @@ def _encode_split(encoder, images: np.ndarray, out_path: Path, image_size: int, 
 
 def cached_features(dataset: PreparedDataset, encoder: torch.nn.Module, *, encoder_name: str,
                     image_size: int, encoded_size: int, cache_dir: Path, device: torch.device,
-                    splits=("train", "val", "test"), batch_size: int = 64) -> dict[str, Path]:
-    """Per split, the `.npy` file of float16 features (N, P, C), computed if no run has yet."""
-    folder = Path(cache_dir) / cache_key(dataset, encoder, encoder_name, image_size, encoded_size)
+                    splits=("train", "val", "test"), batch_size: int = 64,
+                    autocast: Optional[torch.dtype] = None) -> dict[str, Path]:
+    """Per split, the `.npy` file of float16 features (N, P, C), computed if no run has yet, under
+    `autocast` (the training's `train.amp`) when given."""
+    folder = Path(cache_dir) / cache_key(dataset, encoder, encoder_name, image_size, encoded_size, autocast)
     folder.mkdir(parents=True, exist_ok=True)
     wanted = [s for s in splits if len(dataset.split(s)) > 0]
     with FileLock(str(folder) + ".lock"):
@@ -91,7 +104,7 @@ def cached_features(dataset: PreparedDataset, encoder: torch.nn.Module, *, encod
             encoder.eval()
             for split in missing:
                 _encode_split(encoder, dataset.split(split).images, folder / f"{split}.npy", image_size,
-                              device, batch_size)
+                              device, batch_size, autocast)
             encoder.train(was_training)
             staging = marker.with_suffix(".partial")
             staging.write_text(json.dumps({"splits": sorted(set(done) | set(missing)),

@@ -5,8 +5,10 @@ A model loads from either of the two folders orch writes:
 - an export (`orch export`): model.safetensors, config.yaml, vocab.json;
 - a training checkpoint (trainers.checkpoint): best_model.pt, meta.json.
 
-Both hold the whole model's state dict, the frozen encoder included, so nothing is downloaded:
-the model is built with `weights: none` and the saved weights are loaded strictly.
+An export holds the whole model's state dict, the frozen encoder included, so nothing is
+downloaded. A checkpoint leaves a frozen encoder out; reading it rebuilds that encoder from its
+weights (torchvision's, downloaded once into torch's hub cache) and checks its hash. Either way the
+model is built with `weights: none` and the whole state dict is loaded strictly.
 
 Features are computed as in training. A frozen encoder trained the decoder on the feature cache,
 which stores float16, so its features are rounded to float16 here too: the same weights then give
@@ -27,7 +29,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from trainers.checkpoint import BEST_MODEL, META
+from trainers.checkpoint import BEST_MODEL, META, complete_state
 from trainers.config import METRIC_NAMES, DecodeConfig, TrainerConfig, without_retired_keys
 from trainers.data.loaders import SplitImages
 from trainers.data.prepare import IMAGE_ERRORS, read_image_rgb
@@ -126,7 +128,7 @@ def _read_checkpoint(folder: Path) -> tuple[dict, Vocab, dict]:
         raise InputError(f"{folder}: incomplete checkpoint (missing {META})")
     meta = json.loads((folder / META).read_text())
     state = torch.load(folder / BEST_MODEL, map_location="cpu", weights_only=True)
-    return meta["config"], Vocab(meta["vocab"]), state
+    return meta["config"], Vocab(meta["vocab"]), complete_state(state, meta, folder)
 
 
 def decode_settings(base: DecodeConfig, beam_size: Optional[int] = None,

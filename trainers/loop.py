@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,14 +25,15 @@ from rich.progress import track
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
 from trainers.batching import ImageGroupedBatches, encode_distinct
-from trainers.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trainable, restore_rng_state, rng_state,
+                                 save_checkpoint, store_random_encoder, trainable_state)
 from trainers.config import REFERENCE_DECODE_ID, TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
-from trainers.errors import TrainingDiverged
+from trainers.errors import InputError, TrainingDiverged
 from trainers.features import cached_features, resize_batch
 from trainers.memory import reuse_freed_memory
 from trainers.models import attention_regularisation, build_captioner
@@ -89,6 +91,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """`train.amp` on this device: `auto` is bf16 on a CUDA device that supports it, else none."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -125,25 +134,27 @@ class CaptionRecipe:
     def setup(self, resume_from: Optional[Path] = None) -> None:
         cfg = self.config
         self.device = pick_device(cfg.train.device)
+        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
         seed_everything(cfg.train.seed)
         self.dataset: PreparedDataset = ensure_prepared(cfg.data)
         self.vocab = self.dataset.vocab
         self.model = build_captioner(cfg.model, len(self.vocab)).to(self.device)
         if self.device.type == "cuda":
             self.model.encoder.to(memory_format=torch.channels_last)
+        if cfg.train.compile:  # the step training and decoding share; the state dict is unchanged
+            self.model.decoder._step = torch.compile(self.model.decoder._step, dynamic=True)
         self.use_cache = cfg.data.feature_cache and not self.model.encoder.trainable_parameters()
         self.inputs = self._input_arrays()
         self._loaders: dict[str, DataLoader] = {}
         self._shuffle = torch.Generator()  # reseeded every epoch (see _batches)
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
-        amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-        self.autocast_dtype = amp
-        self.scaler = torch.amp.GradScaler(enabled=(amp == torch.float16 and self.device.type == "cuda"))
+        fp16_on_cuda = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(enabled=fp16_on_cuda)
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None
         self.history: list[dict] = []
-        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_state = trainable_state(self.model)  # on the CPU, without the frozen encoder
         if resume_from is not None:
             self._resume(resume_from)
 
@@ -155,7 +166,7 @@ class CaptionRecipe:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.prepared) / "features"
         paths = cached_features(self.dataset, self.model.encoder, encoder_name=cfg.model.encoder,
                                 image_size=cfg.data.image_size, encoded_size=cfg.model.encoded_size,
-                                cache_dir=cache_dir, device=self.device)
+                                cache_dir=cache_dir, device=self.device, autocast=self.autocast_dtype)
         return {s: LazyArray(path) for s, path in paths.items()}
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -178,12 +189,15 @@ class CaptionRecipe:
 
     def _resume(self, folder: Path) -> None:
         checkpoint = load_checkpoint(folder)
+        if checkpoint.meta.get("frozen_encoder", self.frozen_encoder) != self.frozen_encoder:
+            raise InputError(f"{folder}: trained with another frozen encoder than this config builds "
+                             f"({checkpoint.meta['frozen_encoder']['weights']})")
         state = checkpoint.training_state(map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        load_trainable(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        self.best_state = checkpoint.best_model(map_location=self.device)
+        self.best_state = checkpoint.best_model()
         self.start_epoch = state["epoch"] + 1
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.stale_epochs, self.start_loss = state["stale_epochs"], state["start_loss"]
@@ -350,7 +364,7 @@ class CaptionRecipe:
             is_best = score > self.best_score
             if is_best:
                 self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = trainable_state(self.model)
             else:
                 self.stale_epochs += 1
             self._step_lr_schedule(score)
@@ -393,12 +407,12 @@ class CaptionRecipe:
         """Decode val and test with the best weights, once for every variant (and the reference);
         the reference's test metrics are the training's own, next to the constant caption's
         (`test_constant_caption_*`) to compare them with."""
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.best_state)
+        current = trainable_state(self.model)
+        load_trainable(self.model, self.best_state)
         decoded = self.variants + ([] if self.reference in self.variants else [self.reference])
         val = self.evaluate("val", decoded)
         test = self.evaluate("test", decoded)
-        self.model.load_state_dict(current)
+        load_trainable(self.model, current)
         for variant in decoded:
             captions, scores = test[variant.id]
             metrics = {**{f"val_{k}": v for k, v in val[variant.id][1].items()},
@@ -415,7 +429,7 @@ class CaptionRecipe:
 
     def _save(self, epoch: int, extra_files: Optional[dict[str, Path]] = None) -> None:
         """The checkpoint; the final one also carries the test predictions, so they reach storage."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "epoch": epoch, "best_score": self.best_score,
                  "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "start_loss": self.start_loss,
@@ -423,8 +437,15 @@ class CaptionRecipe:
         best = self.history[self.best_epoch - 1] if self.best_epoch else {}
         meta = {"config": self.config.model_dump(mode="json"), "vocab": list(self.vocab.itos), "epoch": epoch,
                 "best_epoch": self.best_epoch, "best_metrics": best,
-                "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants}}
+                "variants": {v.id: v.config.model_dump(mode="json") for v in self.variants},
+                "frozen_encoder": self.frozen_encoder}
+        store_random_encoder(self.run_dir, self.model, self.frozen_encoder)
         save_checkpoint(self.checkpoint_dir, state, self.best_state, meta, extra_files)
+
+    @cached_property
+    def frozen_encoder(self) -> Optional[dict]:
+        """What identifies the frozen encoder blocks checkpoints leave out (trainers.checkpoint)."""
+        return frozen_encoder_meta(self.model, self.config.model)
 
 
 def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,

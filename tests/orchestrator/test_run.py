@@ -122,6 +122,21 @@ def test_mlflow_holds_parent_trial_and_variant_runs_all_finished(grid_run, tmp_p
 
 
 @pytest.mark.integration
+def test_each_trial_keeps_one_checkpoint_without_the_frozen_encoder_and_no_stray_copy(grid_run):
+    from ray.train.constants import _get_ray_train_session_dir
+
+    for trial in trial_folders(grid_run.storage, "grid"):
+        folders = sorted(p.name for p in trial.iterdir() if p.is_dir())
+        assert folders == ["checkpoint_000001"], folders  # Tune's newest; no working or restored copy
+        best = (trial / "checkpoint_000001" / "best_model.pt").stat().st_size
+        assert best < 1_000_000  # the decoder only: the frozen RegNet (21 MB) is left out
+    (study,) = {t.parent for t in trial_folders(grid_run.storage, "grid")}
+    assert len(list(study.glob("frozen_encoder-*.safetensors"))) == 1  # the random one, once for the run
+    staged = list(Path(_get_ray_train_session_dir()).glob("*/trials/driver_artifacts/c*"))
+    assert not [p for p in staged if p.name in {t.name for t in trial_folders(grid_run.storage, "grid")}]
+
+
+@pytest.mark.integration
 def test_the_driver_is_the_only_mlflow_writer(grid_run):
     """Two trials ran at once on sqlite: no lock errors, and every run was written by this process."""
     assert "database is locked" not in grid_run.output

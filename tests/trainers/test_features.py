@@ -21,3 +21,26 @@ def test_features_float16_cannot_hold_are_an_input_error_and_leave_no_cache(prep
         cached_features(PreparedDataset(prepared_dir), Exploding(), encoder_name="exploding", image_size=32,
                         encoded_size=2, cache_dir=tmp_path, device=torch.device("cpu"))
     assert not list(tmp_path.rglob("*.npy*")) and not list(tmp_path.rglob("complete.json"))
+
+
+class Linear(nn.Module):
+    """A (B, 3, S, S) -> (B, 4, 3) 'encoder' whose features bf16 rounds."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.mean(dim=(2, 3)).unsqueeze(1).repeat(1, 4, 1) @ torch.eye(3) / 3.0)  # (B, P=4, C=3)
+
+
+def test_a_cache_built_under_autocast_is_kept_apart_from_the_float32_one(prepared_dir, tmp_path):
+    dataset = PreparedDataset(prepared_dir)
+    common = dict(encoder_name="linear", image_size=32, encoded_size=2, cache_dir=tmp_path, device=torch.device("cpu"))
+    exact = cached_features(dataset, Linear(), **common)
+    rounded = cached_features(dataset, Linear(), **common, autocast=torch.bfloat16)
+    assert exact["train"].parent != rounded["train"].parent
+    assert exact["train"].is_file() and rounded["train"].is_file()
+
+
+def test_amp_auto_is_float32_on_the_cpu():
+    from trainers.loop import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16

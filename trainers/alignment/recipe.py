@@ -43,7 +43,8 @@ from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.features import cached_features, resize_batch
 from trainers.evaluation import DecodeVariant
-from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, caption_loss, pick_device, seed_everything
+from trainers.loop import (CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, caption_loss, pick_device,
+                           seed_everything)
 
 SPLITS = ("train", "val", "test")
 IMAGE_CHUNK, SENTENCE_CHUNK = 16, 512  # score matrices are computed in blocks of this many
@@ -85,7 +86,7 @@ class AlignmentRecipe(CaptionRecipe):
         self.model.set_feature_statistics(self._train_features())
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
-        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(enabled=(self.autocast_dtype == torch.float16 and self.device.type == "cuda"))
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None

@@ -125,15 +125,19 @@ def build_encoder(cfg: ModelConfig) -> Encoder:
 
 
 def encoder_fingerprint(cfg: ModelConfig) -> dict:
-    """What determines a frozen encoder's features: the feature cache's key.
+    """What determines a frozen encoder's features: the feature cache's key."""
+    return {"encoder": cfg.encoder, "weights": weights_source(cfg), "encoded_size": cfg.encoded_size}
 
-    A weights file is identified by its content, so replacing the file invalidates the cache.
-    """
+
+def weights_source(cfg: ModelConfig) -> str:
+    """Where the trunk's weights come from: torchvision's enum (e.g. `ResNet101_Weights.IMAGENET1K_V2`),
+    `none` (the fixed random init) or `sha256:<hex>` of a weights file, so replacing the file shows."""
     enum = imagenet_weights(cfg)
-    weights = str(enum) if enum is not None else cfg.weights
-    if enum is None and weights != "none":
-        weights = "sha256:" + hashlib.sha256(_weights_file(cfg).read_bytes()).hexdigest()
-    return {"encoder": cfg.encoder, "weights": weights, "encoded_size": cfg.encoded_size}
+    if enum is not None:
+        return str(enum)
+    if cfg.weights == "none":
+        return "none"
+    return "sha256:" + hashlib.sha256(_weights_file(cfg).read_bytes()).hexdigest()
 
 
 def _count_trainable_blocks(cfg: ModelConfig, n_blocks: int) -> int:

@@ -1,0 +1,97 @@
+"""What a β sweep costs at evaluation: 4 length penalties against 1, through the code training uses.
+
+    PYTHONPATH=. python benchmarks/bench_eval_variants.py [--images 128] [--batch 64] [--rounds 3]
+    PYTHONPATH=. python benchmarks/bench_eval_variants.py --quick    # seconds: small sizes, checks it runs
+
+trainers.evaluation.caption_batches captions a split for every decode variant of a trial, each
+epoch on val and once on test. β enters only the final pick among a search's finished captions,
+so 4 variants that differ only in β should cost about one search. Two arms on the same decoder
+(the coursework's sizes, randomly initialised) and the same batches of ResNet-101-shaped features,
+alternating over `--rounds` rounds after a warm-up:
+
+- `one`: a single variant (beam 3, β 0);
+- `four`: β 0, 0.5, 1.0 and 1.5 with the same beam and max_len.
+
+Prints one JSON object: medians, min/max and the ratio four/one (target <= 1.15), and whether
+each β's captions in `four` equal a search run for that β alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import environment, interleaved, ratio, summary  # noqa: E402
+
+from trainers.config import DecodeConfig, ModelConfig  # noqa: E402
+from trainers.data.vocab import SPECIALS, Vocab  # noqa: E402
+from trainers.evaluation import DecodeVariant, caption_batches  # noqa: E402
+from trainers.loop import pick_device  # noqa: E402
+from trainers.memory import reuse_freed_memory  # noqa: E402
+from trainers.models.decoder import Decoder  # noqa: E402
+
+BETAS = (0.0, 0.5, 1.0, 1.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--max-len", type=int, default=20)
+    parser.add_argument("--vocab", type=int, default=3000)
+    parser.add_argument("--pixels", type=int, default=196)
+    parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.batch, args.max_len, args.vocab, args.pixels, args.channels, args.dim, args.rounds = \
+            8, 4, 6, 100, 16, 64, 32, 2
+    reuse_freed_memory()
+
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, attention_dim=args.dim, hidden_dim=args.dim)
+    decoder = Decoder(cfg, feature_dim=args.channels, vocab_size=args.vocab).to(device).eval()
+    vocab = Vocab([*SPECIALS, *(f"w{i}" for i in range(args.vocab - len(SPECIALS)))])
+    features = torch.rand(args.images, args.pixels, args.channels)  # (N, P, C), on the host as a loader gives them
+    batches = [(features[i:i + args.batch], torch.arange(i, min(i + args.batch, args.images)))
+               for i in range(0, args.images, args.batch)]
+    variants = [DecodeVariant(f"d{i + 1:02d}", DecodeConfig(beam_size=args.beam, max_len=args.max_len,
+                                                            length_penalty=beta)) for i, beta in enumerate(BETAS)]
+    captions = {}
+
+    def run(name: str, chosen: list[DecodeVariant]):
+        def arm() -> None:
+            captions[name] = caption_batches(batches, lambda inputs: inputs.to(device), decoder, vocab, chosen)
+        return arm
+
+    seconds = interleaved({"one": run("one", variants[:1]), "four": run("four", variants)}, args.rounds, device)
+    alone = {v.id: caption_batches(batches, lambda inputs: inputs.to(device), decoder, vocab, [v])[v.id]
+             for v in variants}
+    print(json.dumps({
+        "environment": environment(device), "quick": args.quick,
+        "images": args.images, "batch": args.batch, "beam_size": args.beam, "max_len": args.max_len,
+        "vocab": args.vocab, "grid": [args.pixels, args.channels], "dims": args.dim, "betas": BETAS,
+        "one": summary(seconds["one"], args.images, "images_per_s"),
+        "four": summary(seconds["four"], args.images, "images_per_s"),
+        "four_over_one": ratio(seconds["four"], seconds["one"]),
+        "each_beta_as_alone": all(captions["four"][vid] == alone[vid] for vid in alone),
+        "load_average_at_end": environment(device)["load_average"],
+    }))
+
+
+if __name__ == "__main__":
+    main()

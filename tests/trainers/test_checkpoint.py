@@ -1,0 +1,87 @@
+"""Checkpoints leave the frozen encoder out, yet every reader gets the whole model back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import tiny_trainer_dict
+from trainers.checkpoint import META, complete_state, frozen_encoder_file, load_checkpoint, trainable_state
+from trainers.config import TrainerConfig
+from trainers.errors import InputError
+from trainers.inference import load_model
+from trainers.loop import CaptionRecipe, run_training
+
+
+def _train(prepared, run_dir, **model):
+    config = TrainerConfig.model_validate(tiny_trainer_dict(prepared, model=model, train={"epochs": 1}))
+    run_training(config, run_dir)
+    return load_checkpoint(run_dir / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def frozen_run(prepared_dir, tmp_path_factory):
+    """One short training with the tiny config's frozen random ResNet-18: (run folder, checkpoint)."""
+    run_dir = tmp_path_factory.mktemp("frozen") / "run"
+    return run_dir, _train(prepared_dir, run_dir)
+
+
+def test_a_frozen_encoder_stays_out_of_the_checkpoint_and_comes_back_on_load(prepared_dir, frozen_run, tmp_path):
+    _, checkpoint = frozen_run
+    best, latest = checkpoint.best_model(), checkpoint.training_state()["model"]
+    assert not [k for k in best if k.startswith("encoder.")]
+    assert set(latest) == set(best)
+    assert checkpoint.meta["frozen_encoder"]["weights"] == "none"
+    model = load_model(checkpoint.folder)
+    assert all(torch.equal(model.captioner.state_dict()[k], v) for k, v in best.items())
+    recipe = CaptionRecipe(TrainerConfig.model_validate(checkpoint.meta["config"]), tmp_path)
+    recipe.setup()  # the same config builds the same frozen encoder
+    frozen = {k: v for k, v in recipe.model.state_dict().items() if k.startswith("encoder.")}
+    assert all(torch.equal(model.captioner.state_dict()[k], v) for k, v in frozen.items())
+
+
+def test_fine_tuned_blocks_are_kept_and_only_the_frozen_ones_left_out(prepared_dir, tmp_path):
+    checkpoint = _train(prepared_dir, tmp_path, fine_tune=2)
+    best = checkpoint.best_model()
+    assert any(k.startswith("encoder.blocks.4.") for k in best)  # layer4, trained
+    assert not any(k.startswith(("encoder.blocks.0.", "encoder.blocks.2.")) for k in best)
+    assert checkpoint.meta["frozen_encoder"]["blocks"] == 3
+    load_model(tmp_path / "checkpoint")  # loads strictly
+
+
+def test_a_random_frozen_encoder_is_stored_once_per_run_and_used_when_the_init_differs(
+        frozen_run, tmp_path, monkeypatch):
+    run_dir, checkpoint = frozen_run
+    stored = frozen_encoder_file(checkpoint.meta["frozen_encoder"])
+    assert (run_dir / stored).is_file() and not (checkpoint.folder / stored).exists()
+    trained = complete_state(checkpoint.best_model(), checkpoint.meta, checkpoint.folder)
+    monkeypatch.setattr("trainers.models.encoders._INIT_SEED", 1)  # another torch drawing another init
+    again = complete_state(checkpoint.best_model(), checkpoint.meta, checkpoint.folder)
+    assert all(torch.equal(again[k], v) for k, v in trained.items())
+    alone = tmp_path / "alone" / "checkpoint"
+    shutil.copytree(checkpoint.folder, alone)
+    with pytest.raises(InputError, match="does not match"):
+        complete_state(checkpoint.best_model(), checkpoint.meta, alone)
+
+
+def test_resuming_checks_the_frozen_encoder(prepared_dir, frozen_run, tmp_path):
+    _, checkpoint = frozen_run
+    other = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint.folder, other)
+    meta = json.loads((other / META).read_text())
+    meta["frozen_encoder"]["sha256"] = "0" * 64
+    (other / META).write_text(json.dumps(meta))
+    config = TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir, train={"epochs": 2}))
+    with pytest.raises(InputError, match="another frozen encoder"):
+        CaptionRecipe(config, tmp_path / "resumed").setup(resume_from=other)
+
+
+def test_best_weights_are_kept_on_the_cpu_without_the_frozen_encoder(prepared_dir, tmp_path):
+    recipe = CaptionRecipe(TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir)), tmp_path)
+    recipe.setup()
+    assert recipe.best_state.keys() == trainable_state(recipe.model).keys()
+    assert not any(k.startswith("encoder.") for k in recipe.best_state)
+    assert all(v.device.type == "cpu" for v in recipe.best_state.values())
