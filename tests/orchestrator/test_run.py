@@ -53,7 +53,8 @@ def artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> set[s
 
 
 def trial_folders(storage: Path, name: str) -> list[Path]:
-    return sorted(p for p in storage.glob(f"{name}/run-*/trials/c*") if p.is_dir())
+    """Every trial folder: the first run's (`trials/`) and each resume's (`resume-*/`)."""
+    return sorted(p for p in storage.glob(f"{name}/run-*/*/c*") if p.is_dir())
 
 
 def tune_results(folder: Path) -> list[dict]:
@@ -255,8 +256,8 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert after["c002"].info.run_id == before["c002"].info.run_id
     assert epochs_logged(client, after["c002"]) == [1, 2, 3, 4]
     assert "orch.failure_reason" not in after["c002"].data.tags  # the kill is history once it resumed
-    (c002_folder,) = [f for f in trial_folders(storage, "killed") if f.name.startswith("c002")]
-    restarts = [r["epoch"] for r in tune_results(c002_folder) if r["iterations_since_restore"] == 1]
+    restarts = [r["epoch"] for folder in trial_folders(storage, "killed") if folder.name.startswith("c002")
+                for r in tune_results(folder) if r["iterations_since_restore"] == 1]
     assert max(restarts) > 1, f"c002 restarted from scratch, not from its checkpoint: {restarts}"
 
 
