@@ -15,6 +15,7 @@ from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.storage import Storage, default_tracking_uri, resolve
 from orchestrator.tracking import Tracker, TrialRecorder
+from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
@@ -59,6 +60,7 @@ def train_one(config: ExperimentConfig, console: Console) -> dict:
         raise InputError(refusal)
 
     trainer_config = config.trainer_config({})
+    check_prepared(trainer_config.model_dump(mode="json")["data"])  # refused before any store or folder is made
     stamp = time.strftime("%Y%m%d-%H%M%S")
     invocation = f"train-{stamp}"
     storage = resolve(config.ray.storage)

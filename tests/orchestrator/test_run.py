@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, stop_server, write_yaml
+from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, plant_pickle, sqlite_uri, stop_server, write_yaml
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
 
@@ -244,8 +244,16 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert {run.data.params["orch.cell"]: run.info.status for run in killed["trial"]} == \
         {"c001": "FINISHED", "c002": "KILLED"}
 
+    # A colleague's (or an intruder's) pickles in the shared results folder, where Ray Tune keeps its
+    # own state: `orch resume` must not run them.
+    marker = tmp_path / "unpickled-marker"
+    (invocation,) = (storage / "killed").glob("run-*")
+    planted = [plant_pickle(invocation / "trials" / name, marker) for name in ("tuner.pkl", "trainable.pkl")]
+    planted += [plant_pickle(folder / "params.pkl", marker) for folder in trial_folders(storage, "killed")]
+    planted += [plant_pickle(invocation / name, marker) for name in ("tuner.pkl", "orch.pkl")]
     resumed = invoke_orch("resume", "killed", "--storage", storage)
     assert resumed.exit_code == 0, resumed.output
+    assert not marker.exists(), f"orch resume unpickled one of {planted}"
     kinds = runs_of(client, "killed")
     assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 4)
     assert_tree_finished(kinds)
