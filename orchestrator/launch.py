@@ -389,5 +389,10 @@ def resume_invocation(name_or_run: str, storage_setting: str, console: Console) 
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(storage.local(f"{name}/{invocation}/{CONFIG_FILE}", Path(scratch)), saved=True)
     config.ray.storage = storage.setting
+    if invocation.startswith("train-"):  # a killed `orch train`: continued in this process, no Ray
+        from orchestrator.single import train_one
+
+        train_one(config, console, invocation=invocation, storage=storage)
+        return 0
     console.print(f"resuming {storage.uri(f'{name}/{invocation}')}", highlight=False)
     return run_plan(config, make_plan(config), console, invocation=invocation, storage=storage)

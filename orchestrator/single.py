@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +15,7 @@ from rich.table import Table
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
-from orchestrator.storage import Storage, default_tracking_uri, resolve
+from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
 from orchestrator.tracking import Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
@@ -53,42 +55,90 @@ def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
     return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in columns]
 
 
-def train_one(config: ExperimentConfig, console: Console) -> dict:
-    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints."""
+def train_one(config: ExperimentConfig, console: Console, invocation: Optional[str] = None,
+              storage: Optional[Storage] = None) -> dict:
+    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints.
+
+    `invocation` (`train-YYYYmmdd-HHMMSS`, with the `storage` it lives on): `orch resume` of a killed
+    `orch train`, which continues from the run folder's checkpoint (the last whole epoch) and logs to
+    the same MLflow runs."""
     refusal = train_refusal(config)
     if refusal:
         raise InputError(refusal)
 
     trainer_config = config.trainer_config({})
     check_prepared(trainer_config.model_dump(mode="json")["data"])  # refused before any store or folder is made
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    invocation = f"train-{stamp}"
-    storage = resolve(config.ray.storage)
+    storage = storage or resolve(config.ray.storage)
+    invocation = invocation or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = f"{config.name}/{invocation}"  # relative to the storage
     with tempfile.TemporaryDirectory(prefix="orch-train-") as staging:
         # A bucket storage gets the run folder when the training ends; until then it is staged here.
         run_dir = Path(storage.path(folder)) if storage.is_local else Path(staging) / invocation
+        resuming = storage.is_file(f"{folder}/{CONFIG_FILE}")
+        if resuming and not storage.is_local:
+            storage.download(folder, Path(staging))
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
         try:
-            return _train(config, trainer_config, storage, folder, run_dir, stamp, console)
+            return _train(config, trainer_config, storage, folder, run_dir, invocation, resuming, console)
         finally:
             if not storage.is_local:
                 storage.upload(run_dir, folder)
 
 
-def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: str, run_dir: Path, stamp: str,
-           console: Console) -> dict:
+def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
+    """The run folder's checkpoint when it holds a whole epoch short of the last; None: start afresh
+    (no checkpoint yet, one cut short, or the last epoch: its test evaluation belongs to a new run)."""
+    from trainers.checkpoint import load_checkpoint
+
+    try:
+        epoch = int(load_checkpoint(run_dir / "checkpoint").meta["epoch"])
+    except (InputError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return run_dir / "checkpoint" if 0 < epoch < epochs else None
+
+
+def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None:
+    """Log the epochs the checkpoint holds that MLflow never got (the process died between writing the
+    checkpoint and logging the epoch), from the checkpoint's own history, so no epoch is missing.
+
+    `orch train` has one decode variant (d01), the one that selects: its val metrics are the epoch's."""
+    from trainers.checkpoint import load_checkpoint
+
+    history = load_checkpoint(checkpoint).training_state()["history"]
+    for metrics in history[int(recorder.logged_epoch):]:
+        variant = {f"d01/{k}": v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss"}
+        recorder.record({**metrics, **variant})
+
+
+def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: str, run_dir: Path, invocation: str,
+           resuming: bool, console: Console) -> dict:
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
-    invocation = f"train-{stamp}"
+    stamp = invocation.removeprefix("train-")
     tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
+    resume_from = None
+    if resuming:
+        tracker.repair_orphans()  # the killed `orch train` left its runs RUNNING
+        done = [run for run in tracker.runs(invocation=invocation, kind="trial") if run.info.status == "FINISHED"]
+        if done:
+            raise InputError(f"{storage.uri(folder)}: this training already finished (MLflow run "
+                             f"{done[0].info.run_id}); nothing to resume")
+        resume_from = _resume_point(run_dir, trainer_config.train.epochs)
+        console.print(f"resuming {storage.uri(folder)} from "
+                      f"{'its epoch checkpoint' if resume_from else 'the start (no whole checkpoint to continue)'}",
+                      highlight=False)
     parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
-    log_provenance(tracker, parent, dump_resolved(config), plan=None)
+    if not resuming:
+        log_provenance(tracker, parent, dump_resolved(config), plan=None)
     variants = [DecodeVariant("d01", trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
                              params=flatten(trainer_config.model_dump(mode="json")),
                              variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
+    if resume_from is not None:
+        _replay_unrecorded_epochs(recorder, resume_from)
     columns = ALIGNMENT_COLUMNS if trainer_config.trainer == "alignment" else EPOCH_COLUMNS
     table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}")
 
@@ -103,7 +153,8 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
 
     status, reason = "FAILED", ""
     try:
-        final = run_training(trainer_config, run_dir, variants=variants, on_epoch=on_epoch, progress=True)
+        final = run_training(trainer_config, run_dir, variants=variants, on_epoch=on_epoch, progress=True,
+                             resume_from=resume_from)
         status = "FINISHED"
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted (Ctrl-C)"
@@ -114,6 +165,8 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
     finally:
         recorder.end(status, reason)
         tracker.end(parent, status, reason)
+        if status != "FINISHED":
+            console.print(f"continue it with `orch resume {shlex.quote(storage.locate(folder))}`", highlight=False)
     console.print(table)
     summary = {key: value for key, value in final.metrics.items()
                if key in FINAL_KEYS or key.startswith("test_constant_caption_")}
