@@ -39,7 +39,7 @@ from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
 from orchestrator.storage import CONFIG_FILE, Storage, find_invocation, resolve, save_invocation
-from orchestrator.tracking import TAG_REASON, TAG_TRIAL, Tracker
+from orchestrator.tracking import JOURNAL_FILE, TAG_REASON, TAG_TRIAL, Tracker
 from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
 from trainers.errors import InputError
 
@@ -78,6 +78,11 @@ class Launch:
     def folder(self) -> str:
         """The invocation's folder, relative to the storage."""
         return f"{self.config.name}/{self.invocation}"
+
+    @property
+    def journal(self) -> Optional[Path]:
+        """The run's journal of tracking writes the server did not take (a local storage only)."""
+        return Path(self.storage.path(self.folder)) / JOURNAL_FILE if self.storage.is_local else None
 
     @property
     def run_key(self) -> str:
@@ -245,7 +250,10 @@ def _run(launch: Launch, console: Console) -> int:
     base = trainer_base(config)
     cells = {cell.id: cell.overrides for cell in plan.cells}
 
-    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting)
+    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting, journal=launch.journal)
+    if launch.resuming and not tracker.flush():  # writes an earlier driver could not make, first and in order
+        raise InputError(f"tracking.uri: the MLflow server {launch.tracking_uri} does not take the journaled writes "
+                         f"of {launch.journal}; start it and resume again")
     tracker.repair_orphans()
     trial_runs = tracker.runs(invocation=launch.run_key, kind="trial")
     done = frozenset(run.data.tags[TAG_TRIAL] for run in trial_runs if trial_done(run))
@@ -261,9 +269,10 @@ def _run(launch: Launch, console: Console) -> int:
                                 {"orch.results": storage.uri(launch.folder), "orch.ray_address": launch.ray_address})
     if not launch.resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan.to_dict())
-    callbacks = [MlflowRecorder(launch.tracking_uri, launch.experiment, storage.setting, parent, launch.run_key, base,
-                                cells, {d.id: d.params for d in plan.decode_variants}),
-                 LiveTable(plan, launch.metric, cells)]
+    recorder = MlflowRecorder(launch.tracking_uri, launch.experiment, storage.setting, parent, launch.run_key, base,
+                              cells, {d.id: d.params for d in plan.decode_variants})
+    recorder.share(tracker)  # one writer, one journal, in order
+    callbacks = [recorder, LiveTable(plan, launch.metric, cells)]
 
     console.print(launch.describe_ray(), highlight=False)
     failures: list[str] = []
@@ -277,8 +286,9 @@ def _run(launch: Launch, console: Console) -> int:
             failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
                          for r in grid if r.error is not None]
             # On Ctrl-C (SIGINT) Tune saves its state and returns early, its running trials unended.
-            unfinished = [run.info.run_name for run in tracker.runs(invocation=launch.run_key, kind="trial")
-                          if run.info.status == "RUNNING"]
+            unfinished = [] if tracker.away and not settle(tracker) else \
+                [run.info.run_name for run in tracker.runs(invocation=launch.run_key, kind="trial")
+                 if run.info.status == "RUNNING"]
             if unfinished:
                 break
         if unfinished:
@@ -289,9 +299,17 @@ def _run(launch: Launch, console: Console) -> int:
         status, reason = "KILLED", INTERRUPTED
         raise
     finally:
-        close_unfinished(tracker, launch.run_key, "KILLED",
-                         INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
+        if not tracker.away or settle(tracker):
+            close_unfinished(tracker, launch.run_key, "KILLED",
+                             INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
         tracker.end(parent, status, reason)
+    if tracker.away and not settle(tracker):
+        console.print(f"[yellow]MLflow server {launch.tracking_uri} did not come back[/]: {len(tracker.journal.pending())} "
+                      f"tracking write(s) are kept in order in {tracker.journal.path}; `orch status {config.name} "
+                      f"--storage {shlex.quote(storage.locate())}` (or `orch resume`) replays them once it answers",
+                      highlight=False)
+        console.print(f"results: {storage.uri(launch.folder)}", highlight=False)
+        return 1
     rows = sort_rows(cell_rows(tracker, launch.run_key), config.eval.select_by)
     console.print(cell_table(rows, config.eval.select_by, f"{config.name} ({launch.invocation}): every ablation cell, "
                                                           f"best val {config.eval.select_by} first"))
@@ -303,6 +321,16 @@ def _run(launch: Launch, console: Console) -> int:
     console.print(f"results: {storage.uri(launch.folder)}\nMLflow: {launch.tracking_uri}\nnext: `orch report "
                   f"{config.name}`, `orch status {config.name}`, `orch ui`", highlight=False)
     return 1 if failures or unfinished else 0
+
+
+def settle(tracker: Tracker, wait_s: float = 60.0) -> bool:
+    """Give a server that went away a bounded while to come back and take the journal; True when it did."""
+    deadline = time.monotonic() + wait_s
+    while not tracker.flush():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(5)
+    return True
 
 
 def trial_done(run) -> bool:

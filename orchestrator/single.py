@@ -16,7 +16,7 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
@@ -118,9 +118,13 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
     from trainers.loop import run_training
 
     stamp = invocation.removeprefix("train-")
-    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
+    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting,
+                      journal=run_dir / JOURNAL_FILE)
     resume_from = None
     if resuming:
+        if not tracker.flush():
+            raise InputError(f"tracking.uri: the MLflow server {tracker.uri} does not take the journaled writes of "
+                             f"{tracker.journal.path}; start it and resume again")
         tracker.repair_orphans()  # the killed `orch train` left its runs RUNNING
         done = [run for run in tracker.runs(invocation=invocation, kind="trial") if run.info.status == "FINISHED"]
         if done:
@@ -165,6 +169,13 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
     finally:
         recorder.end(status, reason)
         tracker.end(parent, status, reason)
+        if tracker.away:
+            from orchestrator.launch import settle
+
+            if not settle(tracker):
+                console.print(f"MLflow server {tracker.uri} did not come back: {len(tracker.journal.pending())} "
+                              f"tracking write(s) are kept in order in {tracker.journal.path}; `orch resume "
+                              f"{shlex.quote(storage.locate(folder))}` replays them once it answers", highlight=False)
         if status != "FINISHED":
             console.print(f"continue it with `orch resume {shlex.quote(storage.locate(folder))}`", highlight=False)
     console.print(table)

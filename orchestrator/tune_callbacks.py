@@ -48,6 +48,10 @@ class MlflowRecorder(Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tracker": None, "_recorders": {}, "_last": {}}
 
+    def share(self, tracker: Tracker) -> None:
+        """Write through the driver's own tracker (same journal, one order of writes); never pickled."""
+        self._tracker = tracker
+
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:

@@ -147,32 +147,36 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` (sqlite backend and served artifacts in `folder`),
+    in its own process group, once it answers /health."""
+    folder.mkdir(exist_ok=True)
+    with (folder / "server.log").open("a") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(folder),
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        assert server.poll() is None, (folder / "server.log").read_text()
+        assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (sqlite backend, served artifacts), stopped afterwards."""
     port = _free_port()
-    (tmp_path / "server").mkdir()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(tmp_path / "server"),
-         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-        time.sleep(0.5)
-    yield url
+    server = start_mlflow_server(tmp_path / "server", port)
+    yield f"http://127.0.0.1:{port}"
     stop_server(server)
-    log.close()
 
 
 @pytest.mark.integration
@@ -191,6 +195,69 @@ def test_a_whole_run_lands_in_an_mlflow_server(local_ray, tiny_experiment, mlflo
     assert "config/resolved.yaml" in artifact_paths(client, parent.info.run_id)
     assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
     assert epochs_logged(client, trial) == [1]
+
+
+@pytest.mark.integration
+def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_experiment, tmp_path):
+    """The server is SIGKILLed once epoch 1 is recorded and started again (same store, same port) 20 s
+    later: the trial trains on, the writes the server did not take are journaled and replayed in
+    order, each epoch is in MLflow once, no run is left RUNNING, and the final table is printed."""
+    port = _free_port()
+    folder = tmp_path / "server"
+    server = start_mlflow_server(folder, port)
+    uri = f"http://127.0.0.1:{port}"
+    config = write_yaml(tmp_path / "flaky.yaml", tiny_experiment(
+        "flaky", tmp_path / "results", train={"epochs": 4}, tracking={"uri": uri},
+        ablation={"decode.length_penalty": [0.0, 1.0]}))
+    restarted: list[subprocess.Popen] = []
+
+    def kill_then_restart() -> None:
+        deadline = time.monotonic() + 300
+        while trial_progress(folder / "mlflow.db").get("c001", ("", 0))[1] < 1:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(20)
+        restarted.append(start_mlflow_server(folder, port))
+
+    watcher = threading.Thread(target=kill_then_restart, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        result = invoke_orch("run", config)
+        watcher.join(timeout=300)
+    finally:
+        for process in restarted or [server]:
+            if process.poll() is None:
+                stop_server(process)
+    output = " ".join(result.output.split())
+    assert restarted, "the server was never killed: the run ended before epoch 1 was recorded"
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 400
+    assert output.count(f"MLflow server {uri} is not answering") == 1, result.output
+    assert output.count(f"MLflow server {uri} is back: replayed") == 1, result.output
+    assert "every ablation cell" in output  # the final table
+    (journal,) = (tmp_path / "results" / "flaky").glob("run-*/mlflow-journal.jsonl")
+    from orchestrator.tracking import Journal
+
+    assert Journal(journal).entries() and not Journal(journal).pending()
+
+    restarted.append(start_mlflow_server(folder, port))  # read what the server holds
+    try:
+        client = MlflowClient(uri)
+        kinds = runs_of(client, "flaky")
+        assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 1, 2)
+        assert_tree_finished(kinds)
+        (trial,) = kinds["trial"]
+        assert epochs_logged(client, trial) == [1, 2, 3, 4]  # each once: no step lost, none twice
+        for run in kinds["variant"]:
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_CIDEr")) == [1, 2, 3, 4]
+            assert "test_CIDEr" in run.data.metrics
+        assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
+    finally:
+        stop_server(restarted[-1])
 
 
 # ------------------------------------------------------------------- a driver killed mid-trial
