@@ -336,6 +336,57 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert max(restarts) > 1, f"c002 restarted from scratch, not from its checkpoint: {restarts}"
 
 
+PARENT_EXISTS = "select count(*) from tags where key = 'orch.kind' and value = 'parent'"
+
+
+def _parent_exists(db: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return connection.execute(PARENT_EXISTS).fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+KILL_POINTS = {  # when the driver gets SIGKILL, read from MLflow as it runs
+    "before any trial run": lambda db: _parent_exists(db),
+    "trial runs made, nothing reported": lambda db: any(epoch == 0 for _, epoch in trial_progress(db).values()),
+    "after a first report": lambda db: any(epoch >= 1 for _, epoch in trial_progress(db).values()),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_driver_killed_at_any_point_resumes_without_a_duplicate_training(local_ray, tiny_experiment, tmp_path,
+                                                                            point):
+    """SIGKILL at each point of a trial's start, then `orch resume`: one training run per grid cell,
+    every epoch logged once, all FINISHED."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "k.yaml", tiny_experiment(
+        "k", storage, train={"epochs": 2}, ablation={"model.decoder": ["lstm", "gru"]}))
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 300
+    while not KILL_POINTS[point](storage / "mlflow.db"):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline, f"never reached {point}"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    log.close()
+
+    resumed = invoke_orch("resume", "k", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    client = MlflowClient(sqlite_uri(storage))
+    kinds = runs_of(client, "k")
+    assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 2), point
+    assert sorted(run.data.params["orch.cell"] for run in kinds["trial"]) == ["c001", "c002"]
+    assert_tree_finished(kinds)
+    for run in kinds["trial"]:
+        assert epochs_logged(client, run) == [1, 2], (point, run.data.params["orch.cell"])
+
+
 @pytest.mark.integration
 def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_experiment, tmp_path):
     """SIGINT, what Ctrl-C sends, reaches the driver (this process) once epoch 1 is recorded."""
