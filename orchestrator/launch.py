@@ -232,8 +232,8 @@ def check_data(config: ExperimentConfig, plan: Plan) -> None:
 def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address: Optional[str] = None,
              invocation: Optional[str] = None, storage: Optional[Storage] = None) -> int:
     """Run (or, given an existing invocation, resume) every study of the plan; returns the exit code."""
-    launch = Launch.resolve(config, plan, address, invocation, storage)
-    preflight.check(config, address)  # an unreachable tracking server, bucket or cluster fails before any trial
+    launch = Launch.resolve(config, plan, address, invocation, storage)  # resolved once, read by all below
+    preflight.check_launch(launch)  # an unreachable tracking server, bucket or cluster fails before any trial
     check_data(config, plan)
     return _run(launch, console)
 

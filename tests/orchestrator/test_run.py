@@ -388,6 +388,40 @@ def test_a_driver_killed_at_any_point_resumes_without_a_duplicate_training(local
 
 
 @pytest.mark.integration
+def test_a_search_resumed_after_a_killed_driver_keeps_each_samples_values(local_ray, tiny_experiment, tmp_path):
+    """Random search, 2 samples: SIGKILL after a first report; the resume continues each unfinished
+    sample with the learning rate it drew, in its own run, and draws none extra."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "s.yaml", tiny_experiment(
+        "s", storage, train={"epochs": 2}, search={"algorithm": "random", "num_samples": 2,
+                                                    "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}}))
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 300
+    while not KILL_POINTS["after a first report"](storage / "mlflow.db"):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    log.close()
+    client = MlflowClient(sqlite_uri(storage))
+    drawn = {run.data.tags["orch.trial"]: run.data.params["train.lr"] for run in runs_of(client, "s")["trial"]}
+
+    resumed = invoke_orch("resume", "s", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    kinds = runs_of(client, "s")
+    assert len(kinds["trial"]) == 2
+    assert_tree_finished(kinds)
+    after = {run.data.tags["orch.trial"]: run.data.params["train.lr"] for run in kinds["trial"]}
+    assert {k: v for k, v in after.items() if k in drawn} == drawn  # same sample, same values
+    for run in kinds["trial"]:
+        assert epochs_logged(client, run) == [1, 2]
+
+
+@pytest.mark.integration
 def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_experiment, tmp_path):
     """SIGINT, what Ctrl-C sends, reaches the driver (this process) once epoch 1 is recorded."""
     storage = tmp_path / "results"
@@ -484,6 +518,56 @@ def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_al
     run = tracker.client.get_run(done.run_id)
     assert (run.info.status, run.info.end_time) == ("FINISHED", finished_at)
     assert [m.step for m in tracker.client.get_metric_history(done.run_id, "epoch")] == [1]
+
+
+def test_resume_rebuilds_the_trials_from_mlflow_alone(tiny_experiment, tmp_path):
+    """Which trials a resume starts, and as what, from MLflow's runs only (no Ray state): a search
+    continues each unfinished sample with its own values and draws only what a cell is missing; a
+    grid continues its unfinished cells and adds the ones never started; done trials stay done."""
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.launch import Launch, resume_studies
+    from orchestrator.plan import make_plan
+    from orchestrator.storage import resolve
+    from orchestrator.tracking import Tracker, TrialRecorder
+
+    def launch_of(name: str, **sections) -> tuple[Launch, Tracker, str]:
+        config = ExperimentConfig.model_validate(tiny_experiment(name, tmp_path / "results", **sections))
+        launch = Launch.resolve(config, make_plan(config), invocation="run-1", storage=resolve(str(tmp_path / "r")))
+        tracker = Tracker(sqlite_uri(tmp_path), name)
+        return launch, tracker, tracker.parent_run(launch.run_key, "orch run run-1")
+
+    def trial(tracker, parent, launch, key: str, cell: str, status: str, reason: str = "", **params) -> None:
+        recorder = TrialRecorder(tracker, parent, launch.run_key, key, key, {"orch.cell": cell, **params}, {})
+        recorder.end(status, reason)
+
+    launch, tracker, parent = launch_of("searched", ablation={"model.decoder": ["lstm", "gru"]},
+                                        search={"algorithm": "random", "num_samples": 2,
+                                                "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}})
+    trial(tracker, parent, launch, "a_00000", "c001", "FINISHED", **{"train.lr": 0.001})
+    trial(tracker, parent, launch, "a_00001", "c001", "KILLED", "driver h:1 ended without closing this run",
+          **{"train.lr": 0.0031622776601683794})
+    trial(tracker, parent, launch, "a_00002", "c002", "KILLED", "stopped early by the scheduler after epoch 1",
+          **{"train.lr": 0.002})
+    studies = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    assert [(study.resumed, study.samples, study.cells) for study in studies] == [
+        ([{"trial": "a_00001", "cell": "c001", "search": {"train.lr": 0.0031622776601683794}}], None, ["c001"]),
+        (None, 1, ["c002"])]  # the scheduler-stopped sample counts: c002 lacks one
+
+    launch, tracker, parent = launch_of("grid", ablation={"model.decoder": ["lstm", "gru", "rnn"]})
+    trial(tracker, parent, launch, "c001", "c001", "FINISHED")
+    trial(tracker, parent, launch, "c002", "c002", "FAILED", "RuntimeError: boom")
+    (study,) = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    assert study.name.startswith("resume-")
+    assert study.resumed == [{"trial": "c002", "cell": "c002"}, {"trial": "c003", "cell": "c003"}]
+
+
+def test_a_planted_pickle_really_runs_when_unpickled(tmp_path):
+    """The resume and loader tests' bait works: unpickling it writes the marker."""
+    import pickle
+
+    marker = tmp_path / "marker"
+    pickle.loads(plant_pickle(tmp_path / "bait.pkl", marker).read_bytes())
+    assert marker.read_text() == "unpickled"
 
 
 # --------------------------------------------------------------------------- injected failures
