@@ -85,9 +85,15 @@ class reading:
         self.path, self.remedy = path, remedy
 
     def __enter__(self):
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()  # torch's notes on a pickle it refuses are not for the user
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return self
 
     def __exit__(self, kind, error, traceback):
+        self._warnings.__exit__(None, None, None)
         if error is None or isinstance(error, InputError):
             return False
         is_file_error = isinstance(error, file_errors()) or \

@@ -218,3 +218,31 @@ def test_score_with_a_truncated_predictions_file(orch, tmp_path):
     preds = tmp_path / "preds.json"
     preds.write_text('[{"image_id": 1, "caption": "a')
     one_error_line(orch("score", "--references", refs, "--predictions", preds), str(preds))
+
+
+def test_export_of_a_trial_whose_mlflow_checkpoint_is_a_pickle(orch, export_dir, tmp_path, monkeypatch):
+    """A best_checkpoint in MLflow (a shared store) that is a crafted pickle: `orch export` refuses it
+    in one line and its payload never runs."""
+    from orchestrator.tracking import Tracker, TrialRecorder
+    from tests.orchestrator.conftest import sqlite_uri
+
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "results"
+    tracker = Tracker(sqlite_uri(storage), "shared", artifact_root=str(storage))
+    parent = tracker.parent_run("shared/run-1", "orch run run-1")
+    recorder = TrialRecorder(tracker, parent, "shared/run-1", "c001", "c001", {"orch.cell": "c001"},
+                             {"d01": {"decode.beam_size": 2}})
+    report = {"epoch": 1, "best_epoch": 1, "val_CIDEr": 0.5, "d01/val_CIDEr": 0.5, "d01/test_CIDEr": 0.4}
+    recorder.record(report)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    config = yaml.safe_load((export_dir / "config.yaml").read_text())
+    (checkpoint / "meta.json").write_text(json.dumps({"epoch": 1, "config": config, "vocab": ["<pad>"],
+                                                      "variants": {"d01": config["decode"]}}))
+    marker = tmp_path / "unpickled"
+    plant_pickle(checkpoint / "best_model.pt", marker)
+    recorder.complete(report, checkpoint)
+    result = orch("export", "shared", "--storage", storage, "--out", tmp_path / "exports")
+    one_error_line(result, "best_model.pt: a pickle holding more than tensors", "export another trial")
+    assert not marker.exists()
+    assert not (tmp_path / "exports" / "shared").exists() or not any((tmp_path / "exports").rglob("*.safetensors"))
