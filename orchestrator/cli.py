@@ -203,6 +203,10 @@ def ui(
     from orchestrator.inspect import store_uri
 
     uri = store_uri(config, storage)
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+        from orchestrator.inspect import experiment_names
+
+        experiment_names(uri)  # a store that is not one is named here, not in the UI server's traceback
     console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                       "--host", host, "--port", str(port)]))

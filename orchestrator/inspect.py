@@ -10,7 +10,7 @@ from rich.console import Console
 
 from orchestrator.status import cell_rows, cell_table, latest_invocation, rows_as_json, sort_rows
 from orchestrator.storage import default_tracking_uri, local_folder, share_endpoint_with_mlflow
-from orchestrator.tracking import Tracker, replay_journals
+from orchestrator.tracking import Tracker, replay_journals, store_errors
 from trainers.errors import InputError
 
 
@@ -37,7 +37,8 @@ def _config_storage(config: Path) -> str:
 def experiment_names(uri: str) -> list[str]:
     from mlflow import MlflowClient
 
-    return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+    with store_errors(uri):
+        return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
 
 
 def show_status(name: Optional[str], config: Optional[Path], storage: str, as_json: bool, console: Console) -> None:

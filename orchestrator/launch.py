@@ -244,13 +244,14 @@ def _run(launch: Launch, console: Console) -> int:
     from orchestrator.trainable import FAIL_ONCE_ENV, train_trial
 
     config, plan, storage = launch.config, launch.plan, launch.storage
+    # The store first: one that cannot be opened is refused before the invocation folder is made.
+    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting, journal=launch.journal)
     if not launch.resuming:
         save_invocation(storage, config.name, launch.invocation, dump_resolved(config),
                         json.dumps(plan.to_dict(), indent=1))
     base = trainer_base(config)
     cells = {cell.id: cell.overrides for cell in plan.cells}
 
-    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting, journal=launch.journal)
     if launch.resuming and not tracker.flush():  # writes an earlier driver could not make, first and in order
         raise InputError(f"tracking.uri: the MLflow server {launch.tracking_uri} does not take the journaled writes "
                          f"of {launch.journal}; start it and resume again")

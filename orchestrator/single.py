@@ -16,7 +16,7 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
-from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
+from orchestrator.tracking import JOURNAL_FILE, Journal, Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
@@ -71,6 +71,8 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
     storage = storage or resolve(config.ray.storage)
     invocation = invocation or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = f"{config.name}/{invocation}"  # relative to the storage
+    # The store first: one that cannot be opened is refused before the run folder is made.
+    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
     with tempfile.TemporaryDirectory(prefix="orch-train-") as staging:
         # A bucket storage gets the run folder when the training ends; until then it is staged here.
         run_dir = Path(storage.path(folder)) if storage.is_local else Path(staging) / invocation
@@ -81,7 +83,8 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
         if not resuming:
             (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
         try:
-            return _train(config, trainer_config, storage, folder, run_dir, invocation, resuming, console)
+            tracker.journal = Journal(run_dir / JOURNAL_FILE)
+            return _train(config, trainer_config, tracker, storage, folder, run_dir, invocation, resuming, console)
         finally:
             if not storage.is_local:
                 storage.upload(run_dir, folder)
@@ -112,14 +115,12 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
         recorder.record({**metrics, **variant})
 
 
-def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: str, run_dir: Path, invocation: str,
-           resuming: bool, console: Console) -> dict:
+def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: Storage, folder: str, run_dir: Path,
+           invocation: str, resuming: bool, console: Console) -> dict:
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
     stamp = invocation.removeprefix("train-")
-    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting,
-                      journal=run_dir / JOURNAL_FILE)
     resume_from = None
     if resuming:
         if not tracker.flush():

@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator.storage import resolve, share_endpoint_with_mlflow
+from trainers.errors import InputError
 
 TAG_INVOCATION = "orch.invocation"
 TAG_TRIAL = "orch.trial"
@@ -97,6 +98,32 @@ def unreachable(error: BaseException) -> bool:
                                          "timed out", "Read timed out", "RemoteDisconnected",
                                          "with code 502", "with code 503", "with code 504", "status code 50",
                                          "TEMPORARILY_UNAVAILABLE"))
+
+
+class store_errors:
+    """`with store_errors(uri): ...`: a sqlite file that is not an MLflow store (truncated, overwritten,
+    not a database) becomes one InputError naming it, instead of SQLAlchemy's traceback."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not self.uri.startswith("sqlite:///"):
+            return False
+        chain, seen = [], error
+        while seen is not None and len(chain) < 10:
+            chain.append(seen)
+            seen = seen.__cause__ or seen.__context__
+        text = " ".join(str(item) for item in chain)
+        for sign in ("file is not a database", "database disk image is malformed", "no such table",
+                     "unable to open database file"):
+            if sign in text:
+                raise InputError(f"{self.uri.removeprefix('sqlite:///')}: not a readable MLflow store ({sign}) "
+                                 f"(move it away, or point tracking.uri / --storage at the right one)") from None
+        return False
 
 
 class Journal:
@@ -179,7 +206,7 @@ class Tracker:
         self._last_probe = 0.0
         if artifact_root is not None:
             share_endpoint_with_mlflow(str(artifact_root))
-        with _store_creation_lock(uri):
+        with _store_creation_lock(uri), store_errors(uri):
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is not None:

@@ -17,15 +17,18 @@ from tests.orchestrator.conftest import TINY_EXPERIMENT, invoke_orch, plant_pick
 
 
 def one_error_line(result, *fragments: str) -> str:
-    """The command exited 2 with one `error:` line naming each fragment, and no traceback."""
+    """The command exited 2 with one `error:` line, its last, naming each fragment, and no traceback
+    (`orch run` prints its plan before the checks that need the plan)."""
     output = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
-    assert output.startswith("error: "), result.output
     assert output.count("error: ") == 1, result.output
+    said = output[output.index("error: "):]
+    assert result.output.rstrip().splitlines()[-1].split()[-1] == said.split()[-1], result.output  # the last line
+    assert output.startswith("error: ") or result.output.lstrip().startswith("Plan for "), result.output
     for fragment in fragments:
-        assert fragment in output, (fragment, result.output)
-    return output
+        assert fragment in said, (fragment, result.output)
+    return said
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +249,65 @@ def test_export_of_a_trial_whose_mlflow_checkpoint_is_a_pickle(orch, export_dir,
     one_error_line(result, "best_model.pt: a pickle holding more than tensors", "export another trial")
     assert not marker.exists()
     assert not (tmp_path / "exports" / "shared").exists() or not any((tmp_path / "exports").rglob("*.safetensors"))
+
+
+# ------------------------------------------------------------------- every command, each file it reads
+@pytest.mark.parametrize("command", ["status", "report", "export", "ui", "train", "run"])
+def test_a_sqlite_store_that_is_not_a_database(orch, tiny_prepared, tmp_path, monkeypatch, command):
+    """results/mlflow.db overwritten with garbage: named in one line, before any folder or Ray."""
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "results"
+    storage.mkdir()
+    (storage / "mlflow.db").write_bytes(bytes(range(256)) * 16)
+    config = write_yaml(tmp_path / "t.yaml", {**TINY_EXPERIMENT, "name": "t", "data": {"prepared": str(tiny_prepared)},
+                                              "ray": {"storage": str(storage)}})
+    args = {"status": ["status", "--storage", storage], "report": ["report", "t", "--storage", storage],
+            "export": ["export", "t", "--storage", storage], "ui": ["ui", "--storage", storage, "--port", "1"],
+            "train": ["train", config], "run": ["run", config]}[command]
+    one_error_line(orch(*args), f"{storage / 'mlflow.db'}: not a readable MLflow store")
+    assert sorted(p.name for p in storage.iterdir()) in (["mlflow.db"], ["mlflow.db", "mlflow.db.lock"])
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "vocab.json"])
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_truncated_prepared_dataset_is_refused_before_anything_starts(orch, tiny_prepared, tmp_path, monkeypatch,
+                                                                       name, command):
+    monkeypatch.chdir(tmp_path)
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, prepared)
+    data = (prepared / name).read_bytes()
+    (prepared / name).write_bytes(data[:len(data) // 2])
+    config = write_yaml(tmp_path / "t.yaml", {**TINY_EXPERIMENT, "name": "t", "data": {"prepared": str(prepared)},
+                                              "ray": {"storage": str(tmp_path / "results")}})
+    one_error_line(orch(command, config), "data.prepared", str(prepared / name) if name == "vocab.json" else
+                   str(prepared / name), "run orch prepare again")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "run", "run --dry-run"])
+@pytest.mark.parametrize("text, said", [("name: t\nmodel: {decoder: lstm\n", "invalid YAML"),
+                                         ("name: t\nmodel: !!python/object/apply:os.system ['touch /tmp/orch-ran']\n",
+                                          "model")])
+def test_a_broken_experiment_file(orch, tmp_path, monkeypatch, command, text, said):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    one_error_line(orch(*command.split(), path), f"{path}:", said)
+    assert not Path("/tmp/orch-ran").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
+def test_prepare_with_a_truncated_karpathy_json(orch, tmp_path):
+    source = karpathy(tmp_path, [entry("a.png", "train", 1), entry("b.png", "test", 2)])
+    source.write_text(source.read_text()[:40])
+    one_error_line(orch("prepare", source, "--images", tmp_path / "images", "--out", tmp_path / "out"),
+                   f"{source}: not valid JSON")
+    assert not (tmp_path / "out").exists()
+
+
+def test_score_with_truncated_references(orch, tmp_path):
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"images": [{"id": 1}], "annotations": [{"image_id": 1, "id"')
+    preds = tmp_path / "preds.json"
+    preds.write_text('[{"image_id": 1, "caption": "a b"}]')
+    one_error_line(orch("score", "--references", refs, "--predictions", preds), str(refs))
