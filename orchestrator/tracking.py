@@ -385,7 +385,9 @@ class Tracker:
                 if existing.info.status != "FINISHED" or entry["reopen_finished"]:
                     self.client.update_run(run_id, status="RUNNING")
             else:
-                run_id = self.client.create_run(self.experiment_id, start_time=entry["time"], tags=entry["tags"],
+                tags = {key: self._resolved(value) if key == MLFLOW_PARENT_RUN_ID else value
+                        for key, value in entry["tags"].items()}  # a parent created while away, too
+                run_id = self.client.create_run(self.experiment_id, start_time=entry["time"], tags=tags,
                                                 run_name=entry["run_name"]).info.run_id
             self._ids = {**getattr(self, "_ids", {}), entry["placeholder"]: run_id}
             if self.journal is not None and not live:
