@@ -596,7 +596,7 @@ def test_without_retries_a_failure_exits_1_and_names_its_reason(local_ray, tiny_
         "failed", tmp_path / "results", ablation={"decode.length_penalty": [0.0, 1.0]}))
     result = invoke_orch("run", config)
     assert result.exit_code == 1, result.output
-    assert "failed c001-" in result.output and "injected failure at epoch 1" in result.output
+    assert "failed c001: " in result.output and "injected failure at epoch 1" in result.output
     kinds = runs_of(MlflowClient(sqlite_uri(tmp_path / "results")), "failed")
     for run in [*kinds["parent"], *kinds["trial"], *kinds["variant"]]:
         assert run.info.status == "FAILED"
