@@ -16,7 +16,7 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
-from orchestrator.tracking import JOURNAL_FILE, Journal, Tracker, TrialRecorder
+from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
@@ -83,7 +83,7 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
         if not resuming:
             (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
         try:
-            tracker.journal = Journal(run_dir / JOURNAL_FILE)
+            tracker.use_journal(run_dir / JOURNAL_FILE)
             return _train(config, trainer_config, tracker, storage, folder, run_dir, invocation, resuming, console)
         finally:
             if not storage.is_local:

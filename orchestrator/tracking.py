@@ -204,6 +204,7 @@ class Tracker:
         self.say = say or (lambda line: print(line, file=__import__("sys").stderr, flush=True))
         self.away_since: Optional[float] = None
         self._last_probe = 0.0
+        self._clear = self.journal is None or not self.journal.pending()  # nothing waits: write straight through
         if artifact_root is not None:
             share_endpoint_with_mlflow(str(artifact_root))
         with _store_creation_lock(uri), store_errors(uri):
@@ -314,6 +315,11 @@ class Tracker:
         self._write({"op": "set_terminated", "run_id": run_id, "status": status, "time": _now_ms()})
 
     # ------------------------------------------------------------------------- the write journal
+    def use_journal(self, path: Path) -> None:
+        """Journal this command's writes in `path` from now on (a run folder made after the store opened)."""
+        self.journal = Journal(path)
+        self._clear = not self.journal.pending()
+
     @property
     def away(self) -> bool:
         return self.away_since is not None
@@ -327,10 +333,11 @@ class Tracker:
 
     def _write(self, entry: dict) -> None:
         """Do one write now, or journal it: while the server is away, and behind earlier journaled writes."""
-        if self.journal is not None and (self.away or self.journal.pending()):
+        if self.journal is not None and (self.away or not self._clear):
             if entry["op"] in ("log_artifact", "log_artifacts"):
                 entry = {**entry, "path": self.journal.keep(Path(entry["path"]))}
             self.journal.append(entry)
+            self._clear = False
             self.flush(force=False)
             return
         try:
@@ -368,6 +375,7 @@ class Tracker:
                 self._went_away(error)
                 return False
             self.journal.mark_done(number)
+        self._clear = True
         if self.away or pending:
             self.say(f"MLflow server {self.uri} is back: replayed {len(pending)} journaled tracking write(s) "
                      f"in order")

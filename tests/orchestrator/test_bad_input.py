@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.orchestrator.conftest import TINY_EXPERIMENT, invoke_orch, plant_pickle, write_yaml
+from tests.orchestrator.conftest import TINY_EXPERIMENT, plant_pickle, write_yaml
 
 
 def one_error_line(result, *fragments: str) -> str:
