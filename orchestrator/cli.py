@@ -6,6 +6,7 @@ Heavy imports (torch, ray, mlflow) happen inside the commands so `orch --help` s
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -23,8 +24,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 
+UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "a read-only file system"}
+
+
 def _exits_cleanly(command):
-    """Map InputError to exit 2 with its message; let typer handle its own exits."""
+    """The one place expected failures become `error: <file or key>: <what> (<what to do>)`, exit 2.
+
+    Loaders raise InputError naming the file or key (trainers.errors.reading turns a bad file into
+    one); a folder orch may not write is bad input too, named here. Typer handles its own exits;
+    anything else is a bug or a fault: exit 1 with its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -32,6 +41,12 @@ def _exits_cleanly(command):
             return command(*args, **kwargs)
         except InputError as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)  # [lstm, gru] is no markup
+            raise typer.Exit(2)
+        except OSError as error:
+            if error.errno not in UNWRITABLE or not error.filename:
+                raise
+            console.print(f"[bold red]error:[/] {escape(str(error.filename))}: {UNWRITABLE[error.errno]} (choose a "
+                          f"folder this user can write, or fix its permissions)", highlight=False)
             raise typer.Exit(2)
         except TrainingDiverged as error:
             console.print(f"[bold red]failed:[/] {escape(str(error))}", highlight=False)
@@ -73,12 +88,15 @@ def prepare(
     max_len: int = typer.Option(50, "--max-len", help="Captions longer than this many words are truncated."),
     image_size: int = typer.Option(256, "--image-size", help="Images are resized to this square side."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip and list unreadable images instead of failing."),
+    allow_shared_images: bool = typer.Option(False, "--allow-shared-images", help="Accept one image file listed in "
+                                             "two splits (refused by default: it leaks test images into training)."),
 ):
     """Turn a Karpathy split JSON and its images into a prepared dataset for training."""
     from trainers.data.prepare import prepare_dataset
 
     manifest = prepare_dataset(karpathy_json, images, out, min_word_freq=min_word_freq, max_len=max_len,
-                               image_size=image_size, skip_bad_images=skip_bad_images)
+                               image_size=image_size, skip_bad_images=skip_bad_images,
+                               allow_shared_images=allow_shared_images)
     console.print(manifest.describe(), highlight=False)
 
 
@@ -133,8 +151,10 @@ def run(
     if dry_run:
         Console().print(render_plan(plan, experiment))
         return
+    from orchestrator.launch import check_data, run_plan
+
+    check_data(experiment, plan)  # every cell's data.prepared, before the plan is shown and Ray starts
     console.print(render_plan(plan, experiment))
-    from orchestrator.launch import run_plan
 
     raise typer.Exit(run_plan(experiment, plan, console, address=address))
 
@@ -183,6 +203,10 @@ def ui(
     from orchestrator.inspect import store_uri
 
     uri = store_uri(config, storage)
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+        from orchestrator.inspect import experiment_names
+
+        experiment_names(uri)  # a store that is not one is named here, not in the UI server's traceback
     console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                       "--host", host, "--port", str(port)]))

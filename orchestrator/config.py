@@ -139,9 +139,25 @@ class ResourcesConfig(Strict):
         return v
 
 
+TRACKING_SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql", "file")
+
+
 class TrackingConfig(Strict):
     uri: str | None = None  # default: sqlite:///<ray.storage, absolute>/mlflow.db
     experiment: str | None = None  # default: name
+
+    @field_validator("uri")
+    @classmethod
+    def _a_tracking_uri(cls, v: str | None) -> str | None:
+        """A URI MLflow can open; anything else (a bare word, host:port, a path) would make MLflow
+        write a `./mlruns` folder or fail deep inside the first trial."""
+        if v is None:
+            return v
+        scheme = v.partition("://")[0].split("+")[0].lower() if "://" in v else ""
+        if scheme not in TRACKING_SCHEMES or not v.partition("://")[2].strip("/") or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a tracking URI: write http://host:5000 (an MLflow server), "
+                             f"sqlite:///path/mlflow.db, postgresql://user@host/db or file:///folder")
+        return v
 
 
 _RAY_ADDRESS = re.compile(r"^(auto|ray://\S+|[^\s:/]+:\d+)$")
@@ -399,6 +415,9 @@ def _read_with_bases(path: Path, shown: str, chain: tuple[Path, ...]) -> tuple[d
     raw, origins = _read_yaml(path, shown)
     if not isinstance(raw, dict):
         raise InputError(f"{shown}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    if not raw and not chain:
+        raise InputError(f"{shown}: the experiment file is empty (write at least `name:` and `data: {{prepared: "
+                         f"...}}`; search_spaces/quickstart.yaml is a start)")
     base = raw.get("base")
     if base is None:
         return raw, origins

@@ -34,7 +34,7 @@ import yaml
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
 from trainers.config import RETRIEVAL_SELECTABLE
-from trainers.errors import InputError
+from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
 from trainers.staging import staged_folder
 
@@ -97,9 +97,12 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         client = results.tracker.client
         with quiet_downloads():
             checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
-        meta = json.loads((checkpoint / "meta.json").read_text())
-        state = complete_state(torch.load(checkpoint / "best_model.pt", map_location="cpu", weights_only=True),
-                               meta, checkpoint)  # the frozen encoder rebuilt: an export holds the whole model
+        remedy = f"MLflow's best_checkpoint of trial {pick.trial} is damaged: export another trial (--top-k)"
+        with reading(checkpoint / "meta.json", remedy):
+            meta = json.loads((checkpoint / "meta.json").read_text())
+        with reading(checkpoint / "best_model.pt", remedy):
+            state = torch.load(checkpoint / "best_model.pt", map_location="cpu", weights_only=True)
+        state = complete_state(state, meta, checkpoint)  # the frozen encoder rebuilt: an export holds the whole model
         save_file({key: tensor.contiguous() for key, tensor in state.items()}, staging / EXPORT_WEIGHTS,
                   metadata={"format": "orch-captioner", "experiment": results.experiment, "trial": pick.trial})
         (staging / EXPORT_WEIGHTS).chmod(0o644)

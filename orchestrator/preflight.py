@@ -45,6 +45,14 @@ def check(config: ExperimentConfig, address: Optional[str] = None, timeout_s: fl
     check_ray_address(*_ray_address(config, address), timeout_s)
 
 
+def check_launch(launch, timeout_s: float = 10.0) -> None:
+    """`check` of what orchestrator.launch.Launch resolved once: its storage, tracking URI and Ray address."""
+    check_storage(launch.storage)
+    check_tracking(launch.tracking_uri, timeout_s)
+    if launch.ray_address != "local":  # a new local Ray: nothing to reach
+        check_ray_address(launch.ray_address, launch.ray_source, timeout_s)
+
+
 # ------------------------------------------------------------------------------------- storage
 def check_storage(storage: Storage) -> None:
     """A bucket answers with the credentials in the environment, and exists (a local folder, or the
@@ -124,14 +132,11 @@ def _check_database(uri: str, timeout_s: float) -> None:
 
 # ------------------------------------------------------------------------------------------ Ray
 def _ray_address(config: ExperimentConfig, address: Optional[str]) -> tuple[Optional[str], str]:
-    """The cluster the run will join and the setting that named it (ray.init reads RAY_ADDRESS too)."""
-    if address:
-        return address, "--address"
-    if config.ray.address:
-        return config.ray.address, "ray.address"
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
-    return None, ""
+    """The cluster the run will join and the setting that named it; None: a new local Ray."""
+    from orchestrator.launch import LOCAL_RAY, ray_address_of
+
+    joined, source = ray_address_of(config, address)
+    return (None, "") if joined == LOCAL_RAY else (joined, source)
 
 
 def check_ray_address(address: Optional[str], source: str = "ray.address", timeout_s: float = 10.0) -> None:

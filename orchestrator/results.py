@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.status import CellRow, cell_rows, latest_invocation
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL, TAG_VARIANT, Tracker
+from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL, TAG_VARIANT, Tracker, store_errors
 from trainers.errors import InputError
 
 PLAN_ARTIFACT = "config/plan.json"
@@ -59,7 +59,8 @@ def open_results(name: str, uri: str, invocation: Optional[str] = None) -> Resul
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise InputError(f"no MLflow store at {uri}: run `orch run` first, or pass --storage / --config")
-    known = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+    with store_errors(uri):
+        known = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
     if name not in known:
         raise InputError(f"no experiment named {name!r} in {uri} (known: {', '.join(sorted(known)) or 'none'})")
     tracker = Tracker(uri, name)

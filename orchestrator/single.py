@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
@@ -14,8 +16,9 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.status import truncation_note
-from orchestrator.storage import Storage, default_tracking_uri, resolve
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
+from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
+from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
@@ -53,41 +56,95 @@ def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
     return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in columns]
 
 
-def train_one(config: ExperimentConfig, console: Console) -> dict:
-    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints."""
+def train_one(config: ExperimentConfig, console: Console, invocation: Optional[str] = None,
+              storage: Optional[Storage] = None) -> dict:
+    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints.
+
+    `invocation` (`train-YYYYmmdd-HHMMSS`, with the `storage` it lives on): `orch resume` of a killed
+    `orch train`, which continues from the run folder's checkpoint (the last whole epoch) and logs to
+    the same MLflow runs."""
     refusal = train_refusal(config)
     if refusal:
         raise InputError(refusal)
 
     trainer_config = config.trainer_config({})
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    invocation = f"train-{stamp}"
-    storage = resolve(config.ray.storage)
+    check_prepared(trainer_config.model_dump(mode="json")["data"])  # refused before any store or folder is made
+    storage = storage or resolve(config.ray.storage)
+    invocation = invocation or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = f"{config.name}/{invocation}"  # relative to the storage
+    # The store first: one that cannot be opened is refused before the run folder is made.
+    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
     with tempfile.TemporaryDirectory(prefix="orch-train-") as staging:
         # A bucket storage gets the run folder when the training ends; until then it is staged here.
         run_dir = Path(storage.path(folder)) if storage.is_local else Path(staging) / invocation
+        resuming = storage.is_file(f"{folder}/{CONFIG_FILE}")
+        if resuming and not storage.is_local:
+            storage.download(folder, Path(staging))
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
         try:
-            return _train(config, trainer_config, storage, folder, run_dir, stamp, console)
+            tracker.use_journal(run_dir / JOURNAL_FILE)
+            return _train(config, trainer_config, tracker, storage, folder, run_dir, invocation, resuming, console)
         finally:
             if not storage.is_local:
                 storage.upload(run_dir, folder)
 
 
-def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: str, run_dir: Path, stamp: str,
-           console: Console) -> dict:
+def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
+    """The run folder's checkpoint when it holds a whole epoch short of the last; None: start afresh
+    (no checkpoint yet, one cut short, or the last epoch: its test evaluation belongs to a new run)."""
+    from trainers.checkpoint import load_checkpoint
+
+    try:
+        epoch = int(load_checkpoint(run_dir / "checkpoint").meta["epoch"])
+    except (InputError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return run_dir / "checkpoint" if 0 < epoch < epochs else None
+
+
+def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None:
+    """Log the epochs the checkpoint holds that MLflow never got (the process died between writing the
+    checkpoint and logging the epoch), from the checkpoint's own history, so no epoch is missing.
+
+    `orch train` has one decode variant (d01), the one that selects: its val metrics are the epoch's."""
+    from trainers.checkpoint import load_checkpoint
+
+    history = load_checkpoint(checkpoint).training_state()["history"]
+    for metrics in history[int(recorder.logged_epoch):]:
+        variant = {f"d01/{k}": v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss"}
+        recorder.record({**metrics, **variant})
+
+
+def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: Storage, folder: str, run_dir: Path,
+           invocation: str, resuming: bool, console: Console) -> dict:
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
-    invocation = f"train-{stamp}"
-    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
+    stamp = invocation.removeprefix("train-")
+    resume_from = None
+    if resuming:
+        if not tracker.flush():
+            raise InputError(f"tracking.uri: the MLflow server {tracker.uri} does not take the journaled writes of "
+                             f"{tracker.journal.path}; start it and resume again")
+        tracker.repair_orphans()  # the killed `orch train` left its runs RUNNING
+        done = [run for run in tracker.runs(invocation=invocation, kind="trial") if run.info.status == "FINISHED"]
+        if done:
+            raise InputError(f"{storage.uri(folder)}: this training already finished (MLflow run "
+                             f"{done[0].info.run_id}); nothing to resume")
+        resume_from = _resume_point(run_dir, trainer_config.train.epochs)
+        console.print(f"resuming {storage.uri(folder)} from "
+                      f"{'its epoch checkpoint' if resume_from else 'the start (no whole checkpoint to continue)'}",
+                      highlight=False)
     parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
-    log_provenance(tracker, parent, dump_resolved(config), plan=None)
+    if not resuming:
+        log_provenance(tracker, parent, dump_resolved(config), plan=None)
     variants = [DecodeVariant("d01", trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
                              params=flatten(trainer_config.model_dump(mode="json")),
                              variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
+    if resume_from is not None:
+        _replay_unrecorded_epochs(recorder, resume_from)
     columns = ALIGNMENT_COLUMNS if trainer_config.trainer == "alignment" else EPOCH_COLUMNS
     table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}")
 
@@ -103,7 +160,8 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
 
     status, reason = "FAILED", ""
     try:
-        final = run_training(trainer_config, run_dir, variants=variants, on_epoch=on_epoch, progress=True)
+        final = run_training(trainer_config, run_dir, variants=variants, on_epoch=on_epoch, progress=True,
+                             resume_from=resume_from)
         status = "FINISHED"
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted (Ctrl-C)"
@@ -114,6 +172,15 @@ def _train(config: ExperimentConfig, trainer_config, storage: Storage, folder: s
     finally:
         recorder.end(status, reason)
         tracker.end(parent, status, reason)
+        if tracker.away:
+            from orchestrator.launch import settle
+
+            if not settle(tracker):
+                console.print(f"MLflow server {tracker.uri} did not come back: {len(tracker.journal.pending())} "
+                              f"tracking write(s) are kept in order in {tracker.journal.path}; `orch resume "
+                              f"{shlex.quote(storage.locate(folder))}` replays them once it answers", highlight=False)
+        if status != "FINISHED":
+            console.print(f"continue it with `orch resume {shlex.quote(storage.locate(folder))}`", highlight=False)
     console.print(table)
     summary = {key: value for key, value in final.metrics.items()
                if key in FINAL_KEYS or key.startswith("test_constant_caption_")}

@@ -195,9 +195,11 @@ def save_invocation(storage: Storage, name: str, invocation: str, resolved_yaml:
 
 
 def invocations(storage: Storage, name: str) -> list[str]:
-    """The runs of experiment `name` that hold a config (`run-YYYYmmdd-HHMMSS`), oldest first."""
-    return [folder for folder in storage.folders(name)
-            if folder.startswith("run-") and storage.is_file(f"{name}/{folder}/{CONFIG_FILE}")]
+    """The runs of experiment `name` that hold a config (`run-YYYYmmdd-HHMMSS` of `orch run`,
+    `train-YYYYmmdd-HHMMSS` of `orch train`), oldest first."""
+    return sorted((folder for folder in storage.folders(name)
+                   if folder.startswith(("run-", "train-")) and storage.is_file(f"{name}/{folder}/{CONFIG_FILE}")),
+                  key=lambda folder: folder.split("-", 1)[1])
 
 
 def find_invocation(name_or_run: str, storage_setting: str) -> tuple[Storage, str, str]:

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
+import shutil
+import uuid
+
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from orchestrator.storage import resolve, share_endpoint_with_mlflow
+from trainers.errors import InputError
 
 TAG_INVOCATION = "orch.invocation"
 TAG_TRIAL = "orch.trial"
@@ -72,17 +76,138 @@ def _store_creation_lock(uri: str):
     return FileLock(str(database) + ".lock")
 
 
-class Tracker:
-    """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command."""
+JOURNAL_FILE = "mlflow-journal.jsonl"  # next to the run: the tracking writes a server did not take, in order
+PROBE_EVERY_S = 15.0  # while the server is away, how often a write tries it again
+# A driver waits at most about 1 + 2 + 4 s plus three 20 s timeouts on one request, not MLflow's
+# default 7 retries with backoff 2 and 120 s timeouts (minutes of silence per request).
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Optional[str | Path] = None):
-        """`artifact_root`: the `ray.storage` setting a new experiment keeps its artifacts under
-        (see `artifact_location`); None leaves them where MLflow puts them by default."""
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
+
+def bounded_http_retries() -> None:
+    """MLflow's HTTP retry settings for this process, unless the user set them (MLflow reads them per request)."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when an MLflow call failed because the server is away (refused, timed out, 5xx), not
+    because the request was wrong."""
+    text = f"{type(error).__name__} {error}"
+    return any(sign in text for sign in ("Max retries exceeded", "ConnectionError", "Connection refused",
+                                         "timed out", "Read timed out", "RemoteDisconnected",
+                                         "with code 502", "with code 503", "with code 504", "status code 50",
+                                         "TEMPORARILY_UNAVAILABLE"))
+
+
+class store_errors:
+    """`with store_errors(uri): ...`: a sqlite file that is not an MLflow store (truncated, overwritten,
+    not a database) becomes one InputError naming it, instead of SQLAlchemy's traceback."""
+
+    def __init__(self, uri: str):
         self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not self.uri.startswith("sqlite:///"):
+            return False
+        chain, seen = [], error
+        while seen is not None and len(chain) < 10:
+            chain.append(seen)
+            seen = seen.__cause__ or seen.__context__
+        text = " ".join(str(item) for item in chain)
+        for sign in ("file is not a database", "database disk image is malformed", "no such table",
+                     "unable to open database file"):
+            if sign in text:
+                raise InputError(f"{self.uri.removeprefix('sqlite:///')}: not a readable MLflow store ({sign}) "
+                                 f"(move it away, or point tracking.uri / --storage at the right one)") from None
+        return False
+
+
+class Journal:
+    """An ordered, append-only file of tracking writes (JSON lines) and how many were replayed.
+
+    Every entry holds what the write needs and its original timestamps, so replaying one that did
+    reach the server after all changes nothing (MLflow drops a metric equal in key, step, time and
+    value; params, tags and statuses are set to the same values). Artifacts are copied in beside it,
+    since a trial's checkpoint folder may be replaced before the server returns."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.done_path = self.path.with_name(self.path.name + ".done")
+        self.ids_path = self.path.with_name(self.path.name + ".ids")
+        self.files = self.path.with_name(self.path.name + ".files")
+
+    def entries(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    @property
+    def done(self) -> int:
+        return int(self.done_path.read_text() or 0) if self.done_path.is_file() else 0
+
+    def pending(self) -> list[dict]:
+        return self.entries()[self.done:]
+
+    def append(self, entry: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as file:
+            file.write(json.dumps(entry) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def mark_done(self, count: int) -> None:
+        _write_atomically(self.done_path, str(count))
+
+    def ids(self) -> dict[str, str]:
+        """Placeholder run ids (runs created while the server was away) -> their real ids."""
+        return json.loads(self.ids_path.read_text()) if self.ids_path.is_file() else {}
+
+    def set_id(self, placeholder: str, run_id: str) -> None:
+        _write_atomically(self.ids_path, json.dumps({**self.ids(), placeholder: run_id}))
+
+    def keep(self, source: Path) -> str:
+        """A copy of a file or folder in the journal's files folder; its path."""
+        target = self.files / uuid.uuid4().hex / Path(source).name
+        target.parent.mkdir(parents=True)
+        (shutil.copytree if Path(source).is_dir() else shutil.copyfile)(source, target)
+        return str(target)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+class Tracker:
+    """Creates, finds and ends the runs of one experiment; the only MLflow writer of a command.
+
+    Given a `journal`, a server that goes away does not stop the command: each write it does not
+    take is appended to the journal, in order, and the whole journal is replayed, in order, when
+    the server answers again (tried every PROBE_EVERY_S while writes come, and at the end), or later
+    by `orch resume` / `orch status` (`replay_journals`). One line says when it goes, one when it is back."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Optional[str | Path] = None,
+                 journal: Optional[Path] = None, say=None):
+        """`artifact_root`: the `ray.storage` setting a new experiment keeps its artifacts under
+        (see `artifact_location`); None leaves them where MLflow puts them by default.
+        `journal`: the journal file of this run (None: writes fail when the server does).
+        `say`: prints one line to the user (default: stderr)."""
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
+        bounded_http_retries()
+        self.uri = uri
+        self.journal = Journal(journal) if journal is not None else None
+        self.say = say or (lambda line: print(line, file=__import__("sys").stderr, flush=True))
+        self.away_since: Optional[float] = None
+        self._last_probe = 0.0
+        self._clear = self.journal is None or not self.journal.pending()  # nothing waits: write straight through
         if artifact_root is not None:
             share_endpoint_with_mlflow(str(artifact_root))
-        with _store_creation_lock(uri):
+        with _store_creation_lock(uri), store_errors(uri):
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is not None:
@@ -103,24 +228,35 @@ class Tracker:
 
         A run found again is reopened (RUNNING, owned by this driver, its old end reason dropped),
         except a FINISHED one when `reopen_finished` is false: a resume never rewrites finished work.
+        While the server is away, the run gets a placeholder id and its creation is journaled: the
+        replay finds the run by its tags before it creates one, so it is never made twice.
         """
-        existing = self._find(tags)
-        if existing is not None:
-            if existing.info.status != "FINISHED" or reopen_finished:
-                self._reopen(existing)
-            return existing.info.run_id, existing.info.status
+        if self.away_since is None:
+            try:
+                existing = self._find(tags)
+            except Exception as error:  # noqa: BLE001 - only a server away is absorbed
+                if self.journal is None or not unreachable(error):
+                    raise
+                self._went_away(error)
+            else:
+                if existing is not None:
+                    if existing.info.status != "FINISHED" or reopen_finished:
+                        self._reopen(existing)
+                    return existing.info.run_id, existing.info.status
         all_tags = {**tags, TAG_DRIVER: _driver_id()}
         if parent is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name)
-        return run.info.run_id, None
+        placeholder = f"pending-{uuid.uuid4().hex}"
+        self._write({"op": "create_run", "placeholder": placeholder, "tags": all_tags, "run_name": run_name,
+                     "find": dict(tags), "reopen_finished": reopen_finished, "time": _now_ms()})
+        return self._real_id(placeholder), None
 
     def _reopen(self, run) -> None:
         run_id = run.info.run_id
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, TAG_DRIVER, _driver_id())
+        self._write({"op": "update_run", "run_id": run_id, "status": "RUNNING"})
+        self.set_tags(run_id, {TAG_DRIVER: _driver_id()})
         if TAG_REASON in run.data.tags:
-            self.client.delete_tag(run_id, TAG_REASON)
+            self._write({"op": "delete_tag", "run_id": run_id, "key": TAG_REASON})
 
     def parent_run(self, invocation: str, run_name: str, tags: Mapping[str, str] = ()) -> str:
         run_id, _ = self._find_or_create({TAG_INVOCATION: invocation, TAG_KIND: "parent"}, run_name, None)
@@ -147,36 +283,150 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------ logging
     def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
-        items = [Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        items = [[k, _param_text(v)] for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start:start + 100])
+            self._write({"op": "log_batch", "run_id": run_id, "params": items[start:start + 100]})
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         stamp = _now_ms()
-        items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()
+        items = [[k, float(v), stamp, step] for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for start in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[start:start + 500])
+            self._write({"op": "log_batch", "run_id": run_id, "metrics": items[start:start + 500]})
 
     def set_tags(self, run_id: str, tags: Mapping[str, object]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write({"op": "log_batch", "run_id": run_id, "tags": [[k, str(v)] for k, v in tags.items()]})
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        self._write({"op": "log_text", "run_id": run_id, "text": text, "artifact_file": artifact_file})
 
     def log_json(self, run_id: str, data, artifact_file: str) -> None:
-        self.client.log_text(run_id, json.dumps(data, indent=1, default=str), artifact_file)
+        self.log_text(run_id, json.dumps(data, indent=1, default=str), artifact_file)
 
     def log_folder(self, run_id: str, folder: Path, artifact_path: str) -> None:
-        self.client.log_artifacts(run_id, str(folder), artifact_path)
+        self._write({"op": "log_artifacts", "run_id": run_id, "path": str(folder), "artifact_path": artifact_path})
 
     def log_file(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._write({"op": "log_artifact", "run_id": run_id, "path": str(path), "artifact_path": artifact_path})
 
     def end(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
         if reason:
             self.set_tags(run_id, {TAG_REASON: reason[:5000]})
-        self.client.set_terminated(run_id, status=status)
+        self._write({"op": "set_terminated", "run_id": run_id, "status": status, "time": _now_ms()})
+
+    # ------------------------------------------------------------------------- the write journal
+    def use_journal(self, path: Path) -> None:
+        """Journal this command's writes in `path` from now on (a run folder made after the store opened)."""
+        self.journal = Journal(path)
+        self._clear = not self.journal.pending()
+
+    @property
+    def away(self) -> bool:
+        return self.away_since is not None
+
+    def _real_id(self, run_id: str) -> str:
+        """The run's id, or its placeholder while its creation waits in the journal."""
+        try:
+            return self._resolved(run_id)
+        except KeyError:
+            return run_id
+
+    def _write(self, entry: dict) -> None:
+        """Do one write now, or journal it: while the server is away, and behind earlier journaled writes."""
+        if self.journal is not None and (self.away or not self._clear):
+            if entry["op"] in ("log_artifact", "log_artifacts"):
+                entry = {**entry, "path": self.journal.keep(Path(entry["path"]))}
+            self.journal.append(entry)
+            self._clear = False
+            self.flush(force=False)
+            return
+        try:
+            self._apply(entry, live=True)
+        except Exception as error:  # noqa: BLE001 - only a server away is absorbed
+            if self.journal is None or not unreachable(error):
+                raise
+            self._went_away(error)
+            self._write(entry)
+
+    def _went_away(self, error: BaseException) -> None:
+        if self.away_since is None:
+            self.away_since = time.monotonic()
+            self._last_probe = time.monotonic()
+            self.say(f"MLflow server {self.uri} is not answering ({_short(error)}): training goes on; tracking "
+                     f"writes are kept in {self.journal.path} and replayed in order when it is back")
+
+    def flush(self, force: bool = True) -> bool:
+        """Replay the journal's pending writes in order; True when none is left. Unless `force`, a server
+        that is away is tried at most every PROBE_EVERY_S."""
+        if self.journal is None:
+            return True
+        if self.away and not force and time.monotonic() - self._last_probe < PROBE_EVERY_S:
+            return False
+        self._last_probe = time.monotonic()
+        if self.away and not _server_answers(self.uri):
+            return False
+        done, pending = self.journal.done, self.journal.pending()
+        for number, entry in enumerate(pending, start=done + 1):
+            try:
+                self._apply(entry)
+            except Exception as error:  # noqa: BLE001
+                if not unreachable(error):
+                    raise
+                self._went_away(error)
+                return False
+            self.journal.mark_done(number)
+        self._clear = True
+        if self.away or pending:
+            self.say(f"MLflow server {self.uri} is back: replayed {len(pending)} journaled tracking write(s) "
+                     f"in order")
+            self.away_since = None
+        return True
+
+    def _apply(self, entry: dict, live: bool = False) -> None:
+        """Perform one write on the server; placeholders become the ids their creation got (kept beside
+        the journal when it is a replay, so a later process replays the rest with them)."""
+        op = entry["op"]
+        if op == "create_run":
+            existing = self._find(entry["find"])
+            if existing is not None:
+                run_id = existing.info.run_id
+                if existing.info.status != "FINISHED" or entry["reopen_finished"]:
+                    self.client.update_run(run_id, status="RUNNING")
+            else:
+                tags = {key: self._resolved(value) if key == MLFLOW_PARENT_RUN_ID else value
+                        for key, value in entry["tags"].items()}  # a parent created while away, too
+                run_id = self.client.create_run(self.experiment_id, start_time=entry["time"], tags=tags,
+                                                run_name=entry["run_name"]).info.run_id
+            self._ids = {**getattr(self, "_ids", {}), entry["placeholder"]: run_id}
+            if self.journal is not None and not live:
+                self.journal.set_id(entry["placeholder"], run_id)
+            return
+        run_id = self._resolved(entry["run_id"])
+        if op == "log_batch":
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, step) for k, v, t, step in entry.get("metrics", [])],
+                                  params=[Param(k, v) for k, v in entry.get("params", [])],
+                                  tags=[RunTag(k, v) for k, v in entry.get("tags", [])])
+        elif op == "update_run":
+            self.client.update_run(run_id, status=entry["status"])
+        elif op == "delete_tag":
+            with contextlib.suppress(Exception):  # already gone
+                self.client.delete_tag(run_id, entry["key"])
+        elif op == "set_terminated":
+            self.client.set_terminated(run_id, status=entry["status"], end_time=entry["time"])
+        elif op == "log_text":
+            self.client.log_text(run_id, entry["text"], entry["artifact_file"])
+        elif op == "log_artifact":
+            self.client.log_artifact(run_id, entry["path"], entry["artifact_path"])
+        elif op == "log_artifacts":
+            self.client.log_artifacts(run_id, entry["path"], entry["artifact_path"])
+        else:
+            raise ValueError(f"{self.journal.path if self.journal else 'journal'}: unknown entry {op!r}")
+
+    def _resolved(self, run_id: str) -> str:
+        if not run_id.startswith("pending-"):
+            return run_id
+        ids = getattr(self, "_ids", {})
+        return ids[run_id] if run_id in ids else (self.journal.ids() if self.journal is not None else {})[run_id]
 
     # -------------------------------------------------------------------------------- housekeeping
     def runs(self, invocation: Optional[str] = None, kind: Optional[str] = None) -> list:
@@ -198,6 +448,44 @@ class Tracker:
             self.end(run.info.run_id, "KILLED", reason=f"driver {driver or '?'} ended without closing this run")
             repaired.append(run.info.run_id)
         return repaired
+
+
+def _server_answers(uri: str, timeout_s: float = 3.0) -> bool:
+    """One quick request, no retries: is the MLflow server back? (A database store: assume so.)"""
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return True
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST",
+                                max_retries=0, backoff_factor=0, timeout=timeout_s, raise_on_status=False,
+                                json={"max_results": 1})
+    except Exception:  # noqa: BLE001 - any failure means not yet
+        return False
+    return response.status_code == 200
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    for sign in ("Connection refused", "timed out", "Max retries exceeded", "with code 50"):
+        if sign in text:
+            return sign.replace("with code", "HTTP")
+    return type(error).__name__
+
+
+def replay_journals(uri: str, experiment: str, folder: Path, say=None) -> int:
+    """Replay the journal of every run folder under `folder` (<storage>/<name>) whose writes the MLflow
+    server at `uri` has not taken; returns how many writes were replayed. `orch status` and
+    `orch resume` call this, so a run whose server went away is complete in MLflow again."""
+    replayed = 0
+    for path in sorted(Path(folder).glob(f"*/{JOURNAL_FILE}")):
+        pending = len(Journal(path).pending())
+        if pending:
+            tracker = Tracker(uri, experiment, journal=path, say=say)
+            if tracker.flush():
+                replayed += pending
+    return replayed
 
 
 def _all_pages(client: MlflowClient, experiment_id: str, filter_string: str):

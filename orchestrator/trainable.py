@@ -32,6 +32,21 @@ FAIL_ONCE_ENV = "ORCH_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail eac
 # Read by the driver and handed to every trial, so it reaches trials on a cluster the driver joined.
 
 
+def trial_params(params: dict) -> dict:
+    """`{cell, search?, trial?}` of a trial's Tune config: its own keys, or, for a trial `orch resume`
+    starts again, the `resumed` entry its grid value holds (cell, search values and the key it continues)."""
+    return params["resumed"] if "resumed" in params else params
+
+
+def trial_key(params: dict, ray_trial_id: str) -> str:
+    """A trial's identity in MLflow (`orch.trial`) and in its folder name: stable across resumes.
+
+    A trial `orch resume` starts again carries the key of the trial it continues (`trial`); a grid
+    trial without a search is its cell (one training per cell); a search sample is Ray's trial id."""
+    params = trial_params(params)
+    return params.get("trial") or (params["cell"] if "search" not in params else ray_trial_id)
+
+
 def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict],
                 finished: frozenset[str] = frozenset(), storage: Optional[Storage] = None,
                 stored: Optional[dict[str, list[str]]] = None, fail_at: int = 0) -> None:
@@ -41,7 +56,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     `fail_at`: the driver's FAIL_ONCE_ENV."""
     from trainers.loop import run_training
 
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = trial_key(params, tune.get_context().get_trial_id())
+    params = trial_params(params)
     if trial_id in finished:
         return
     overrides = {**cells[params["cell"]], **params.get("search", {})}

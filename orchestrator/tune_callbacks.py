@@ -1,8 +1,8 @@
 """Ray Tune callbacks of the `orch run` driver: MLflow recording and the live trial table.
 
-Ray pickles the run config, callbacks included, so `orch resume` can rebuild it; both callbacks
-therefore hold only plain data and open their MLflow client or console lazily, and a restored
-recorder finds its runs again by their tags rather than remembering them.
+Ray pickles the run config, callbacks included, into its experiment folder; orch never reads that
+back (`orch resume` starts fresh Tuners: orchestrator.launch). The callbacks hold only plain data,
+open their MLflow client or console lazily, and find their runs again by their tags.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
 from orchestrator.status import truncation_note
 from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.trainable import trial_key, trial_params
 
 
 def trial_overrides(trial_config: dict, cells: dict[str, dict]) -> dict:
     """The dotted training keys a trial sets: its grid cell's, then its search sample's."""
+    trial_config = trial_params(trial_config)
     return {**cells[trial_config["cell"]], **trial_config.get("search", {})}
 
 
@@ -47,6 +49,10 @@ class MlflowRecorder(Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tracker": None, "_recorders": {}, "_last": {}}
 
+    def share(self, tracker: Tracker) -> None:
+        """Write through the driver's own tracker (same journal, one order of writes); never pickled."""
+        self._tracker = tracker
+
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
@@ -57,10 +63,12 @@ class MlflowRecorder(Callback):
         if trial.trial_id not in self._recorders:
             overrides = trial_overrides(trial.config, self.cells)
             params = flatten(apply_overrides(self.base, overrides))
-            params["orch.cell"] = trial.config["cell"]
-            name = f"{trial.config['cell']} {short_params(overrides)}".strip()
-            self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key, trial.trial_id,
-                                                            name, params, self.variants)
+            cell = trial_params(trial.config)["cell"]
+            params["orch.cell"] = cell
+            name = f"{cell} {short_params(overrides)}".strip()
+            self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key,
+                                                            trial_key(trial.config, trial.trial_id), name, params,
+                                                            self.variants)
         return self._recorders[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -136,7 +144,7 @@ class LiveTable(Callback):
             result = trial.last_result or {}
             value = result.get(self.metric)
             cut = truncation_note(result, "val")
-            table.add_row(trial.trial_id, short_params(trial_overrides(trial.config, self.cells)),
+            table.add_row(trial_key(trial.config, trial.trial_id), short_params(trial_overrides(trial.config, self.cells)),
                           f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}",
                           trial.status + (f" ({cut})" if cut else ""))
         return table
@@ -151,7 +159,7 @@ class LiveTable(Callback):
             return
         value = result.get(self.metric)
         cut = truncation_note(result, "val")
-        self.console.print(f"{trial.trial_id} {short_params(trial_overrides(trial.config, self.cells))}: epoch "
+        self.console.print(f"{trial_key(trial.config, trial.trial_id)} {short_params(trial_overrides(trial.config, self.cells))}: epoch "
                            f"{result.get('epoch', 0):.0f}, {self.metric} {'-' if value is None else f'{value:.3f}'}"
                            f"{f' ({cut})' if cut else ''}", highlight=False)
 

@@ -24,3 +24,81 @@ def unknown_name(kind: str, name: str, names: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown {kind} {name!r}{hint} (registered {kind}s: {', '.join(names)})"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most 300 characters."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0].strip()[:300] if lines else type(error).__name__
+
+
+def _reason(error: BaseException) -> str:
+    """What is wrong with a file, in words a user can act on."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return "a pickle holding more than tensors and plain values; refused (orch never unpickles code)"
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if type(error).__name__ == "ConstructorError":  # a YAML tag safe_load cannot construct
+        return f"a YAML tag orch does not construct ({first_line(error)})"
+    if type(error).__name__ == "SafetensorError":
+        return f"not a whole safetensors file ({first_line(error)})"
+    if isinstance(error, RuntimeError) and "zip archive" in str(error):
+        return "not a whole PyTorch file (truncated or corrupt)"
+    if isinstance(error, UnicodeDecodeError):
+        return "not text (binary or wrong encoding)"
+    if isinstance(error, ValueError) and type(error).__name__ == "JSONDecodeError":
+        return f"not valid JSON ({first_line(error)})"
+    return first_line(error)
+
+
+def file_errors():
+    """The exceptions reading a file can raise when the file (not orch) is wrong."""
+    import pickle
+
+    import yaml
+
+    kinds: tuple = (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError, yaml.YAMLError)
+    try:
+        from safetensors import SafetensorError
+
+        kinds += (SafetensorError,)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return kinds
+
+
+class reading:
+    """`with reading(path, remedy): ...`: every way `path` can be bad becomes one InputError,
+    `<path>: <what is wrong> (<remedy>)`. An InputError raised inside passes unchanged.
+
+    The one place that turns a bad file into the one-line answer the CLI prints with exit code 2
+    (orchestrator/cli.py): loaders wrap their reads in it instead of catching errors one by one.
+    A RuntimeError counts only when torch says the file is not a whole archive."""
+
+    def __init__(self, path, remedy: str = ""):
+        self.path, self.remedy = path, remedy
+
+    def __enter__(self):
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()  # torch's notes on a pickle it refuses are not for the user
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self._warnings.__exit__(None, None, None)
+        if error is None or isinstance(error, InputError):
+            return False
+        is_file_error = isinstance(error, file_errors()) or \
+            (isinstance(error, RuntimeError) and "zip archive" in str(error))
+        if not is_file_error:
+            return False
+        remedy = f" ({self.remedy})" if self.remedy else ""
+        raise InputError(f"{self.path}: {_reason(error)}{remedy}") from None

@@ -36,7 +36,7 @@ from trainers.data.prepare import IMAGE_ERRORS, read_image_rgb
 from trainers.data.prepared import PreparedDataset
 from trainers.data.vocab import Vocab
 from trainers.decoding import Hypothesis, decode
-from trainers.errors import InputError
+from trainers.errors import InputError, reading
 from trainers.evaluation import DecodeVariant, caption_batches, score_split
 from trainers.features import resize_batch
 from trainers.memory import reuse_freed_memory
@@ -118,17 +118,27 @@ def _read_export(folder: Path) -> tuple[dict, Vocab, dict]:
     missing = [name for name in (EXPORT_CONFIG, EXPORT_VOCAB) if not (folder / name).is_file()]
     if missing:
         raise InputError(f"{folder}: incomplete export (missing {', '.join(missing)})")
-    config = yaml.safe_load((folder / EXPORT_CONFIG).read_text())
-    vocab = Vocab.from_dict(json.loads((folder / EXPORT_VOCAB).read_text()))
-    return config, vocab, load_file(folder / EXPORT_WEIGHTS)
+    again = "export the model again with `orch export`"
+    with reading(folder / EXPORT_CONFIG, again):
+        config = yaml.safe_load((folder / EXPORT_CONFIG).read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping of trainer config keys")
+    with reading(folder / EXPORT_VOCAB, again):
+        vocab = Vocab.from_dict(json.loads((folder / EXPORT_VOCAB).read_text()))
+    with reading(folder / EXPORT_WEIGHTS, again):
+        return config, vocab, load_file(folder / EXPORT_WEIGHTS)
 
 
 def _read_checkpoint(folder: Path) -> tuple[dict, Vocab, dict]:
     if not (folder / META).is_file():
         raise InputError(f"{folder}: incomplete checkpoint (missing {META})")
-    meta = json.loads((folder / META).read_text())
-    state = torch.load(folder / BEST_MODEL, map_location="cpu", weights_only=True)
-    return meta["config"], Vocab(meta["vocab"]), complete_state(state, meta, folder)
+    remedy = "use another checkpoint, or an `orch export` folder"
+    with reading(folder / META, remedy):
+        meta = json.loads((folder / META).read_text())
+        config, vocab = meta["config"], Vocab(meta["vocab"])
+    with reading(folder / BEST_MODEL, remedy):
+        state = torch.load(folder / BEST_MODEL, map_location="cpu", weights_only=True)
+    return config, vocab, complete_state(state, meta, folder)
 
 
 def decode_settings(base: DecodeConfig, beam_size: Optional[int] = None,

@@ -83,6 +83,25 @@ def local_ray():
     ray.shutdown()
 
 
+class _WritesMarker:
+    """Unpickling this runs `exec`, which writes the marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('unpickled')",)
+
+
+def plant_pickle(path: Path, marker: Path) -> Path:
+    """A crafted pickle at `path` whose payload writes `marker` when anything unpickles it."""
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(_WritesMarker(marker)))
+    return path
+
+
 def sqlite_uri(folder: Path) -> str:
     """A real sqlite MLflow store in `folder` (created on first use, as `orch run` does)."""
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}"

@@ -40,8 +40,11 @@ def test_a_tiny_yaml_gets_every_default(tmp_path, monkeypatch):
     assert config.ray.storage == "results" and config.ray.max_failures == 2
 
 
-def test_an_empty_file_is_the_default_experiment(tmp_path):
-    assert load_config(write(tmp_path, "empty.yaml", "")).name == "orch"
+def test_an_empty_file_is_refused_not_a_run_of_every_default(tmp_path):
+    """An empty file (or one of comments) is a mistake, never a plan of every default (issue 12)."""
+    for text in ("", "# to do\n", "{}\n"):
+        with pytest.raises(InputError, match=r"empty\.yaml: the experiment file is empty"):
+            load_config(write(tmp_path, "empty.yaml", text))
 
 
 def test_search_metric_defaults_to_eval_select_by(tmp_path):

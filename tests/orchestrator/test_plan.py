@@ -1,6 +1,5 @@
 """The plan: grid expansion, decode-time factors split off, counts, and what --dry-run prints."""
 
-import inspect
 import io
 import itertools
 import json
@@ -120,7 +119,7 @@ def test_render_plan_shows_trials_variants_counts_search_scheduler_and_concurren
 def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatch, overrides, cap):
     from ray import tune
 
-    from orchestrator.launch import _tuner, studies_of
+    from orchestrator.launch import Launch, _tuner, studies_of
     from orchestrator.storage import resolve
 
     config = coursework(tmp_path, ["search.algorithm=random", *overrides])
@@ -129,10 +128,8 @@ def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatc
     assert (f"at most {cap} trials at once" if cap else "as many at once as the cluster") in rendered(plan, config)
     made = {}
     monkeypatch.setattr(tune, "Tuner", lambda trainable, **kwargs: made.update(kwargs))
-    # Where the study writes: a Storage and a folder in it, or (before bucket storage) a local folder.
-    where = ({"storage": resolve(str(tmp_path / "results")), "folder": "x"}
-             if "storage" in inspect.signature(_tuner).parameters else {"folder": tmp_path / "results" / "x"})
-    _tuner(config, studies_of(config, plan)[0], trainable=None, callbacks=[], **where)
+    launch = Launch.resolve(config, plan, storage=resolve(str(tmp_path / "results")))  # what the launcher reads
+    _tuner(launch, studies_of(config, plan)[0], trainable=None, callbacks=[])
     assert made["tune_config"].max_concurrent_trials == cap
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, stop_server, write_yaml
+from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, plant_pickle, sqlite_uri, stop_server, write_yaml
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
 
@@ -53,7 +53,8 @@ def artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> set[s
 
 
 def trial_folders(storage: Path, name: str) -> list[Path]:
-    return sorted(p for p in storage.glob(f"{name}/run-*/trials/c*") if p.is_dir())
+    """Every trial folder: the first run's (`trials/`) and each resume's (`resume-*/`)."""
+    return sorted(p for p in storage.glob(f"{name}/run-*/*/c*") if p.is_dir())
 
 
 def tune_results(folder: Path) -> list[dict]:
@@ -161,32 +162,36 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` (sqlite backend and served artifacts in `folder`),
+    in its own process group, once it answers /health."""
+    folder.mkdir(exist_ok=True)
+    with (folder / "server.log").open("a") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(folder),
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        assert server.poll() is None, (folder / "server.log").read_text()
+        assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (sqlite backend, served artifacts), stopped afterwards."""
     port = _free_port()
-    (tmp_path / "server").mkdir()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(tmp_path / "server"),
-         "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-        time.sleep(0.5)
-    yield url
+    server = start_mlflow_server(tmp_path / "server", port)
+    yield f"http://127.0.0.1:{port}"
     stop_server(server)
-    log.close()
 
 
 @pytest.mark.integration
@@ -205,6 +210,69 @@ def test_a_whole_run_lands_in_an_mlflow_server(local_ray, tiny_experiment, mlflo
     assert "config/resolved.yaml" in artifact_paths(client, parent.info.run_id)
     assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
     assert epochs_logged(client, trial) == [1]
+
+
+@pytest.mark.integration
+def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_experiment, tmp_path):
+    """The server is SIGKILLed once epoch 1 is recorded and started again (same store, same port) 20 s
+    later: the trial trains on, the writes the server did not take are journaled and replayed in
+    order, each epoch is in MLflow once, no run is left RUNNING, and the final table is printed."""
+    port = _free_port()
+    folder = tmp_path / "server"
+    server = start_mlflow_server(folder, port)
+    uri = f"http://127.0.0.1:{port}"
+    config = write_yaml(tmp_path / "flaky.yaml", tiny_experiment(
+        "flaky", tmp_path / "results", train={"epochs": 4}, tracking={"uri": uri},
+        ablation={"decode.length_penalty": [0.0, 1.0]}))
+    restarted: list[subprocess.Popen] = []
+
+    def kill_then_restart() -> None:
+        deadline = time.monotonic() + 300
+        while trial_progress(folder / "mlflow.db").get("c001", ("", 0))[1] < 1:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(20)
+        restarted.append(start_mlflow_server(folder, port))
+
+    watcher = threading.Thread(target=kill_then_restart, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        result = invoke_orch("run", config)
+        watcher.join(timeout=300)
+    finally:
+        for process in restarted or [server]:
+            if process.poll() is None:
+                stop_server(process)
+    output = " ".join(result.output.split())
+    assert restarted, "the server was never killed: the run ended before epoch 1 was recorded"
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 400
+    assert output.count(f"MLflow server {uri} is not answering") == 1, result.output
+    assert output.count(f"MLflow server {uri} is back: replayed") == 1, result.output
+    assert "every ablation cell" in output  # the final table
+    (journal,) = (tmp_path / "results" / "flaky").glob("run-*/mlflow-journal.jsonl")
+    from orchestrator.tracking import Journal
+
+    assert Journal(journal).entries() and not Journal(journal).pending()
+
+    restarted.append(start_mlflow_server(folder, port))  # read what the server holds
+    try:
+        client = MlflowClient(uri)
+        kinds = runs_of(client, "flaky")
+        assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 1, 2)
+        assert_tree_finished(kinds)
+        (trial,) = kinds["trial"]
+        assert epochs_logged(client, trial) == [1, 2, 3, 4]  # each once: no step lost, none twice
+        for run in kinds["variant"]:
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_CIDEr")) == [1, 2, 3, 4]
+            assert "test_CIDEr" in run.data.metrics
+        assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
+    finally:
+        stop_server(restarted[-1])
 
 
 # ------------------------------------------------------------------- a driver killed mid-trial
@@ -258,8 +326,16 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert {run.data.params["orch.cell"]: run.info.status for run in killed["trial"]} == \
         {"c001": "FINISHED", "c002": "KILLED"}
 
+    # A colleague's (or an intruder's) pickles in the shared results folder, where Ray Tune keeps its
+    # own state: `orch resume` must not run them.
+    marker = tmp_path / "unpickled-marker"
+    (invocation,) = (storage / "killed").glob("run-*")
+    planted = [plant_pickle(invocation / "trials" / name, marker) for name in ("tuner.pkl", "trainable.pkl")]
+    planted += [plant_pickle(folder / "params.pkl", marker) for folder in trial_folders(storage, "killed")]
+    planted += [plant_pickle(invocation / name, marker) for name in ("tuner.pkl", "orch.pkl")]
     resumed = invoke_orch("resume", "killed", "--storage", storage)
     assert resumed.exit_code == 0, resumed.output
+    assert not marker.exists(), f"orch resume unpickled one of {planted}"
     kinds = runs_of(client, "killed")
     assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 4)
     assert_tree_finished(kinds)
@@ -270,9 +346,94 @@ def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, ti
     assert after["c002"].info.run_id == before["c002"].info.run_id
     assert epochs_logged(client, after["c002"]) == [1, 2, 3, 4]
     assert "orch.failure_reason" not in after["c002"].data.tags  # the kill is history once it resumed
-    (c002_folder,) = [f for f in trial_folders(storage, "killed") if f.name.startswith("c002")]
-    restarts = [r["epoch"] for r in tune_results(c002_folder) if r["iterations_since_restore"] == 1]
+    restarts = [r["epoch"] for folder in trial_folders(storage, "killed") if folder.name.startswith("c002")
+                for r in tune_results(folder) if r["iterations_since_restore"] == 1]
     assert max(restarts) > 1, f"c002 restarted from scratch, not from its checkpoint: {restarts}"
+
+
+PARENT_EXISTS = "select count(*) from tags where key = 'orch.kind' and value = 'parent'"
+
+
+def _parent_exists(db: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            return connection.execute(PARENT_EXISTS).fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+KILL_POINTS = {  # when the driver gets SIGKILL, read from MLflow as it runs
+    "before any trial run": lambda db: _parent_exists(db),
+    "trial runs made, nothing reported": lambda db: any(epoch == 0 for _, epoch in trial_progress(db).values()),
+    "after a first report": lambda db: any(epoch >= 1 for _, epoch in trial_progress(db).values()),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_driver_killed_at_any_point_resumes_without_a_duplicate_training(local_ray, tiny_experiment, tmp_path,
+                                                                            point):
+    """SIGKILL at each point of a trial's start, then `orch resume`: one training run per grid cell,
+    every epoch logged once, all FINISHED."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "k.yaml", tiny_experiment(
+        "k", storage, train={"epochs": 2}, ablation={"model.decoder": ["lstm", "gru"]}))
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 300
+    while not KILL_POINTS[point](storage / "mlflow.db"):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline, f"never reached {point}"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    log.close()
+
+    resumed = invoke_orch("resume", "k", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    client = MlflowClient(sqlite_uri(storage))
+    kinds = runs_of(client, "k")
+    assert (len(kinds["parent"]), len(kinds["trial"]), len(kinds["variant"])) == (1, 2, 2), point
+    assert sorted(run.data.params["orch.cell"] for run in kinds["trial"]) == ["c001", "c002"]
+    assert_tree_finished(kinds)
+    for run in kinds["trial"]:
+        assert epochs_logged(client, run) == [1, 2], (point, run.data.params["orch.cell"])
+
+
+@pytest.mark.integration
+def test_a_search_resumed_after_a_killed_driver_keeps_each_samples_values(local_ray, tiny_experiment, tmp_path):
+    """Random search, 2 samples: SIGKILL after a first report; the resume continues each unfinished
+    sample with the learning rate it drew, in its own run, and draws none extra."""
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "s.yaml", tiny_experiment(
+        "s", storage, train={"epochs": 2}, search={"algorithm": "random", "num_samples": 2,
+                                                    "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}}))
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(config), "--address", local_ray],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 300
+    while not KILL_POINTS["after a first report"](storage / "mlflow.db"):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    log.close()
+    client = MlflowClient(sqlite_uri(storage))
+    drawn = {run.data.tags["orch.trial"]: run.data.params["train.lr"] for run in runs_of(client, "s")["trial"]}
+
+    resumed = invoke_orch("resume", "s", "--storage", storage)
+    assert resumed.exit_code == 0, resumed.output
+    kinds = runs_of(client, "s")
+    assert len(kinds["trial"]) == 2
+    assert_tree_finished(kinds)
+    after = {run.data.tags["orch.trial"]: run.data.params["train.lr"] for run in kinds["trial"]}
+    assert {k: v for k, v in after.items() if k in drawn} == drawn  # same sample, same values
+    for run in kinds["trial"]:
+        assert epochs_logged(client, run) == [1, 2]
 
 
 @pytest.mark.integration
@@ -374,6 +535,56 @@ def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_al
     assert [m.step for m in tracker.client.get_metric_history(done.run_id, "epoch")] == [1]
 
 
+def test_resume_rebuilds_the_trials_from_mlflow_alone(tiny_experiment, tmp_path):
+    """Which trials a resume starts, and as what, from MLflow's runs only (no Ray state): a search
+    continues each unfinished sample with its own values and draws only what a cell is missing; a
+    grid continues its unfinished cells and adds the ones never started; done trials stay done."""
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.launch import Launch, resume_studies
+    from orchestrator.plan import make_plan
+    from orchestrator.storage import resolve
+    from orchestrator.tracking import Tracker, TrialRecorder
+
+    def launch_of(name: str, **sections) -> tuple[Launch, Tracker, str]:
+        config = ExperimentConfig.model_validate(tiny_experiment(name, tmp_path / "results", **sections))
+        launch = Launch.resolve(config, make_plan(config), invocation="run-1", storage=resolve(str(tmp_path / "r")))
+        tracker = Tracker(sqlite_uri(tmp_path), name)
+        return launch, tracker, tracker.parent_run(launch.run_key, "orch run run-1")
+
+    def trial(tracker, parent, launch, key: str, cell: str, status: str, reason: str = "", **params) -> None:
+        recorder = TrialRecorder(tracker, parent, launch.run_key, key, key, {"orch.cell": cell, **params}, {})
+        recorder.end(status, reason)
+
+    launch, tracker, parent = launch_of("searched", ablation={"model.decoder": ["lstm", "gru"]},
+                                        search={"algorithm": "random", "num_samples": 2,
+                                                "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}})
+    trial(tracker, parent, launch, "a_00000", "c001", "FINISHED", **{"train.lr": 0.001})
+    trial(tracker, parent, launch, "a_00001", "c001", "KILLED", "driver h:1 ended without closing this run",
+          **{"train.lr": 0.0031622776601683794})
+    trial(tracker, parent, launch, "a_00002", "c002", "KILLED", "stopped early by the scheduler after epoch 1",
+          **{"train.lr": 0.002})
+    studies = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    assert [(study.resumed, study.samples, study.cells) for study in studies] == [
+        ([{"trial": "a_00001", "cell": "c001", "search": {"train.lr": 0.0031622776601683794}}], None, ["c001"]),
+        (None, 1, ["c002"])]  # the scheduler-stopped sample counts: c002 lacks one
+
+    launch, tracker, parent = launch_of("grid", ablation={"model.decoder": ["lstm", "gru", "rnn"]})
+    trial(tracker, parent, launch, "c001", "c001", "FINISHED")
+    trial(tracker, parent, launch, "c002", "c002", "FAILED", "RuntimeError: boom")
+    (study,) = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    assert study.name.startswith("resume-")
+    assert study.resumed == [{"trial": "c002", "cell": "c002"}, {"trial": "c003", "cell": "c003"}]
+
+
+def test_a_planted_pickle_really_runs_when_unpickled(tmp_path):
+    """The resume and loader tests' bait works: unpickling it writes the marker."""
+    import pickle
+
+    marker = tmp_path / "marker"
+    pickle.loads(plant_pickle(tmp_path / "bait.pkl", marker).read_bytes())
+    assert marker.read_text() == "unpickled"
+
+
 # --------------------------------------------------------------------------- injected failures
 @pytest.mark.integration
 def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tiny_experiment, tmp_path, monkeypatch):
@@ -400,7 +611,7 @@ def test_without_retries_a_failure_exits_1_and_names_its_reason(local_ray, tiny_
         "failed", tmp_path / "results", ablation={"decode.length_penalty": [0.0, 1.0]}))
     result = invoke_orch("run", config)
     assert result.exit_code == 1, result.output
-    assert "failed c001-" in result.output and "injected failure at epoch 1" in result.output
+    assert "failed c001: " in result.output and "injected failure at epoch 1" in result.output
     kinds = runs_of(MlflowClient(sqlite_uri(tmp_path / "results")), "failed")
     for run in [*kinds["parent"], *kinds["trial"], *kinds["variant"]]:
         assert run.info.status == "FAILED"

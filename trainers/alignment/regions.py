@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from trainers.config import AlignmentConfig, TrainerConfig
-from trainers.errors import InputError
+from trainers.errors import InputError, reading
 from trainers.models import Encoder, build_encoder
 from trainers.models.registry import Registry
 
@@ -146,13 +146,14 @@ def _read_state_dict(path: Path, detector: str) -> dict:
     if not path.is_file():
         raise InputError(f"alignment.detector_weights: {str(path)!r} is not coco or an existing file")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with reading(path, "give a state dict: .safetensors, or a .pt/.pth of torch.save(model.state_dict())"):
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable file is the user's to fix; say which and why
-        raise InputError(f"alignment.detector_weights: cannot read {path} as a state dict: {error}") from error
+                return load_file(path)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError as error:  # one line naming the key and the file; never weights_only=False advice
+        raise InputError(f"alignment.detector_weights: {error}") from None
     if not isinstance(state, dict):
         raise InputError(f"alignment.detector_weights: {path} holds a {type(state).__name__}, not a "
                          f"{detector} state dict")

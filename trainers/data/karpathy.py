@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from trainers.errors import InputError
@@ -75,13 +75,17 @@ def _parse_image(entry: Any, index: int, source: str) -> KarpathyImage:
     filename, filepath = entry["filename"], entry.get("filepath", "")
     if not isinstance(filename, str) or not filename or not isinstance(filepath, str):
         raise InputError(f"{where} needs a non-empty 'filename' string (and 'filepath', when present, a string)")
+    path = PurePosixPath(filepath, filename)
+    if path.is_absolute() or ".." in path.parts or "\\" in str(path) or PureWindowsPath(str(path)).drive:
+        raise InputError(f"{where} names {str(path)!r}, outside the --images folder (filename and filepath must be "
+                         f"relative paths inside it, without '..'; fix the entry or move the image into --images)")
     if not isinstance(entry["sentences"], list):
         raise InputError(f"{where}.sentences is not a list")
     captions = tuple(_parse_sentence(sentence, f"{where}.sentences[{number}]")
                      for number, sentence in enumerate(entry["sentences"]))
     ground_truth = entry.get("synthetic")
     return KarpathyImage(index=index, split=SPLIT_OF[split], image_id=image_id,
-                         path=str(PurePosixPath(filepath, filename)), captions=captions,
+                         path=str(path), captions=captions,
                          ground_truth=ground_truth if isinstance(ground_truth, dict) else None)
 
 

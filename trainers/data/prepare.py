@@ -47,7 +47,9 @@ class PrepareResult:
 
 
 def prepare_dataset(json_path: Path, images_dir: Path, out_dir: Path, *, min_word_freq: int = 5,
-                    max_len: int = 50, image_size: int = 256, skip_bad_images: bool = False) -> PrepareResult:
+                    max_len: int = 50, image_size: int = 256, skip_bad_images: bool = False,
+                    allow_shared_images: bool = False) -> PrepareResult:
+    """`allow_shared_images`: accept one image file listed in two splits (a leak unless meant)."""
     json_path, images_dir, out_dir = Path(json_path), Path(images_dir), Path(out_dir)
     options = _options(min_word_freq=min_word_freq, max_len=max_len, image_size=image_size,
                        skip_bad_images=skip_bad_images)
@@ -59,8 +61,11 @@ def prepare_dataset(json_path: Path, images_dir: Path, out_dir: Path, *, min_wor
     existing = _existing_output(out_dir, source_sha256, options)
     if existing is not None:
         return PrepareResult(existing, out_dir, up_to_date=True)
+    _check_writable(out_dir)
 
     dataset = read_karpathy_json(json_path)
+    if not allow_shared_images:
+        _reject_shared_images(dataset.images, images_dir, json_path)
     unreadable = _probe_images(dataset.images, images_dir)
     if unreadable and not skip_bad_images:
         raise _bad_images_error(unreadable, images_dir)
@@ -85,6 +90,39 @@ def prepare_dataset(json_path: Path, images_dir: Path, out_dir: Path, *, min_wor
         (staging / VOCAB).write_text(json.dumps(vocab.to_dict()))
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))  # last: marks the folder complete
     return PrepareResult(manifest, out_dir, up_to_date=False)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """--out's folder takes a file (tried, not guessed from permission bits: root on a read-only mount),
+    before any image is read."""
+    import tempfile
+
+    parent = out_dir.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as error:
+        raise InputError(f"--out {out_dir}: cannot write into {parent} ({error.strerror or error}) (choose a folder "
+                         f"this user can write, or fix its permissions)") from None
+
+
+def _reject_shared_images(images: Sequence[KarpathyImage], images_dir: Path, json_path: Path) -> None:
+    """One image file (the same path, or two paths that resolve to one file through links) listed in
+    two splits: every test score it touches is inflated. InputError naming both entries."""
+    first: dict[Path, KarpathyImage] = {}
+    shared = []
+    for image in images:
+        where = (images_dir / image.path).resolve()
+        seen = first.setdefault(where, image)
+        if seen is not image and seen.split != image.split:
+            shared.append(f"images[{seen.index}] (id {seen.image_id}, {seen.split}) and images[{image.index}] "
+                          f"(id {image.image_id}, {image.split}) are both {image.path}")
+    if shared:
+        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+        raise InputError(f"{json_path}: {shared[0]}{more}: one image in two splits leaks into the scores "
+                         f"(remove one entry, or pass --allow-shared-images if it is meant)")
 
 
 def read_image_rgb(path: Path, size: int) -> np.ndarray:

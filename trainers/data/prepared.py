@@ -170,3 +170,19 @@ class PreparedDataset:
 
     def describe(self) -> str:
         return self._manifest.describe(location=str(self.root))
+
+
+def check_prepared(data: dict, key: str = "data.prepared") -> None:
+    """Refuse, before anything starts, a `data` section whose prepared folder is missing or unreadable
+    (its manifest and vocab are read; the arrays are checked when a split opens). A missing folder that
+    `data.synthetic` will generate is fine. InputError: `<key>: <folder>: <what> (<what to do>)`."""
+    prepared = Path(data["prepared"])
+    if data.get("synthetic") is not None and not prepared.exists():
+        return
+    if not prepared.is_dir():
+        raise InputError(f"{key}: {prepared} does not exist (run `orch prepare` or `orch synth` into it, "
+                         f"or fix the path)")
+    try:
+        PreparedDataset(prepared)
+    except InputError as error:
+        raise InputError(f"{key}: {error}") from None
