@@ -32,11 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import environment, interleaved, ratio, summary  # noqa: E402
+from timing import add_search_options, environment, interleaved, ratio, search_decoder, summary  # noqa: E402
 
-from trainers.config import DecodeConfig, ModelConfig  # noqa: E402
+from trainers.config import DecodeConfig  # noqa: E402
 from trainers.decoding import END, START, decode, length_penalised  # noqa: E402
-from trainers.loop import pick_device  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 
@@ -96,18 +95,8 @@ def measure(decoder: Decoder, batch: int, args, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[64], help="one or more batch sizes")
-    parser.add_argument("--beam", type=int, default=3)
-    parser.add_argument("--max-len", type=int, default=20, help="as docs/PERFORMANCE.md states it")
     parser.add_argument("--beta", type=float, default=0.0, help="the length penalty β")
-    parser.add_argument("--vocab", type=int, default=3000, help="about Flickr8k's at min_word_freq 5")
-    parser.add_argument("--pixels", type=int, default=196)
-    parser.add_argument("--channels", type=int, default=2048)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
-    parser.add_argument("--seed", type=int, default=0)
+    add_search_options(parser)
     parser.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap/trim thresholds as they are")
     args = parser.parse_args()
     if args.quick:
@@ -115,12 +104,7 @@ def main() -> None:
             [4], 6, 100, 16, 64, 32, 2
     malloc_reuse = not args.glibc_default and reuse_freed_memory()
 
-    device = pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, attention_dim=args.dim, hidden_dim=args.dim)
-    decoder = Decoder(cfg, feature_dim=args.channels, vocab_size=args.vocab).to(device).eval()
+    device, decoder = search_decoder(args)
     result = {"environment": environment(device), "quick": args.quick, "malloc_reuse": malloc_reuse,
               "beam_size": args.beam, "max_len": args.max_len, "beta": args.beta, "vocab": args.vocab,
               "grid": [args.pixels, args.channels], "dims": args.dim,

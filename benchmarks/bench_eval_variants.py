@@ -26,14 +26,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import environment, interleaved, ratio, summary  # noqa: E402
+from timing import add_search_options, environment, interleaved, ratio, search_decoder, summary  # noqa: E402
 
-from trainers.config import DecodeConfig, ModelConfig  # noqa: E402
+from trainers.config import DecodeConfig  # noqa: E402
 from trainers.data.vocab import SPECIALS, Vocab  # noqa: E402
 from trainers.evaluation import DecodeVariant, caption_batches  # noqa: E402
-from trainers.loop import pick_device  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
-from trainers.models.decoder import Decoder  # noqa: E402
 
 BETAS = (0.0, 0.5, 1.0, 1.5)
 
@@ -42,29 +40,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--beam", type=int, default=3)
-    parser.add_argument("--max-len", type=int, default=20)
-    parser.add_argument("--vocab", type=int, default=3000)
-    parser.add_argument("--pixels", type=int, default=196)
-    parser.add_argument("--channels", type=int, default=2048)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
-    parser.add_argument("--seed", type=int, default=0)
+    add_search_options(parser)
     args = parser.parse_args()
     if args.quick:
         args.images, args.batch, args.max_len, args.vocab, args.pixels, args.channels, args.dim, args.rounds = \
             8, 4, 6, 100, 16, 64, 32, 2
     reuse_freed_memory()
 
-    device = pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, attention_dim=args.dim, hidden_dim=args.dim)
-    decoder = Decoder(cfg, feature_dim=args.channels, vocab_size=args.vocab).to(device).eval()
+    device, decoder = search_decoder(args)
     vocab = Vocab([*SPECIALS, *(f"w{i}" for i in range(args.vocab - len(SPECIALS)))])
     features = torch.rand(args.images, args.pixels, args.channels)  # (N, P, C), on the host as a loader gives them
     batches = [(features[i:i + args.batch], torch.arange(i, min(i + args.batch, args.images)))

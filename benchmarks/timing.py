@@ -76,3 +76,32 @@ def environment(device: torch.device) -> dict:
     return {"device": device.type, "device_name": name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def add_search_options(parser) -> None:
+    """The options bench_beam and bench_eval_variants share: the search and the decoder it runs."""
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--max-len", type=int, default=20, help="as docs/PERFORMANCE.md states it")
+    parser.add_argument("--vocab", type=int, default=3000, help="about Flickr8k's at min_word_freq 5")
+    parser.add_argument("--pixels", type=int, default=196)
+    parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def search_decoder(args):
+    """(device, a seeded LSTM soft-attention decoder in eval mode) at the sizes `args` name."""
+    from trainers.config import ModelConfig
+    from trainers.loop import pick_device
+    from trainers.models import Decoder
+
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(decoder="lstm", attention="soft", embed_dim=args.dim, attention_dim=args.dim, hidden_dim=args.dim)
+    return device, Decoder(cfg, feature_dim=args.channels, vocab_size=args.vocab).to(device).eval()
