@@ -9,7 +9,7 @@ from typing import Optional
 from rich.console import Console
 
 from orchestrator.status import cell_rows, cell_table, latest_invocation, rows_as_json, sort_rows
-from orchestrator.storage import default_tracking_uri, local_folder, share_endpoint_with_mlflow
+from orchestrator.storage import default_tracking_uri, driver_folder, share_endpoint_with_mlflow
 from orchestrator.tracking import Tracker, replay_journals, store_errors
 from trainers.errors import InputError
 
@@ -52,12 +52,12 @@ def show_status(name: Optional[str], config: Optional[Path], storage: str, as_js
         if name and experiment not in experiment_names(uri):
             raise InputError(f"no experiment named {experiment!r} in {uri} "
                              f"(known: {', '.join(experiment_names(uri)) or 'none'})")
-        folder = local_folder(storage, "--storage") if config is None else \
-            local_folder(_config_storage(config), "ray.storage")
-        if folder is not None:  # runs whose server went away: their journaled writes first, in order
-            replayed = replay_journals(uri, experiment, folder / experiment, say=console.print)
-            if replayed and not as_json:
-                console.print(f"replayed {replayed} journaled tracking write(s) of {experiment}")
+        # Runs whose server went away: their journaled writes first, in order.
+        folder = driver_folder(storage, "--storage") if config is None else \
+            driver_folder(_config_storage(config), "ray.storage")
+        replayed = replay_journals(uri, experiment, folder / experiment, say=console.print)
+        if replayed and not as_json:
+            console.print(f"replayed {replayed} journaled tracking write(s) of {experiment}")
         tracker = Tracker(uri, experiment)
         repaired = tracker.repair_orphans()
         invocation = latest_invocation(tracker)

@@ -39,7 +39,7 @@ from orchestrator.plan import Plan, max_concurrent_trials
 from orchestrator.provenance import log_provenance
 from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
-from orchestrator.storage import CONFIG_FILE, Storage, find_invocation, resolve, save_invocation
+from orchestrator.storage import CONFIG_FILE, Storage, driver_folder, find_invocation, resolve, save_invocation
 from orchestrator.tracking import JOURNAL_FILE, TAG_REASON, TAG_TRIAL, Tracker
 from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
 from trainers.errors import InputError
@@ -68,10 +68,12 @@ class Launch:
 
     @classmethod
     def resolve(cls, config: ExperimentConfig, plan: Plan, address: Optional[str] = None,
-                invocation: Optional[str] = None, storage: Optional[Storage] = None) -> "Launch":
+                invocation: Optional[str] = None, storage: Optional[Storage] = None, command: str = "run") -> "Launch":
+        """`invocation` given: a resume of it. `command` names a new one: run-... (`orch run`) or train-..."""
         ray_address, source = ray_address_of(config, address)
         metric, mode = selection_metric(config.eval.select_by)
-        return cls(config, plan, storage or resolve(config.ray.storage), invocation or time.strftime("run-%Y%m%d-%H%M%S"),
+        return cls(config, plan, storage or resolve(config.ray.storage),
+                   invocation or time.strftime(f"{command}-%Y%m%d-%H%M%S"),
                    ray_address, source, tracking_uri(config), config.tracking.experiment or config.name, metric, mode,
                    invocation is not None)
 
@@ -81,9 +83,15 @@ class Launch:
         return f"{self.config.name}/{self.invocation}"
 
     @property
-    def journal(self) -> Optional[Path]:
-        """The run's journal of tracking writes the server did not take (a local storage only)."""
-        return Path(self.storage.path(self.folder)) / JOURNAL_FILE if self.storage.is_local else None
+    def driver_folder(self) -> Path:
+        """The invocation's folder on this machine: the run folder itself on a local storage, else a
+        local one of its own (orchestrator.storage.driver_folder)."""
+        return driver_folder(self.storage.setting) / self.folder
+
+    @property
+    def journal(self) -> Path:
+        """The run's journal of tracking writes the server did not take, on this machine's disk."""
+        return self.driver_folder / JOURNAL_FILE
 
     @property
     def run_key(self) -> str:

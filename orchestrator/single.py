@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,8 +14,8 @@ from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
 from orchestrator.status import truncation_note
-from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
-from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
+from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
+from orchestrator.tracking import Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 
@@ -63,32 +61,37 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
     `invocation` (`train-YYYYmmdd-HHMMSS`, with the `storage` it lives on): `orch resume` of a killed
     `orch train`, which continues from the run folder's checkpoint (the last whole epoch) and logs to
     the same MLflow runs."""
+    from orchestrator.launch import Launch
+    from orchestrator.plan import make_plan
+
     refusal = train_refusal(config)
     if refusal:
         raise InputError(refusal)
-
     trainer_config = config.trainer_config({})
     check_prepared(trainer_config.model_dump(mode="json")["data"])  # refused before any store or folder is made
-    storage = storage or resolve(config.ray.storage)
-    invocation = invocation or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = f"{config.name}/{invocation}"  # relative to the storage
+    launch = Launch.resolve(config, make_plan(config), invocation=invocation, storage=storage, command="train")
+    storage, folder = launch.storage, launch.folder
     # The store first: one that cannot be opened is refused before the run folder is made.
-    tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.name, artifact_root=storage.setting)
-    with tempfile.TemporaryDirectory(prefix="orch-train-") as staging:
-        # A bucket storage gets the run folder when the training ends; until then it is staged here.
-        run_dir = Path(storage.path(folder)) if storage.is_local else Path(staging) / invocation
-        resuming = storage.is_file(f"{folder}/{CONFIG_FILE}")
-        if resuming and not storage.is_local:
-            storage.download(folder, Path(staging))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
-        try:
-            tracker.use_journal(run_dir / JOURNAL_FILE)
-            return _train(config, trainer_config, tracker, storage, folder, run_dir, invocation, resuming, console)
-        finally:
-            if not storage.is_local:
-                storage.upload(run_dir, folder)
+    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting)
+    # A bucket storage gets the run folder after every epoch; it lives on this machine's disk meanwhile.
+    run_dir = launch.driver_folder
+    resuming = storage.is_file(f"{folder}/{CONFIG_FILE}")
+    if resuming and not storage.is_local and _resume_point(run_dir, trainer_config.train.epochs) is None:
+        storage.download(folder, run_dir.parent)  # resumed on another machine than the one that ran it
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
+    tracker.use_journal(launch.journal)
+    try:
+        return _train(launch, trainer_config, tracker, run_dir, resuming, console)
+    finally:
+        _upload(storage, run_dir, folder)
+
+
+def _upload(storage: Storage, run_dir: Path, folder: str) -> None:
+    """Copy the run folder to a bucket storage (a local one holds it already)."""
+    if not storage.is_local:
+        storage.upload(run_dir, folder)
 
 
 def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
@@ -116,19 +119,19 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
         recorder.record({**metrics, **variant})
 
 
-def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: Storage, folder: str, run_dir: Path,
-           invocation: str, resuming: bool, console: Console) -> dict:
+def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool, console: Console) -> dict:
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
-    stamp = invocation.removeprefix("train-")
+    config, storage, folder, run_key = launch.config, launch.storage, launch.folder, launch.run_key
+    stamp = launch.invocation.removeprefix("train-")
     resume_from = None
     if resuming:
         if not tracker.flush():
             raise InputError(f"tracking.uri: the MLflow server {tracker.uri} does not take the journaled writes of "
                              f"{tracker.journal.path}; start it and resume again")
         tracker.repair_orphans()  # the killed `orch train` left its runs RUNNING
-        done = [run for run in tracker.runs(invocation=invocation, kind="trial") if run.info.status == "FINISHED"]
+        done = [run for run in tracker.runs(invocation=run_key, kind="trial") if run.info.status == "FINISHED"]
         if done:
             raise InputError(f"{storage.uri(folder)}: this training already finished (MLflow run "
                              f"{done[0].info.run_id}); nothing to resume")
@@ -136,11 +139,11 @@ def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: 
         console.print(f"resuming {storage.uri(folder)} from "
                       f"{'its epoch checkpoint' if resume_from else 'the start (no whole checkpoint to continue)'}",
                       highlight=False)
-    parent = tracker.parent_run(invocation, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
+    parent = tracker.parent_run(run_key, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
     if not resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan=None)
     variants = [DecodeVariant("d01", trainer_config.decode)]
-    recorder = TrialRecorder(tracker, parent, invocation, "t000", config.name,
+    recorder = TrialRecorder(tracker, parent, run_key, "t000", config.name,
                              params=flatten(trainer_config.model_dump(mode="json")),
                              variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
     if resume_from is not None:
@@ -153,6 +156,8 @@ def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: 
         recorder.record(report)
         if result.final:
             recorder.complete(report, result.checkpoint)
+        else:  # the final epoch's folder goes up when the training ends
+            _upload(storage, run_dir, folder)
         cut = truncation_note(result.metrics, "val")
         console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns)))
                       + (f"  ({cut})" if cut else ""), highlight=False)
@@ -194,7 +199,7 @@ def _train(config: ExperimentConfig, trainer_config, tracker: Tracker, storage: 
               f"{summary.get('test_t2i_R1', float('nan')):.1f}; alignments" if trainer_config.trainer == "alignment" else
               f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
               f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions")
-    console.print(f"{scores}: {summary['predictions']}; MLflow: {tracking_uri(config)} (`orch ui`)", highlight=False)
+    console.print(f"{scores}: {summary['predictions']}; MLflow: {launch.tracking_uri} (`orch ui`)", highlight=False)
     return summary
 
 

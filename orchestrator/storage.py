@@ -33,6 +33,7 @@ CONFIG_FILE = "orch.yaml"  # the resolved config of one invocation: what `orch r
 PLAN_FILE = "plan.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 MLFLOW_ENDPOINT_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+STATE_DIR_ENV = "ORCH_STATE_DIR"  # the driver's own local folder for a bucket storage (default ~/.local/state/orch)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,21 @@ def local_folder(setting: str, option: str = "ray.storage") -> Optional[Path]:
         raise InputError(f"{option}: {setting!r} is neither a folder nor a storage URI "
                          f"({', '.join(s + '://' for s in ('file',) + REMOTE_SCHEMES)})")
     return None
+
+
+def driver_folder(setting: str, option: str = "ray.storage") -> Path:
+    """The local folder where the driver keeps, per storage, what must outlive it on this machine: the
+    journal of tracking writes a server did not take, and `orch train`'s run folder between uploads.
+
+    A local storage is its own driver folder. A bucket gets one under ORCH_STATE_DIR (default
+    ~/.local/state/orch), named after the bucket and prefix, so a killed driver's journal is found
+    again by `orch status` and `orch resume` run on the same machine."""
+    folder = local_folder(setting, option)
+    if folder is not None:
+        return folder
+    parts = urlsplit(setting)
+    home = Path(os.environ.get(STATE_DIR_ENV) or Path.home() / ".local" / "state" / "orch").expanduser()
+    return home / "storage" / parts.scheme / (parts.netloc + parts.path).strip("/")
 
 
 def default_tracking_uri(setting: str, option: str = "ray.storage",

@@ -9,6 +9,14 @@ import pytest
 from trainers.data.synthetic import write_synthetic_dataset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def driver_state_in_a_temporary_folder(tmp_path_factory):
+    """What a driver keeps on local disk for a bucket storage (orchestrator.storage.driver_folder) goes
+    to a folder of the session, never the user's ~/.local/state; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORCH_STATE_DIR", str(tmp_path_factory.mktemp("orch-state")))
+        yield
+
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.storage import (CONFIG_FILE, PLAN_FILE, find_invocation, invocations, resolve,
+from orchestrator.config import ExperimentConfig
+from orchestrator.storage import (CONFIG_FILE, PLAN_FILE, Storage, find_invocation, invocations, resolve,
                                   save_invocation, share_endpoint_with_mlflow)
 from tests.orchestrator.conftest import invoke_orch, sqlite_uri, write_yaml
 from trainers.errors import InputError
@@ -223,6 +224,22 @@ def test_orch_train_on_a_bucket_uploads_its_run_folder_when_it_ends(s3_server, t
     assert json.loads(storage.read_text(f"one/{run}/metrics.json"))["results"] == summary["results"]
     assert storage.find("mlartifacts", "best_model.pt")  # MLflow's copy of the best checkpoint, in the bucket
     assert not list(tmp_path.glob("s3*")), "a bucket setting must not become a local folder"
+
+
+def test_a_driver_keeps_a_buckets_journal_on_local_disk_and_a_local_storages_in_its_folder(tmp_path, monkeypatch):
+    from orchestrator.launch import Launch
+    from orchestrator.plan import make_plan
+    from orchestrator.storage import driver_folder
+
+    monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "state"))
+    assert driver_folder(str(tmp_path / "results")) == tmp_path / "results"
+    assert driver_folder("s3://team/results?endpoint_override=127.0.0.1:9&scheme=http") == \
+        tmp_path / "state" / "storage" / "s3" / "team" / "results"
+    config = ExperimentConfig.model_validate({"name": "cw", "ray": {"storage": "s3://team/results"},
+                                              "tracking": {"uri": "http://127.0.0.1:5000"}})
+    launch = Launch.resolve(config, make_plan(config), storage=Storage("s3://team/results", None, "team/results"))
+    assert launch.journal == tmp_path / "state" / "storage" / "s3" / "team" / "results" / launch.folder / \
+        "mlflow-journal.jsonl"
 
 
 def test_a_tracking_server_keeps_its_own_artifacts_and_a_local_storage_its_folder(tmp_path):

@@ -114,3 +114,42 @@ def test_a_run_on_a_bucket_is_interrupted_resumed_from_it_and_exported(s3_server
     status = invoke_orch("status", "bucketed", "--config", config, "--json")
     assert status.exit_code == 0, status.output
     assert {cell["status"] for cell in json.loads(status.stdout)["bucketed"]["cells"]} == {"FINISHED"}
+
+
+@pytest.mark.integration
+def test_orch_train_on_a_bucket_killed_in_epoch_2_resumes_from_the_bucket_on_another_machine(
+        s3_server, tiny_experiment, tmp_path, monkeypatch):
+    """Each whole epoch reaches the bucket, so losing the driver's machine costs only the epoch in
+    flight: the resume starts on an empty local disk (another ORCH_STATE_DIR) from the bucket."""
+    setting = s3_server.bucket("team/trains")
+    storage = resolve(setting)
+    db = tmp_path / "mlflow" / "mlflow.db"
+    config = write_yaml(tmp_path / "trained.yaml", tiny_experiment(
+        "trained", setting, train={"epochs": 3}, tracking={"uri": sqlite_uri(db.parent)}))
+    monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "machine-a"))
+    log = tmp_path / "train.log"
+    driver = orch_subprocess("train", config, cwd=tmp_path, log=log)
+    deadline = time.monotonic() + 400
+    while True:  # epoch 1's checkpoint is in the bucket: epoch 2 is in flight
+        metas = storage.find("trained", "meta.json") if storage.folders("trained") else []
+        if metas and json.loads(storage.read_text(metas[0]))["epoch"] == 1:
+            break
+        assert driver.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"no epoch reached the bucket in 400 s:\n{log.read_text()[-4000:]}"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    (run,) = storage.folders("trained")
+    assert (tmp_path / "machine-a" / "storage" / "s3").is_dir(), "the run folder was not kept on local disk"
+
+    monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "machine-b"))
+    log = tmp_path / "resume.log"
+    code, output = finish(orch_subprocess("resume", storage.locate(f"trained/{run}"), cwd=tmp_path, log=log), log)
+    assert code == 0, output
+    assert "from its epoch checkpoint" in " ".join(output.split())
+    client = MlflowClient(sqlite_uri(db.parent))
+    kinds = runs_of(client, "trained")
+    (trial,) = kinds["trial"]
+    assert trial.info.status == "FINISHED"
+    assert epochs_logged(client, trial) == [1, 2, 3]
+    assert json.loads(storage.read_text(storage.find(f"trained/{run}", "metrics.json")[0]))["best_epoch"] >= 1
