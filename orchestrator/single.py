@@ -82,16 +82,39 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
     if not resuming:
         (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
     tracker.use_journal(launch.journal)
+    upload = RunFolderUpload(storage, run_dir, folder)
     try:
-        return _train(launch, trainer_config, tracker, run_dir, resuming, console)
+        return _train(launch, trainer_config, tracker, run_dir, resuming, upload, console)
     finally:
-        _upload(storage, run_dir, folder)
+        upload()
 
 
-def _upload(storage: Storage, run_dir: Path, folder: str) -> None:
-    """Copy the run folder to a bucket storage (a local one holds it already)."""
-    if not storage.is_local:
-        storage.upload(run_dir, folder)
+class RunFolderUpload:
+    """Copies the run folder to a bucket storage after each whole epoch (a local storage holds it already).
+
+    The files that changed go up one object at a time, the checkpoint's last and its meta.json (which
+    says which epoch it holds) at the very end: a driver killed mid-upload leaves the bucket a whole
+    checkpoint, of this epoch or the one before."""
+
+    LAST = ("checkpoint/best_model.pt", "checkpoint/training_state.pt", "checkpoint/meta.json")
+
+    def __init__(self, storage: Storage, run_dir: Path, folder: str):
+        self.storage, self.run_dir, self.folder = storage, run_dir, folder
+        self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) uploaded
+
+    def __call__(self) -> None:
+        if self.storage.is_local:
+            return
+        changed = {}
+        for path in sorted(self.run_dir.rglob("*")):
+            stat = path.stat()
+            relative = path.relative_to(self.run_dir).as_posix()
+            if path.is_file() and self._sent.get(relative) != (stat.st_size, stat.st_mtime_ns):
+                changed[relative] = (stat.st_size, stat.st_mtime_ns)
+        order = sorted(changed, key=lambda name: self.LAST.index(name) + 1 if name in self.LAST else 0)
+        for relative in order:
+            self.storage.upload(self.run_dir / relative, f"{self.folder}/{relative}")
+            self._sent[relative] = changed[relative]
 
 
 def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
@@ -119,7 +142,8 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
         recorder.record({**metrics, **variant})
 
 
-def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool, console: Console) -> dict:
+def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool, upload: RunFolderUpload,
+           console: Console) -> dict:
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
@@ -157,7 +181,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
         if result.final:
             recorder.complete(report, result.checkpoint)
         else:  # the final epoch's folder goes up when the training ends
-            _upload(storage, run_dir, folder)
+            upload()
         cut = truncation_note(result.metrics, "val")
         console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns)))
                       + (f"  ({cut})" if cut else ""), highlight=False)
