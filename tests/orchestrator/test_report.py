@@ -187,5 +187,5 @@ def test_cells_whose_captions_stop_at_max_len_are_named(tmp_path):
     client.log_metric(runs[0].info.run_id, "test_truncated_fraction", 0.3)
     markdown = write_report("cut", uri, tmp_path / "report").read_text()
     section = markdown.split("## Captions cut at decode.max_len", 1)[1]
-    assert "c001/d02: 30% of test captions cut at decode.max_len" in section
-    assert "c001/d01" not in section
+    assert "c001-d02: 30% of test captions cut at decode.max_len" in section
+    assert "c001-d01" not in section
