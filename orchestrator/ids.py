@@ -30,7 +30,6 @@ def run_name(id_: str, values: Mapping[str, Any]) -> str:
 
 
 def short_value(value: Any) -> str:
-    """A number in 4 significant digits (0.0003118, 1.5), anything else as written."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    """A value as written (0.0, 1.5, lstm), a long float in 4 significant digits (0.0003118)."""
+    text = str(value)
+    return f"{value:.4g}" if isinstance(value, float) and len(text) > 6 else text

@@ -28,7 +28,7 @@ def truncation_note(metrics: dict, split: str) -> str:
     return f"{fraction:.0%} of {split} captions cut at decode.max_len" if fraction > TRUNCATION_LIMIT else ""
 
 # One scale everywhere (the CLI tables, exports, the report): pycocoevalcap's own, which MLflow stores.
-SCORE_SCALE = "scores: pycocoevalcap scale, as MLflow stores them (BLEU, METEOR, ROUGE-L 0-1; CIDEr 0-10)"
+SCORE_SCALE = "scores: pycocoevalcap scale, as in MLflow (CIDEr 0-10, the others 0-1)"
 
 SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
                "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
@@ -117,7 +117,7 @@ def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
     caption = SCORE_SCALE + (f"\ncut: test captions that stop at decode.max_len without <end>; over "
                              f"{TRUNCATION_LIMIT:.0%}, raise decode.max_len" if cut else "")
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
+                  collapse_padding=True, min_width=len(SCORE_SCALE))  # the scale line never wraps
     for column in ["id", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying],
                    metric.replace("_", " ", 1), *[f"test {SHORT_NAMES.get(m, m)}" for m in shown]]:
         table.add_column(column, no_wrap=True)
