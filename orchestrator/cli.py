@@ -147,13 +147,14 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Score predicted captions with pycocoevalcap's standard pipeline."""
-    from trainers.metrics import score_files, format_scores
+    from trainers.metrics import SCORE_SCALE, score_files, format_scores
 
     scores = score_files(references, predictions, metrics=metrics)
     if as_json:
         print(json.dumps(scores))
     else:
         print(format_scores(scores))
+        console.print(SCORE_SCALE, highlight=False)
 
 
 @app.command("config", epilog=EXAMPLES["config"])
@@ -302,7 +303,7 @@ def export(
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
     from orchestrator.export import EXPORTABLE, export_best
     from orchestrator.inspect import store_uri
-    from orchestrator.status import SCORE_SCALE
+    from trainers.metrics import SCORE_SCALE
 
     for item in export_best(name, store_uri(config, storage), out or Path("exports") / name, metric, top_k,
                             register, invocation):
@@ -327,7 +328,7 @@ def evaluate(
     import torch
 
     from trainers.inference import decode_settings, evaluate_split, load_model
-    from trainers.metrics import format_scores
+    from trainers.metrics import SCORE_SCALE, format_scores
 
     loaded = load_model(model, "cuda" if torch.cuda.is_available() else "cpu")
     settings = decode_settings(loaded.config.decode, beam_size, length_penalty)
@@ -336,6 +337,7 @@ def evaluate(
         print(json.dumps(scores))
     else:
         print(format_scores(scores))
+        console.print(SCORE_SCALE, highlight=False)
 
 
 @app.command(epilog=EXAMPLES["caption"])

@@ -32,11 +32,11 @@ from typing import Optional
 import yaml
 
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.status import SCORE_SCALE
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
+from trainers.metrics import SCORE_SCALE
 from trainers.staging import staged_folder
 
 EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

@@ -15,11 +15,12 @@ from rich.table import Table
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
 from orchestrator.provenance import log_provenance
-from orchestrator.status import SCORE_SCALE, truncation_note
+from orchestrator.status import truncation_note
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri, resolve
 from orchestrator.tracking import JOURNAL_FILE, Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
+from trainers.metrics import SCORE_SCALE
 
 TRIAL = "t000"  # the one training's id (orchestrator.ids): its MLflow run's name; t000-d01 names its variant's
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from orchestrator.ids import training_id, variant_id
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
+from trainers.metrics import SCORE_SCALE
 
 SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
 # Above this fraction of a split's captions stopping at decode.max_len without <end>, scores measure the
@@ -26,9 +27,6 @@ def truncation_note(metrics: dict, split: str) -> str:
     """'23 % of val captions cut at decode.max_len' when over TRUNCATION_LIMIT, else ''."""
     fraction = metrics.get(f"{split}_truncated_fraction", 0.0)
     return f"{fraction:.0%} of {split} captions cut at decode.max_len" if fraction > TRUNCATION_LIMIT else ""
-
-# One scale everywhere (the CLI tables, exports, the report): pycocoevalcap's own, which MLflow stores.
-SCORE_SCALE = "scores: pycocoevalcap scale, as in MLflow (CIDEr 0-10, the others 0-1)"
 
 SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
                "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
