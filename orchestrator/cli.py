@@ -51,7 +51,8 @@ def _version(shown: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ):
     """orch: captioning ablations on Ray Tune, tracked in MLflow.
 
@@ -89,7 +90,9 @@ def _exits_cleanly(command):
     return wrapper
 
 
-OVERRIDES_HELP = "Overrides as KEY=VALUE, e.g. train.lr=1e-3 (the same as --set KEY=VALUE; applied after the --set ones)."
+OVERRIDES_HELP = ("Overrides as KEY=VALUE, e.g. train.lr=1e-3 (the same as --set KEY=VALUE; applied after the "
+                  "--set ones).")
+SET_HELP = "Override a key: --set train.lr=1e-3 (repeatable)."
 
 
 def _load_experiment(config: Path, set_: Optional[List[str]], overrides: Optional[List[str]], smoke: bool):
@@ -161,8 +164,8 @@ def score(
 @_exits_cleanly
 def show_config(
     config: Path = typer.Argument(..., help="Experiment YAML."),
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False, metavar="KEY=VALUE"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key: --set train.lr=1e-3 (repeatable)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     smoke: bool = typer.Option(False, "--smoke", help="Its smoke profile (orchestrator/smoke.py)."),
 ):
     """Print the resolved config as YAML: bases merged, overrides applied, every default filled in
@@ -176,8 +179,8 @@ def show_config(
 @_exits_cleanly
 def train(
     config: Path = typer.Argument(..., help="Experiment YAML (one configuration: no ablation grid)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False, metavar="KEY=VALUE"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key: --set train.lr=1e-3 (repeatable)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="End the output with one JSON object of test metrics."),
     smoke: bool = typer.Option(False, "--smoke", help="Shrink it to run on synthetic data on the CPU (orchestrator/smoke.py)."),
 ):
@@ -193,8 +196,8 @@ def train(
 @_exits_cleanly
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML: its ablation grid and search become Ray Tune trials."),
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False, metavar="KEY=VALUE"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a key: --set train.epochs=3 (repeatable)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (overrides ray.address)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit: nothing is started."),
     smoke: bool = typer.Option(False, "--smoke", help="The same grid on synthetic data, tiny models, CPU (orchestrator/smoke.py)."),

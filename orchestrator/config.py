@@ -368,12 +368,12 @@ def _refuse_overridden_factors(raw: dict, parsed: Sequence[tuple[str, KeyPath, A
                                path: str) -> None:
     """A --set of a key the grid or the search sets in every trial would be silently lost: refused,
     naming both. A --set that drops the grid (`ablation={}`) or the search first frees its keys."""
-    factors = {**{key: ("ablation", "a factor of the ablation grid") for key in _entries(raw, ("ablation",))},
-               **{key: (("search", "space"), "drawn by the search") for key in _entries(raw, ("search", "space"))}}
+    factors = {(section, key): what for section, what in ((("ablation",), "a factor of the ablation grid"),
+                                                          (("search", "space"), "drawn by the search"))
+               for key in _entries(raw, section)}
     for override, key_path, _ in parsed:
-        for key, (section, what) in factors.items():
+        for (section, key), what in factors.items():
             if overlaps(_dotted(key_path), key):
-                section = section if isinstance(section, tuple) else (section,)
                 where = _origin(origins, (*section, key), path)
                 raise InputError(f"--set {override}: {key} is {what} ({_dotted(section)} in {where}), which sets it "
                                  f"in every trial (drop the --set, or change {_dotted((*section, key))} instead)")

@@ -154,7 +154,7 @@ class LiveTable(Callback):
         epochs = apply_overrides(self.base, overrides)["train"]["epochs"]
         epoch, elapsed = result.get("epoch", 0), result.get("time_total_s")
         value = result.get(self.metric)
-        eta = elapsed / epoch * (epochs - epoch) if elapsed is not None and epoch else None
+        eta = elapsed / epoch * max(epochs - epoch, 0) if elapsed is not None and epoch else None
         return {"trial": trial_id(trial), "params": short_params(overrides), "epoch": f"{epoch:.0f}/{epochs}",
                 "metric": "-" if value is None else f"{value:.3f}", "elapsed": duration(elapsed),
                 "eta": duration(eta), "cut": truncation_note(result, "val")}
@@ -177,8 +177,8 @@ class LiveTable(Callback):
             return
         shown = self._progress(trial, result)
         cut = f" ({shown['cut']})" if shown["cut"] else ""
-        self.console.print(f"{shown['trial']} {shown['params']}: epoch {shown['epoch']}, {self.metric} {shown['metric']}, "
-                           f"elapsed {shown['elapsed']}, ETA {shown['eta']}{cut}", highlight=False)
+        self.console.print(f"{shown['trial']} {shown['params']}: epoch {shown['epoch']}, {self.metric} "
+                           f"{shown['metric']}, elapsed {shown['elapsed']}, ETA {shown['eta']}{cut}", highlight=False)
 
     def on_step_end(self, iteration, trials, **info):
         if not self.console.is_terminal or time.monotonic() - self._shown < 1.0:
