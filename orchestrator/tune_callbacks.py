@@ -160,7 +160,7 @@ class LiveTable(Callback):
                 "eta": duration(eta), "cut": truncation_note(result, "val")}
 
     def _table(self, trials) -> Table:
-        table = Table("trial", "params", "epoch", self.metric, "elapsed", "ETA", "status", title=self.title)
+        table = Table("id", "params", "epoch", self.metric, "elapsed", "ETA", "status", title=self.title)
         for trial in trials:
             shown = self._progress(trial, trial.last_result or {})
             table.add_row(shown["trial"], shown["params"], shown["epoch"], shown["metric"], shown["elapsed"],
