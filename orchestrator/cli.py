@@ -14,14 +14,49 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from orchestrator import terminal
 from trainers.errors import InputError, TrainingDiverged
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="orch: captioning ablations on Ray Tune, tracked in MLflow.")
-console = Console(stderr=True)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+console = terminal.console(stderr=True)
+
+# The usage example at the foot of each command's --help.
+EXAMPLES = {name: f"Example: `{example}`" for name, example in {
+    "synth": "orch synth data/synth --n 2000",
+    "prepare": "orch prepare data/synth/dataset.json --images data/synth --out data/synth/prepared",
+    "score": "orch score --references refs.json --predictions preds.json --json",
+    "config": "orch config search_spaces/quickstart.yaml train.epochs=1",
+    "train": "orch train one.yaml train.lr=1e-3 --json",
+    "run": "orch run search_spaces/quickstart.yaml model.decoder=gru train.lr=1e-3 --dry-run",
+    "resume": "orch resume quickstart",
+    "status": "orch status quickstart",
+    "ui": "orch ui --port 5000",
+    "report": "orch report quickstart --out reports/quickstart",
+    "export": "orch export quickstart --top-k 2 --register",
+    "evaluate": "orch evaluate --model exports/quickstart/top1-c002-d01 --prepared data/synth/prepared --json",
+    "caption": "orch caption a.jpg b.jpg --model exports/quickstart/top1-c002-d01 --attention-plot plots/",
+    "align": "orch align photo.jpg \"a dog runs\" --model exports/align/top1-c001-d01 --plot figure.png",
+}.items()}
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        print(f"orch {version('orch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    """orch: captioning ablations on Ray Tune, tracked in MLflow.
+
+    Every command's --help ends with an example. Shell completion: `orch --install-completion`."""
 
 
 UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
@@ -55,15 +90,21 @@ def _exits_cleanly(command):
     return wrapper
 
 
-def _load_experiment(config: Path, overrides: List[str], smoke: bool):
-    """The experiment file with its --set overrides, in its smoke profile when asked."""
+OVERRIDES_HELP = ("Overrides as KEY=VALUE, e.g. train.lr=1e-3 (the same as --set KEY=VALUE; applied after the "
+                  "--set ones).")
+SET_HELP = "Override a key: --set train.lr=1e-3 (repeatable)."
+
+
+def _load_experiment(config: Path, set_: Optional[List[str]], overrides: Optional[List[str]], smoke: bool):
+    """The experiment file with its overrides (--set ones, then the positional ones), in its smoke profile
+    when asked."""
     from orchestrator.config import load_config
     from orchestrator.smoke import load_smoke_config
 
-    return (load_smoke_config if smoke else load_config)(config, overrides)
+    return (load_smoke_config if smoke else load_config)(config, [*(set_ or []), *(overrides or [])])
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["synth"])
 @_exits_cleanly
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the Karpathy-format JSON and images into."),
@@ -78,7 +119,7 @@ def synth(
     console.print(summary.describe(), highlight=False)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["prepare"])
 @_exits_cleanly
 def prepare(
     karpathy_json: Path = typer.Argument(..., help="dataset_flickr8k.json / dataset_coco.json / orch synth's dataset.json"),
@@ -100,7 +141,7 @@ def prepare(
     console.print(manifest.describe(), highlight=False)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["score"])
 @_exits_cleanly
 def score(
     references: Path = typer.Option(..., "--references", help="Reference captions, COCO caption format."),
@@ -109,36 +150,54 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Score predicted captions with pycocoevalcap's standard pipeline."""
-    from trainers.metrics import score_files, format_scores
+    from trainers.metrics import SCORE_SCALE, score_files, format_scores
 
     scores = score_files(references, predictions, metrics=metrics)
     if as_json:
         print(json.dumps(scores))
     else:
         print(format_scores(scores))
+        console.print(SCORE_SCALE, highlight=False)
 
 
-@app.command()
+@app.command("config", epilog=EXAMPLES["config"])
+@_exits_cleanly
+def show_config(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help="Its smoke profile (orchestrator/smoke.py)."),
+):
+    """Print the resolved config as YAML: bases merged, overrides applied, every default filled in
+    (what `orch run` would run, and what it saves as orch.yaml; Hydra's --cfg job)."""
+    from orchestrator.config import dump_resolved
+
+    print(dump_resolved(_load_experiment(config, set_, overrides, smoke)), end="")
+
+
+@app.command(epilog=EXAMPLES["train"])
 @_exits_cleanly
 def train(
     config: Path = typer.Argument(..., help="Experiment YAML (one configuration: no ablation grid)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.lr=1e-3 (repeatable)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="End the output with one JSON object of test metrics."),
     smoke: bool = typer.Option(False, "--smoke", help="Shrink it to run on synthetic data on the CPU (orchestrator/smoke.py)."),
 ):
     """Train one configuration in this process (no Ray), tracked in MLflow."""
     from orchestrator.single import train_one
 
-    summary = train_one(_load_experiment(config, set_ or [], smoke), console)
+    summary = train_one(_load_experiment(config, set_, overrides, smoke), console)
     if as_json:
         print(json.dumps(summary))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["run"])
 @_exits_cleanly
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML: its ablation grid and search become Ray Tune trials."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set train.epochs=3 (repeatable)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (overrides ray.address)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit: nothing is started."),
     smoke: bool = typer.Option(False, "--smoke", help="The same grid on synthetic data, tiny models, CPU (orchestrator/smoke.py)."),
@@ -146,10 +205,10 @@ def run(
     """Run an ablation as Ray Tune trials, every trial and decode variant tracked in MLflow."""
     from orchestrator.plan import make_plan, render_plan
 
-    experiment = _load_experiment(config, set_ or [], smoke)
+    experiment = _load_experiment(config, set_, overrides, smoke)
     plan = make_plan(experiment)
     if dry_run:
-        Console().print(render_plan(plan, experiment))
+        terminal.console().print(render_plan(plan, experiment))
         return
     from orchestrator.launch import check_data, run_plan
 
@@ -159,7 +218,7 @@ def run(
     raise typer.Exit(run_plan(experiment, plan, console, address=address))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["resume"])
 @_exits_cleanly
 def resume(
     name_or_dir: str = typer.Argument(..., help="An experiment name (its latest run), or a run folder or URI "
@@ -173,7 +232,7 @@ def resume(
     raise typer.Exit(resume_invocation(name_or_dir, storage, console))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["status"])
 @_exits_cleanly
 def status(
     name: Optional[str] = typer.Argument(None, help="Experiment name (default: every experiment in the store)."),
@@ -188,7 +247,7 @@ def status(
     show_status(name, config, storage, as_json, console)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["ui"])
 @_exits_cleanly
 def ui(
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
@@ -212,7 +271,7 @@ def ui(
                                       "--host", host, "--port", str(port)]))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["report"])
 @_exits_cleanly
 def report(
     name: str = typer.Argument(..., help="Experiment name (its latest run unless --invocation)."),
@@ -230,7 +289,7 @@ def report(
     console.print(f"report: {path}", highlight=False)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["export"])
 @_exits_cleanly
 def export(
     name: str = typer.Argument(..., help="Experiment name (its latest run unless --invocation)."),
@@ -245,17 +304,20 @@ def export(
                                                              "(a bucket holds none: use --config)."),
 ):
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
-    from orchestrator.export import export_best
+    from orchestrator.export import EXPORTABLE, export_best
     from orchestrator.inspect import store_uri
+    from trainers.metrics import SCORE_SCALE
 
     for item in export_best(name, store_uri(config, storage), out or Path("exports") / name, metric, top_k,
                             register, invocation):
         registered = f"; registered as {name} version {item.registered_version}" if item.registered_version else ""
-        console.print(f"{item.folder}: trial {item.pick.trial}, variant {item.pick.variant.variant}, "
-                      f"val {metric} {item.pick.score:.3f}{registered}", highlight=False)
+        console.print(f"{item.folder}: {item.pick.variant.id}, val {metric} {item.pick.score:.3f}{registered}",
+                      highlight=False)
+    if metric in EXPORTABLE:
+        console.print(SCORE_SCALE, highlight=False)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["evaluate"])
 @_exits_cleanly
 def evaluate(
     model: Path = typer.Option(..., "--model", help="An `orch export` folder (or a training checkpoint folder)."),
@@ -269,7 +331,7 @@ def evaluate(
     import torch
 
     from trainers.inference import decode_settings, evaluate_split, load_model
-    from trainers.metrics import format_scores
+    from trainers.metrics import SCORE_SCALE, format_scores
 
     loaded = load_model(model, "cuda" if torch.cuda.is_available() else "cpu")
     settings = decode_settings(loaded.config.decode, beam_size, length_penalty)
@@ -278,39 +340,55 @@ def evaluate(
         print(json.dumps(scores))
     else:
         print(format_scores(scores))
+        console.print(SCORE_SCALE, highlight=False)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["caption"])
 @_exits_cleanly
 def caption(
     images: List[Path] = typer.Argument(..., help="Image files."),
     model: Path = typer.Option(..., "--model", help="An `orch export` folder (or a training checkpoint folder)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="Beam width (default: the model's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="β (default: the model's)."),
-    attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Draw each word's attention to this PNG "
-                                                  "(several images: one PNG each, named after the image)."),
+    attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Draw each word's attention: one "
+                                                  "image, into this PNG (or a folder); several images, into this "
+                                                  "folder, one IMAGE_NAME.png each."),
 ):
     """Caption images on the CPU: one line per image, `PATH<TAB>caption`; unreadable images are named (exit 2)."""
     from trainers.inference import caption_images, decode_settings, load_model, plot_attention
 
+    plots = attention_targets(images, attention_plot) if attention_plot is not None else {}
     loaded = load_model(model)
-    if attention_plot is not None and loaded.config.model.attention in ("none", "mean"):
+    if plots and loaded.config.model.attention in ("none", "mean"):
         raise InputError(f"--attention-plot: {model} learns no attention (model.attention: {loaded.config.model.attention})")
     results = caption_images(loaded, images, decode_settings(loaded.config.decode, beam_size, length_penalty))
-    for result in results:
+    for image, result in zip(images, results):
         if result.error:
             console.print(f"[bold red]error:[/] {result.source}: {result.error}", highlight=False)
             continue
         print(f"{result.source}\t{result.caption}")
-        if attention_plot is not None:
-            target = attention_plot if len(images) == 1 else \
-                attention_plot.with_name(f"{attention_plot.stem}-{Path(result.source).stem}.png")
-            plot_attention(result, target)
+        if image in plots:
+            console.print(f"attention: {plot_attention(result, plots[image])}", highlight=False)
     if any(result.error for result in results):
         raise typer.Exit(2)
 
 
-@app.command()
+def attention_targets(images: List[Path], target: Path) -> dict[Path, Path]:
+    """Where `--attention-plot` draws each image's attention: one image into the PNG named (or
+    IMAGE_NAME.png in the folder named); several into the folder named, never beside a file name."""
+    if len(images) == 1 and not target.is_dir():
+        return {images[0]: target}
+    if target.suffix.lower() == ".png" or target.is_file():
+        raise InputError(f"--attention-plot {target}: {len(images)} images draw {len(images)} plots (name a folder, "
+                         f"e.g. --attention-plot {target.with_suffix('')}/: one IMAGE_NAME.png each)")
+    plots = {image: target / f"{image.stem}.png" for image in images}
+    if len(set(plots.values())) < len(set(plots)):
+        raise InputError(f"--attention-plot {target}: two images share a name, so their plots would overwrite each "
+                         "other (caption them in separate commands)")
+    return plots
+
+
+@app.command(epilog=EXAMPLES["align"])
 @_exits_cleanly
 def align(
     image: Path = typer.Argument(..., help="An image file."),

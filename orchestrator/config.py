@@ -340,6 +340,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check
         written = without_retired_keys(written)
     parsed = [(override, *_parse_override(override)) for override in overrides]
     raw, origins = _with_overrides(written, written_origins, parsed)
+    _refuse_overridden_factors(raw, parsed, origins, str(path))
     problems = _problems(raw, check_files)
     if isinstance(problems, ExperimentConfig):
         return problems
@@ -361,6 +362,35 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check
         return ", ".join(culprits) or where
 
     raise InputError("\n".join(f"{origin(problem)}: {problem[1]}" for problem in problems))
+
+
+def _refuse_overridden_factors(raw: dict, parsed: Sequence[tuple[str, KeyPath, Any]], origins: Mapping[KeyPath, str],
+                               path: str) -> None:
+    """A --set of a key the grid or the search sets in every trial would be silently lost: refused,
+    naming both. A --set that drops the grid (`ablation={}`) or the search first frees its keys."""
+    factors = {(section, key): what for section, what in ((("ablation",), "a factor of the ablation grid"),
+                                                          (("search", "space"), "drawn by the search"))
+               for key in _entries(raw, section)}
+    for override, key_path, _ in parsed:
+        for (section, key), what in factors.items():
+            if overlaps(_dotted(key_path), key):
+                where = _origin(origins, (*section, key), path)
+                raise InputError(f"--set {override}: {key} is {what} ({_dotted(section)} in {where}), which sets it "
+                                 f"in every trial (drop the --set, or change {_dotted((*section, key))} instead)")
+
+
+def overlaps(key: str, other: str) -> bool:
+    """Whether setting one dotted key sets the other: the same key, or one a section of the other."""
+    shorter, longer = sorted((key.split("."), other.split(".")), key=len)
+    return longer[:len(shorter)] == shorter
+
+
+def _entries(raw: dict, section: KeyPath) -> list[str]:
+    """The dotted keys a grid or search-space mapping of the raw config names (none when it is not a mapping)."""
+    found: Any = raw
+    for name in section:
+        found = found.get(name) if isinstance(found, dict) else None
+    return [key for key in found if isinstance(key, str)] if isinstance(found, dict) else []
 
 
 def _with_overrides(written: dict, origins: dict[KeyPath, str], parsed: Sequence[tuple[str, KeyPath, Any]]

@@ -36,6 +36,7 @@ from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
+from trainers.metrics import SCORE_SCALE
 from trainers.staging import staged_folder
 
 EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -80,7 +81,7 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
     exported = []
     write = write_alignment_export if trainer == "alignment" else write_export
     for rank, pick in enumerate(picks, start=1):
-        folder = write(results, pick, Path(out) / f"top{rank}-{pick.trial}-{pick.variant.variant}", rank, metric)
+        folder = write(results, pick, Path(out) / f"top{rank}-{pick.variant.id}", rank, metric)
         version = register_export(results, pick, folder) if register else None
         exported.append(Exported(folder, pick, version))
     return exported
@@ -97,7 +98,7 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         client = results.tracker.client
         with quiet_downloads():
             checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
-        remedy = f"MLflow's best_checkpoint of trial {pick.trial} is damaged: export another trial (--top-k)"
+        remedy = f"MLflow's best_checkpoint of {pick.variant.training} is damaged: export another trial (--top-k)"
         with reading(checkpoint / "meta.json", remedy):
             meta = json.loads((checkpoint / "meta.json").read_text())
         with reading(checkpoint / "best_model.pt", remedy):
@@ -108,8 +109,7 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         (staging / EXPORT_WEIGHTS).chmod(0o644)
         shutil.rmtree(checkpoint)
         config = {**meta["config"], "decode": meta["variants"][pick.variant.variant]}
-        (staging / EXPORT_CONFIG).write_text(f"# orch captioner: {results.experiment}, trial {pick.trial}, "
-                                             f"decode variant {pick.variant.variant}\n"
+        (staging / EXPORT_CONFIG).write_text(f"# orch captioner: {results.experiment}, {pick.variant.id}\n"
                                              + yaml.safe_dump(config, sort_keys=False))
         (staging / EXPORT_VOCAB).write_text(json.dumps({"itos": meta["vocab"]}))
         metrics = _metrics(results, pick, rank, metric)
@@ -129,7 +129,7 @@ def write_alignment_export(results: Results, pick: Pick, folder: Path, rank: int
             checkpoint = Path(results.tracker.client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint",
                                                                         download))
         with staged_folder(folder, replace=True) as staging:
-            export_aligner_files(checkpoint, staging, origin=f"{results.experiment}, trial {pick.trial}")
+            export_aligner_files(checkpoint, staging, origin=f"{results.experiment}, {pick.variant.training}")
             metrics = _metrics(results, pick, rank, metric)
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
             config = yaml.safe_load((staging / EXPORT_CONFIG).read_text())
@@ -147,7 +147,7 @@ def alignment_card(results: Results, pick: Pick, config: dict, metrics: dict, fo
     rows = "\n".join(f"| {split} | " + " | ".join(
         "–" if metrics[split].get(k) is None else f"{metrics[split][k]:.1f}" for k in keys) + " |"
         for split in ("val", "test"))
-    return f"""# Alignment model: {results.experiment}, trial {pick.trial}
+    return f"""# Alignment model: {results.experiment}, {pick.variant.training}
 
 Karpathy & Fei-Fei 2015's visual-semantic alignment model (`trainer: alignment`, docs/alignment.md).
 
@@ -191,7 +191,7 @@ def _metrics(results: Results, pick: Pick, rank: int, metric: str) -> dict:
             val[key[len("val_"):]] = history.get(pick.best_epoch, variant.metrics[key])
     return {
         "experiment": results.experiment, "invocation": results.invocation, "tracking_uri": results.uri,
-        "trial": pick.trial, "cell": variant.params.get("orch.cell", ""), "variant": variant.variant,
+        "id": variant.id, "trial": pick.trial, "cell": variant.params.get("orch.cell", ""), "variant": variant.variant,
         "trial_run_id": pick.trial_run.info.run_id, "variant_run_id": results.variant_run_id(variant),
         "rank": rank, "selected_by": f"val_{metric}", "selection_score": pick.score, "best_epoch": pick.best_epoch,
         "varying": variant.varying,
@@ -207,10 +207,10 @@ def model_card(results: Results, pick: Pick, config: dict, metrics: dict, folder
     tuned = {False: "frozen", True: "fine-tuned"}.get(model["fine_tune"], f"last {model['fine_tune']} blocks fine-tuned")
     varying = "".join(f"| `{key}` | {value} |\n" for key, value in metrics["varying"].items())
     header = "| split | " + " | ".join(label for _, label in CARD_METRICS) + " |\n|" + "---|" * (len(CARD_METRICS) + 1)
-    rows = "\n".join(f"| {split} (x100 but length) | "
+    rows = "\n".join(f"| {split} | "
                      + " | ".join(_shown(metrics[split].get(key), key) for key, _ in CARD_METRICS) + " |"
                      for split in ("val", "test"))
-    return f"""# Captioner: {results.experiment}, trial {pick.trial} ({pick.variant.variant})
+    return f"""# Captioner: {results.experiment}, {pick.variant.id}
 
 - Encoder: {model['encoder']} ({weights}, {tuned}), pooled to a {model['encoded_size']}x{model['encoded_size']} grid.
 - Decoder: {model['decoder']} core, {model['attention']} attention, embedding {model['embed_dim']}, hidden
@@ -241,7 +241,7 @@ at most {decode['max_len']} tokens. The whole config: `config.yaml`.
 {header}
 {rows}
 
-All metrics: `metrics.json`.
+{SCORE_SCALE}; length in words. All metrics: `metrics.json`.
 
 ## Caption with it
 
@@ -268,7 +268,7 @@ print(caption_images(model, ["photo.jpg"])[0].caption)
 def _shown(value: Optional[float], key: str) -> str:
     if value is None:
         return "–"
-    return f"{value:.1f}" if key == "mean_caption_length" else f"{100 * value:.1f}"
+    return f"{value:.1f}" if key == "mean_caption_length" else f"{value:.3f}"
 
 
 def register_export(results: Results, pick: Pick, folder: Path) -> str:

@@ -8,6 +8,7 @@ from typing import Optional
 
 from rich.console import Console
 
+from orchestrator import terminal
 from orchestrator.status import cell_rows, cell_table, latest_invocation, rows_as_json, sort_rows
 from orchestrator.storage import default_tracking_uri, driver_folder, share_endpoint_with_mlflow
 from orchestrator.tracking import Tracker, replay_journals, store_errors
@@ -68,6 +69,6 @@ def show_status(name: Optional[str], config: Optional[Path], storage: str, as_js
         if not as_json:
             if repaired:
                 console.print(f"marked {len(repaired)} run(s) left RUNNING by a dead driver as KILLED")
-            Console().print(cell_table(rows, select_by, f"{experiment} ({invocation or 'no runs'})"))
+            terminal.console().print(cell_table(rows, select_by, f"{experiment} ({invocation or 'no runs'})"))
     if as_json:
         print(json.dumps(report, default=str))

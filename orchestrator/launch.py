@@ -41,7 +41,7 @@ from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
 from orchestrator.storage import CONFIG_FILE, Storage, driver_folder, find_invocation, resolve, save_invocation
 from orchestrator.tracking import JOURNAL_FILE, TAG_REASON, TAG_TRIAL, Tracker
-from orchestrator.tune_callbacks import LiveTable, MlflowRecorder
+from orchestrator.tune_callbacks import LiveTable, MlflowRecorder, trial_id
 from trainers.errors import InputError
 
 INTERRUPTED = "interrupted (Ctrl-C) before this run ended"
@@ -164,14 +164,8 @@ def _scheduler(config: ExperimentConfig, metric: str, mode: str):
 
 
 def _trial_dirname(trial) -> str:
-    from orchestrator.trainable import trial_key, trial_params
-
-    key, cell = trial_key(trial.config, trial.trial_id), trial_params(trial.config)["cell"]
-    return key if key == cell else f"{cell}-{key}"
-
-
-def _trial_name(trial) -> str:
-    return _trial_dirname(trial)
+    """A trial's folder and Ray name: its training id (orchestrator.ids), as everywhere else."""
+    return trial_id(trial)
 
 
 def _tuner(launch: Launch, study: Study, trainable, callbacks: list):
@@ -203,7 +197,7 @@ def _tuner(launch: Launch, study: Study, trainable, callbacks: list):
                                     scheduler=_scheduler(config, launch.metric, launch.mode),
                                     max_concurrent_trials=max_concurrent_trials(config),
                                     reuse_actors=True,  # the next trial runs in a finished one's worker: no re-import
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
+                                    trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=study.name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
             callbacks=callbacks,
@@ -279,9 +273,10 @@ def _run(launch: Launch, console: Console) -> int:
     if not launch.resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan.to_dict())
     recorder = MlflowRecorder(launch.tracking_uri, launch.experiment, storage.setting, parent, launch.run_key, base,
-                              cells, {d.id: d.params for d in plan.decode_variants})
+                              cells, {d.id: d.params for d in plan.decode_variants},
+                              {d.id: d.overrides for d in plan.decode_variants})
     recorder.share(tracker)  # one writer, one journal, in order
-    callbacks = [recorder, LiveTable(plan, launch.metric, cells)]
+    callbacks = [recorder, LiveTable(plan, launch.metric, cells, base)]
 
     console.print(launch.describe_ray(), highlight=False)
     failures: list[str] = []

@@ -280,7 +280,7 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
 
 def _truncated(results: Results) -> list[str]:
     """Cells whose test captions often stop at decode.max_len: their scores measure the cut too."""
-    notes = [(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", truncation_note(row.metrics, "test"))
+    notes = [(row.id, truncation_note(row.metrics, "test"))
              for row in results.finished()]
     notes = [(cell, note) for cell, note in notes if note]
     if not notes:
@@ -301,7 +301,7 @@ def _search_section(results: Results, shown: int = 10) -> list[str]:
         metrics = pick.variant.metrics
         values = [_short(pick.variant.params.get(k, "")) for k in keys]
         test = [f"{100 * metrics[m]:.1f}" if m in metrics else "–" for m in (f"test_{HEADLINE}", "test_Bleu_4")]
-        lines.append("| " + " | ".join([pick.trial, *values, f"{100 * pick.score:.1f}", *test, str(pick.best_epoch)]) + " |")
+        lines.append("| " + " | ".join([pick.variant.training, *values, f"{100 * pick.score:.1f}", *test, str(pick.best_epoch)]) + " |")
     return lines
 
 

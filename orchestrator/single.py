@@ -18,7 +18,9 @@ from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
 from orchestrator.tracking import Tracker, TrialRecorder
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
+from trainers.metrics import SCORE_SCALE
 
+TRIAL = "t000"  # the one training's id (orchestrator.ids): its MLflow run's name; t000-d01 names its variant's
 EPOCH_COLUMNS = [("epoch", "epoch", "{:.0f}"), ("train loss", "train_loss", "{:.3f}"), ("val loss", "val_loss", "{:.3f}"),
                  ("val BLEU-4", "val_Bleu_4", "{:.3f}"), ("val CIDEr", "val_CIDEr", "{:.3f}"),
                  ("time (s)", "epoch_time_s", "{:.1f}")]
@@ -167,13 +169,14 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
     if not resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan=None)
     variants = [DecodeVariant("d01", trainer_config.decode)]
-    recorder = TrialRecorder(tracker, parent, run_key, "t000", config.name,
+    recorder = TrialRecorder(tracker, parent, run_key, TRIAL, TRIAL,
                              params=flatten(trainer_config.model_dump(mode="json")),
                              variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
     if resume_from is not None:
         _replay_unrecorded_epochs(recorder, resume_from)
     columns = ALIGNMENT_COLUMNS if trainer_config.trainer == "alignment" else EPOCH_COLUMNS
-    table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}")
+    table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}", caption_justify="left",
+                  caption=SCORE_SCALE if columns is EPOCH_COLUMNS else None)
 
     def on_epoch(result) -> None:
         report = result.as_report()

@@ -7,7 +7,8 @@ user's own `--set`, which still win:
 
 - data: 120 synthetic 32 px images, generated and prepared once under data/smoke/prepared;
 - model: randomly initialised encoder (`weights: none`, nothing is downloaded), a 2x2 grid,
-  16-wide decoder; regnet_x_400mf unless the grid itself varies `model.encoder`;
+  16-wide decoder; regnet_x_400mf unless the grid itself varies `model.encoder` (a key the grid or
+  the search sets keeps the trials' values);
 - train: 2 epochs of batch 16 on the CPU; eval: 8 val images per epoch; search: 2 samples per cell;
 - a local Ray, no GPU, and a sqlite store under ray.storage, in an experiment named `<name>-smoke`
   so smoke runs never mix with real ones in MLflow or in `orch report`.
@@ -19,7 +20,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from orchestrator.config import ExperimentConfig, load_config
+from orchestrator.config import ExperimentConfig, load_config, overlaps
 
 SMOKE_PREPARED = "data/smoke/prepared"
 SMOKE_SEARCH_SAMPLES = 2
@@ -55,12 +56,15 @@ SMOKE_SETTINGS: dict[str, Any] = {
 
 
 def smoke_overrides(config: ExperimentConfig) -> list[str]:
-    """The smoke profile of `config` as `--set` overrides (values written as JSON, which YAML reads)."""
+    """The smoke profile of `config` as `--set` overrides (values written as JSON, which YAML reads),
+    less the keys its grid or search sets: those keep the values the trials are about."""
     settings = {**SMOKE_SETTINGS, "name": f"{config.name}-smoke",
                 "tracking.experiment": f"{config.tracking.experiment}-smoke"}
     if config.search is not None:
         settings["search.num_samples"] = min(config.search.num_samples, SMOKE_SEARCH_SAMPLES)
-    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    factors = [*config.ablation, *(config.search.space if config.search is not None else {})]
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()
+            if not any(overlaps(key, factor) for factor in factors)]
 
 
 def load_smoke_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:

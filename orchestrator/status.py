@@ -13,7 +13,9 @@ from typing import Optional
 from rich import box
 from rich.table import Table
 
+from orchestrator.ids import training_id, variant_id
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
+from trainers.metrics import SCORE_SCALE
 
 SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
 # Above this fraction of a split's captions stopping at decode.max_len without <end>, scores measure the
@@ -41,6 +43,16 @@ class CellRow:
     reason: str = ""
     epochs: float = 0.0
     varying: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def training(self) -> str:
+        """The training's id (orchestrator.ids): `c002`, or `c002-<Ray trial id>` for a search sample."""
+        return training_id(self.params.get("orch.cell", ""), self.trial)
+
+    @property
+    def id(self) -> str:
+        """The decode variant's id: `c002-d03`."""
+        return variant_id(self.training, self.variant)
 
 
 def latest_invocation(tracker: Tracker) -> Optional[str]:
@@ -93,18 +105,18 @@ def sort_rows(rows: list[CellRow], select_by: str) -> list[CellRow]:
 
 
 def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
-    """Cell (trial/variant), the params that vary, val metric, the test metrics present, status.
+    """Id (training-variant), the params that vary, val metric, the test metrics present, status.
 
     Only the status column wraps, so a long failure reason never squeezes the numbers."""
     metric, _ = selection_metric(select_by)
     varying = list(rows[0].varying) if rows else []
     shown = [m for m in SHOWN_METRICS if any(f"test_{m}" in row.metrics for row in rows)]
     cut = any(truncation_note(row.metrics, "test") for row in rows)
-    caption = (f"cut: test captions that stop at decode.max_len without <end>; over {TRUNCATION_LIMIT:.0%}, "
-               "raise decode.max_len" if cut else None)
+    caption = SCORE_SCALE + (f"\ncut: test captions that stop at decode.max_len without <end>; over "
+                             f"{TRUNCATION_LIMIT:.0%}, raise decode.max_len" if cut else "")
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    for column in ["cell", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying],
+                  collapse_padding=True, min_width=len(SCORE_SCALE))  # the scale line never wraps
+    for column in ["id", *[SHORT_NAMES.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in varying],
                    metric.replace("_", " ", 1), *[f"test {SHORT_NAMES.get(m, m)}" for m in shown]]:
         table.add_column(column, no_wrap=True)
     if cut:
@@ -117,11 +129,11 @@ def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
         status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:80]}"
         fraction = row.metrics.get("test_truncated_fraction")
         cut_cell = ["-" if fraction is None else f"{fraction:.0%}"] if cut else []
-        table.add_row(f"{row.params.get('orch.cell', row.trial_name)}/{row.variant}", *[row.varying[k] for k in varying],
+        table.add_row(row.id, *[row.varying[k] for k in varying],
                       fmt(metric), *[fmt(f"test_{m}") for m in shown], *cut_cell, status)
     return table
 
 
 def rows_as_json(rows: list[CellRow]) -> list[dict]:
-    return [{"trial": r.trial, "trial_name": r.trial_name, "variant": r.variant, "status": r.status,
+    return [{"id": r.id, "trial": r.trial, "trial_name": r.trial_name, "variant": r.variant, "status": r.status,
              "reason": r.reason, "varying": r.varying, "metrics": r.metrics} for r in rows]

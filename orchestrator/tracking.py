@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from orchestrator.ids import variant_id
 from orchestrator.storage import resolve, share_endpoint_with_mlflow
 from trainers.errors import InputError
 
@@ -534,12 +535,14 @@ class TrialRecorder:
     """
 
     def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
-                 params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]]):
+                 params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]],
+                 variant_names: Optional[Mapping[str, str]] = None):
+        """`variant_names`: each variant's run name (orchestrator.ids); by default its id under `trial`."""
         self.tracker = tracker
         self.run_id, before = tracker.trial_run(parent, invocation, trial, run_name, params)
         self.variant_runs = {
-            vid: tracker.variant_run(self.run_id, invocation, trial, vid, f"{run_name}/{vid}",
-                                     {**params, **decode_params})
+            vid: tracker.variant_run(self.run_id, invocation, trial, vid,
+                                     (variant_names or {}).get(vid) or variant_id(trial, vid), {**params, **decode_params})
             for vid, decode_params in variants.items()}
         # Finished under an earlier driver: left exactly as it is. Continued: its epochs already
         # logged are not logged again when Tune restores a checkpoint older than the last report.

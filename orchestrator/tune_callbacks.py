@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator import terminal
+from orchestrator.ids import run_name, short_value, training_id, variant_id
 from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
 from orchestrator.status import truncation_note
@@ -29,19 +31,25 @@ def trial_overrides(trial_config: dict, cells: dict[str, dict]) -> dict:
     return {**cells[trial_config["cell"]], **trial_config.get("search", {})}
 
 
+def trial_id(trial) -> str:
+    """The trial's training id (orchestrator.ids): `c002`, or `c002-<Ray trial id>` for a search sample."""
+    return training_id(trial_params(trial.config)["cell"], trial_key(trial.config, trial.trial_id))
+
+
 def short_params(overrides: dict) -> str:
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items())
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in overrides.items())
 
 
 class MlflowRecorder(Callback):
     """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
 
     def __init__(self, uri: str, experiment: str, storage: str, parent: str, run_key: str,
-                 base: dict, cells: dict[str, dict], variants: dict[str, dict]):
-        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it)."""
+                 base: dict, cells: dict[str, dict], variants: dict[str, dict], decode_values: dict[str, dict]):
+        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it);
+        `variants`: each decode variant's whole decode section; `decode_values`: the grid values it sets."""
         self.uri, self.experiment, self.storage = uri, experiment, storage
         self.parent, self.run_key = parent, run_key
-        self.base, self.cells, self.variants = base, cells, variants
+        self.base, self.cells, self.variants, self.decode_values = base, cells, variants, decode_values
         self._tracker: Optional[Tracker] = None
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
@@ -63,12 +71,13 @@ class MlflowRecorder(Callback):
         if trial.trial_id not in self._recorders:
             overrides = trial_overrides(trial.config, self.cells)
             params = flatten(apply_overrides(self.base, overrides))
-            cell = trial_params(trial.config)["cell"]
-            params["orch.cell"] = cell
-            name = f"{cell} {short_params(overrides)}".strip()
+            params["orch.cell"] = trial_params(trial.config)["cell"]
+            training = trial_id(trial)
+            names = {vid: run_name(variant_id(training, vid), values) for vid, values in self.decode_values.items()}
             self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key,
-                                                            trial_key(trial.config, trial.trial_id), name, params,
-                                                            self.variants)
+                                                            trial_key(trial.config, trial.trial_id),
+                                                            run_name(training, overrides), params, self.variants,
+                                                            variant_names=names)
         return self._recorders[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -127,10 +136,11 @@ class _local_checkpoint:
 
 
 class LiveTable(Callback):
-    """One live table (trial, varying params, epoch, metric, status) instead of a wall of logs."""
+    """One live table (trial, varying params, epoch k/N, metric, elapsed, ETA, status) instead of a
+    wall of logs; without a terminal, one progress line per trial and epoch with the same fields."""
 
-    def __init__(self, plan: Plan, metric: str, cells: dict[str, dict]):
-        self.metric, self.cells = metric, cells
+    def __init__(self, plan: Plan, metric: str, cells: dict[str, dict], base: dict):
+        self.metric, self.cells, self.base = metric, cells, base
         self.title = f"{plan.name}: {plan.n_trainings} trainings x {len(plan.decode_variants)} decode variants"
         self._live: Optional[Live] = None
         self._shown = 0.0
@@ -138,30 +148,37 @@ class LiveTable(Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_live": None, "_shown": 0.0}
 
+    def _progress(self, trial, result: dict) -> dict[str, str]:
+        """What the table and the progress line show of a trial's latest result."""
+        overrides = trial_overrides(trial.config, self.cells)
+        epochs = apply_overrides(self.base, overrides)["train"]["epochs"]
+        epoch, elapsed = result.get("epoch", 0), result.get("time_total_s")
+        value = result.get(self.metric)
+        eta = elapsed / epoch * max(epochs - epoch, 0) if elapsed is not None and epoch else None
+        return {"trial": trial_id(trial), "params": short_params(overrides), "epoch": f"{epoch:.0f}/{epochs}",
+                "metric": "-" if value is None else f"{value:.3f}", "elapsed": duration(elapsed),
+                "eta": duration(eta), "cut": truncation_note(result, "val")}
+
     def _table(self, trials) -> Table:
-        table = Table("trial", "params", "epoch", self.metric, "status", title=self.title)
+        table = Table("id", "params", "epoch", self.metric, "elapsed", "ETA", "status", title=self.title)
         for trial in trials:
-            result = trial.last_result or {}
-            value = result.get(self.metric)
-            cut = truncation_note(result, "val")
-            table.add_row(trial_key(trial.config, trial.trial_id), short_params(trial_overrides(trial.config, self.cells)),
-                          f"{result.get('epoch', 0):.0f}", "-" if value is None else f"{value:.3f}",
-                          trial.status + (f" ({cut})" if cut else ""))
+            shown = self._progress(trial, trial.last_result or {})
+            table.add_row(shown["trial"], shown["params"], shown["epoch"], shown["metric"], shown["elapsed"],
+                          shown["eta"], trial.status + (f" ({shown['cut']})" if shown["cut"] else ""))
         return table
 
     @property
     def console(self) -> Console:
-        return Console(stderr=True)
+        return terminal.console(stderr=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         """Without a terminal (CI, a log file) a live table cannot redraw: print one line per epoch."""
         if self.console.is_terminal:
             return
-        value = result.get(self.metric)
-        cut = truncation_note(result, "val")
-        self.console.print(f"{trial_key(trial.config, trial.trial_id)} {short_params(trial_overrides(trial.config, self.cells))}: epoch "
-                           f"{result.get('epoch', 0):.0f}, {self.metric} {'-' if value is None else f'{value:.3f}'}"
-                           f"{f' ({cut})' if cut else ''}", highlight=False)
+        shown = self._progress(trial, result)
+        cut = f" ({shown['cut']})" if shown["cut"] else ""
+        self.console.print(f"{shown['trial']} {shown['params']}: epoch {shown['epoch']}, {self.metric} "
+                           f"{shown['metric']}, elapsed {shown['elapsed']}, ETA {shown['eta']}{cut}", highlight=False)
 
     def on_step_end(self, iteration, trials, **info):
         if not self.console.is_terminal or time.monotonic() - self._shown < 1.0:
@@ -179,3 +196,15 @@ class LiveTable(Callback):
             self._live.update(self._table(trials))
             self._live.stop()
             self._live = None
+
+
+def duration(seconds: Optional[float]) -> str:
+    """42s, 3m05s, 1h02m; '-' when not known yet."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

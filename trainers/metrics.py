@@ -112,6 +112,10 @@ def score_files(references_path: str | Path, predictions_path: str | Path,
                          f"{hint if same_as_text else ''}") from None
 
 
+# The one scale orch prints scores on, in every table, export and report: pycocoevalcap's own, as MLflow stores it.
+SCORE_SCALE = "scores: pycocoevalcap scale, as in MLflow (CIDEr 0-10, the others 0-1)"
+
+
 def format_scores(scores: Mapping[str, float]) -> str:
     """A two-column table for the terminal, METEOR marked when it could not be computed."""
     rows = [(name, f"{value:.4f}") for name, value in scores.items()]

@@ -19,10 +19,27 @@ def test_an_unknown_encoder_fails_the_dry_run(orch, tmp_path, monkeypatch):
 
 
 def test_a_set_that_breaks_the_model_section_is_named_not_the_files_line(orch):
-    result = orch("run", QUICKSTART, "--dry-run", "--set", "model.decoder=mrnn")
+    result = orch("run", QUICKSTART, "--dry-run", "--set", "ablation={}", "--set", "model.decoder=mrnn")
     assert result.exit_code == 2
     assert "error: --set model.decoder=mrnn: model: decoder 'mrnn' sees the image once" in result.output
     assert "quickstart.yaml" not in result.output
+
+
+def test_a_positional_override_of_a_grid_factor_is_refused_naming_both(orch, tmp_path, monkeypatch):
+    """quickstart's grid sets model.decoder in every trial: `model.decoder=rnn` would be lost, so it is refused."""
+    monkeypatch.chdir(tmp_path)
+    result = orch("run", QUICKSTART, "model.decoder=rnn", "--dry-run")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"error: --set model.decoder=rnn: model.decoder is a factor of the ablation grid (ablation in {QUICKSTART}:38), "
+        "which sets it in every trial (drop the --set, or change ablation.model.decoder instead)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_positional_overrides_apply_after_the_set_ones(orch):
+    result = orch("run", QUICKSTART, "train.epochs=3", "--set", "train.epochs=2", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "up to 3 epochs" in result.output
 
 
 def test_a_set_with_a_list_is_shown_whole(orch):

@@ -504,10 +504,20 @@ def test_a_set_elsewhere_is_named_for_the_key_it_invalidates(tmp_path):
 def test_set_ablation_empty_drops_the_grid_and_a_set_pins_the_value(tmp_path):
     path = write(tmp_path, "x.yaml", "model: {decoder: lstm}\nablation:\n  model.decoder: [lstm, gru]\n"
                                      "  train.seed: [0, 1]\n" + SEARCH)
-    pinned = load_config(path, ["model.decoder=gru"])
-    assert pinned.ablation["model.decoder"] == ["lstm", "gru"]  # a --set of a grid key leaves its grid entry
     one = load_config(path, ["ablation={}", "search=null", "model.decoder=gru"])
     assert one.ablation == {} and one.search is None and one.model.decoder == "gru"
+
+
+def test_a_set_of_a_key_the_grid_sets_is_refused_naming_both(tmp_path):
+    """The grid sets the key in every trial: the --set would be silently lost, so it is refused."""
+    path = write(tmp_path, "x.yaml", "model: {decoder: lstm}\nablation:\n  model.decoder: [lstm, gru]\n" + SEARCH)
+    assert load_error(path, ["model.decoder=rnn"]) == (
+        f"--set model.decoder=rnn: model.decoder is a factor of the ablation grid (ablation in {path}:3), which sets "
+        "it in every trial (drop the --set, or change ablation.model.decoder instead)")
+    assert load_error(path, ["model={decoder: rnn}"]).startswith("--set model={decoder: rnn}: model.decoder is a factor")
+    drawn = load_error(path, ["train.lr=1e-3"])
+    assert drawn.startswith("--set train.lr=1e-3: train.lr is drawn by the search (search.space in ")
+    assert load_config(path, ["ablation.model.decoder=[rnn]"]).ablation["model.decoder"] == ["rnn"]
 
 
 # --- dotted keys <-> nested dicts -------------------------------------------------------------------------------

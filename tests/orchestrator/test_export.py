@@ -48,7 +48,7 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
     run_dirs = {}
     for index, cell in enumerate(plan.cells):
-        trial = f"trial{index}"
+        trial = cell.id  # a grid trial's key is its cell, as in `orch run`
         trainer = config.trainer_config(cell.overrides)
         variants = [DecodeVariant(d.id, DecodeConfig(**{k.split(".", 1)[1]: v for k, v in d.params.items()}))
                     for d in plan.decode_variants]
@@ -91,6 +91,8 @@ def test_the_best_trials_become_complete_folders_best_first(exported, recorded):
     first, second = (json.loads((folder / "metrics.json").read_text()) for folder in exported)
     assert first["selection_score"] >= second["selection_score"] and first["trial"] != second["trial"]
     assert first["rank"] == 1 and first["selected_by"] == "val_CIDEr"
+    assert [folder.name for folder in exported] == [f"top1-{first['id']}", f"top2-{second['id']}"]
+    assert first["id"] == f"{first['cell']}-{first['variant']}"  # c001-d02: as `orch status` and MLflow say
     assert {"Bleu_4", "CIDEr", "mean_caption_length"} <= set(first["test"])
 
 
@@ -128,9 +130,9 @@ def test_an_export_captions_exactly_as_its_trials_checkpoint(exported, recorded,
 def test_the_model_card_says_what_it_is_and_how_to_caption(exported):
     card = (exported[0] / "README.md").read_text()
     metrics = json.loads((exported[0] / "metrics.json").read_text())
-    assert f"trial {metrics['trial']}" in card and "regnet_x_400mf" not in card and "resnet18" in card
+    assert f"# Captioner: tiny-grid, {metrics['id']}" in card and "regnet_x_400mf" not in card and "resnet18" in card
     assert f"orch caption photo.jpg --model {exported[0]}" in card
-    assert f"| test (x100 but length) | " in card
+    assert f"| test | {metrics['test']['Bleu_1']:.3f} | " in card and "scores: pycocoevalcap scale" in card
 
 
 def test_cli_export_refuses_an_experiment_without_a_finished_trial(orch, tmp_path):
@@ -163,14 +165,24 @@ def test_cli_caption_names_a_broken_image_and_captions_the_others(orch, exported
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
     result = orch("caption", images[0], broken, images[1], "--model", exported[0],
-                  "--attention-plot", tmp_path / "attention.png")
+                  "--attention-plot", tmp_path / "plots")
     assert result.exit_code == 2
     lines = [line for line in result.stdout.splitlines() if "\t" in line]
     assert [line.split("\t")[0] for line in lines] == [str(images[0]), str(images[1])]
     assert all(line.split("\t")[1] for line in lines)
     assert f"{broken}: cannot read the image" in result.output
-    assert {p.name for p in tmp_path.glob("attention-*.png")} == {f"attention-{images[0].stem}.png",
-                                                                    f"attention-{images[1].stem}.png"}
+    plots = [tmp_path / "plots" / f"{image.stem}.png" for image in images[:2]]
+    assert sorted((tmp_path / "plots").iterdir()) == sorted(plots)
+    assert all(f"attention: {plot}" in result.output for plot in plots)  # it says where each went
+
+
+def test_cli_caption_refuses_one_png_for_several_images(orch, exported, images, tmp_path):
+    result = orch("caption", images[0], images[1], "--model", exported[0], "--attention-plot", tmp_path / "a.png")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"error: --attention-plot {tmp_path / 'a.png'}: 2 images draw 2 plots (name a folder, e.g. --attention-plot "
+        f"{tmp_path / 'a'}/: one IMAGE_NAME.png each)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_register_logs_a_pyfunc_model_that_captions_a_batch(recorded, exported, images, monkeypatch):

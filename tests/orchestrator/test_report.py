@@ -54,7 +54,8 @@ def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dic
     for index, (cell, sample) in enumerate(trials):
         overrides = {**cell.overrides, **sample}
         params = {**flatten(config.trainer_config(overrides).model_dump(mode="json")), "orch.cell": cell.id}
-        recorder = TrialRecorder(tracker, parent, run_key, f"trial{index:03d}", cell.id, params, variants)
+        trial = f"trial{index:03d}" if search else cell.id  # a grid training's key is its cell, as in `orch run`
+        recorder = TrialRecorder(tracker, parent, run_key, trial, cell.id, params, variants)
         for epoch in range(1, epochs + 1):
             report = {"epoch": epoch, "best_epoch": epoch, "train_loss": 3.0 / epoch}
             for variant in plan.decode_variants:
@@ -187,5 +188,5 @@ def test_cells_whose_captions_stop_at_max_len_are_named(tmp_path):
     client.log_metric(runs[0].info.run_id, "test_truncated_fraction", 0.3)
     markdown = write_report("cut", uri, tmp_path / "report").read_text()
     section = markdown.split("## Captions cut at decode.max_len", 1)[1]
-    assert "c001/d02: 30% of test captions cut at decode.max_len" in section
-    assert "c001/d01" not in section
+    assert "c001-d02: 30% of test captions cut at decode.max_len" in section
+    assert "c001-d01" not in section

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -144,6 +145,23 @@ def test_the_driver_is_the_only_mlflow_writer(grid_run):
     kinds = runs_of(grid_run.client, "grid")
     writers = {run.data.tags["orch.driver"] for runs in kinds.values() for run in runs}
     assert writers == {f"{socket.gethostname()}:{os.getpid()}"}
+
+
+@pytest.mark.integration
+def test_one_id_per_training_and_variant_in_progress_mlflow_and_the_table(grid_run):
+    """c001 is the lstm training everywhere, c001-d02 its β 0.5 variant: in the progress lines (with
+    epoch k/N, elapsed and ETA), the MLflow run names (id first, then the values), and the final table."""
+    progress = [line for line in grid_run.output.splitlines() if line.startswith("c001 decoder=lstm: epoch ")]
+    assert [line.split(": epoch ")[1].split(",")[0] for line in progress] == ["1/2", "2/2"]
+    assert all(re.search(r", val_CIDEr \d\.\d{3}, elapsed \d+s, ETA (\d+s|\d+m\d\ds)\b", line) for line in progress), progress
+    assert ", ETA 0s" in progress[-1]
+    kinds = runs_of(grid_run.client, "grid")
+    assert sorted(run.info.run_name for run in kinds["trial"]) == ["c001 lstm", "c002 gru"]
+    assert {run.info.run_name for run in kinds["variant"]} == {
+        f"c00{cell}-d0{variant} {beta}" for cell in (1, 2) for variant, beta in ((1, "0.0"), (2, "0.5"), (3, "1.0"))}
+    rows = {line.split()[0] for line in grid_run.output.splitlines() if re.match(r"\s*c00\d-d0\d ", line)}
+    assert rows == {f"c00{cell}-d0{variant}" for cell in (1, 2) for variant in (1, 2, 3)}
+    assert "scores: pycocoevalcap scale" in grid_run.output
 
 
 @pytest.mark.integration
