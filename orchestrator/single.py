@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ from orchestrator.provenance import log_provenance
 from orchestrator.status import truncation_note
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
 from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.terminal import duration
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 from trainers.metrics import SCORE_SCALE
@@ -178,6 +180,9 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
     table = Table(*[title for title, _, _ in columns], title=f"orch train {config.name}", caption_justify="left",
                   caption=SCORE_SCALE if columns is EPOCH_COLUMNS else None)
 
+    epochs = trainer_config.train.epochs
+    since = {"time": time.monotonic()}  # this process's first epoch and its start: what elapsed and ETA count
+
     def on_epoch(result) -> None:
         report = result.as_report()
         recorder.record(report)
@@ -186,8 +191,13 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
         else:  # the final epoch's folder goes up when the training ends
             upload()
         cut = truncation_note(result.metrics, "val")
-        console.print("  ".join(f"{title}={cell}" for (title, _, _), cell in zip(columns, _row(result.metrics, columns)))
-                      + (f"  ({cut})" if cut else ""), highlight=False)
+        since.setdefault("epoch", result.epoch)
+        elapsed = time.monotonic() - since["time"]
+        eta = elapsed / (result.epoch - since["epoch"] + 1) * (epochs - result.epoch)  # a bound if it stops early
+        cells = zip(columns[1:], _row(result.metrics, columns)[1:])
+        console.print(f"{TRIAL}: epoch {result.epoch}/{epochs}  " + "  ".join(f"{title}={cell}" for (title, _, _), cell in cells)
+                      + f"  elapsed {duration(elapsed)}, ETA {duration(eta)}" + (f"  ({cut})" if cut else ""),
+                      highlight=False)
         table.add_row(*_row(result.metrics, columns))
 
     status, reason = "FAILED", ""

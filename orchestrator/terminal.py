@@ -8,6 +8,7 @@ as a log line can be, so every column and every line arrives whole; COLUMNS, whe
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from rich.console import Console
 
@@ -20,3 +21,15 @@ def console(stderr: bool = False) -> Console:
     if shown.is_terminal or "COLUMNS" in os.environ:
         return shown
     return Console(stderr=stderr, width=LOG_WIDTH)
+
+
+def duration(seconds: Optional[float]) -> str:
+    """42s, 3m05s, 1h02m; '-' when not known yet."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

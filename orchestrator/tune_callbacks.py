@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator import terminal
+from orchestrator.terminal import duration
 from orchestrator.ids import run_name, short_value, training_id, variant_id
 from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
@@ -196,15 +197,3 @@ class LiveTable(Callback):
             self._live.update(self._table(trials))
             self._live.stop()
             self._live = None
-
-
-def duration(seconds: Optional[float]) -> str:
-    """42s, 3m05s, 1h02m; '-' when not known yet."""
-    if seconds is None:
-        return "-"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -23,6 +23,8 @@ def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_pat
     result = CliRunner().invoke(app, ["train", "one.yaml", "--json", "--set", "train.epochs=1"])
 
     assert result.exit_code == 0, result.output
+    (progress,) = [line for line in result.output.splitlines() if line.startswith("t000: epoch")]
+    assert progress.startswith("t000: epoch 1/1 ") and "elapsed " in progress and "ETA 0s" in progress
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("test_Bleu_1", "test_Bleu_4", "test_ROUGE_L", "test_CIDEr", "mean_caption_length",
                 "distinct_captions", "predictions"):
