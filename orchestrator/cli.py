@@ -245,12 +245,13 @@ def export(
                                                              "(a bucket holds none: use --config)."),
 ):
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
-    from orchestrator.export import export_best
+    from orchestrator.export import CHAMPION, export_best
     from orchestrator.inspect import store_uri
 
-    for item in export_best(name, store_uri(config, storage), out or Path("exports") / name, metric, top_k,
-                            register, invocation):
+    for rank, item in enumerate(export_best(name, store_uri(config, storage), out or Path("exports") / name, metric,
+                                            top_k, register, invocation), start=1):
         registered = f"; registered as {name} version {item.registered_version}" if item.registered_version else ""
+        registered += f" (alias {CHAMPION}: models:/{name}@{CHAMPION})" if item.registered_version and rank == 1 else ""
         console.print(f"{item.folder}: trial {item.pick.trial}, variant {item.pick.variant.variant}, "
                       f"val {metric} {item.pick.score:.3f}{registered}", highlight=False)
 

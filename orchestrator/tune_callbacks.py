@@ -18,6 +18,7 @@ from rich.table import Table
 
 from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
+from orchestrator.provenance import prepared_dataset
 from orchestrator.status import truncation_note
 from orchestrator.tracking import Tracker, TrialRecorder
 from orchestrator.trainable import trial_key, trial_params
@@ -37,11 +38,14 @@ class MlflowRecorder(Callback):
     """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
 
     def __init__(self, uri: str, experiment: str, storage: str, parent: str, run_key: str,
-                 base: dict, cells: dict[str, dict], variants: dict[str, dict]):
-        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it)."""
+                 base: dict, cells: dict[str, dict], variants: dict[str, dict], reference: str = "",
+                 dataset: Optional[dict] = None):
+        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it).
+        `reference`: the plan's reference variant; `dataset`: provenance.prepared_dataset of the data."""
         self.uri, self.experiment, self.storage = uri, experiment, storage
         self.parent, self.run_key = parent, run_key
         self.base, self.cells, self.variants = base, cells, variants
+        self.reference, self.dataset = reference, dataset
         self._tracker: Optional[Tracker] = None
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
@@ -66,9 +70,10 @@ class MlflowRecorder(Callback):
             cell = trial_params(trial.config)["cell"]
             params["orch.cell"] = cell
             name = f"{cell} {short_params(overrides)}".strip()
+            dataset = self.dataset if "data.prepared" not in overrides else prepared_dataset(params["data.prepared"])
             self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key,
                                                             trial_key(trial.config, trial.trial_id), name, params,
-                                                            self.variants)
+                                                            self.variants, self.reference, dataset)
         return self._recorders[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
