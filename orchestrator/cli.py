@@ -238,7 +238,8 @@ def export(
                                                          "(rsum, t2i_R5, ... ranks trainer: alignment trials)."),
     top_k: int = typer.Option(1, "--top-k", help="Export this many of the best trials."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the exports (default exports/NAME)."),
-    register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME."),
+    register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME; "
+                                                               "the best gets the alias champion."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
     storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
