@@ -20,9 +20,9 @@ from tests.orchestrator.test_run import start_mlflow_server
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 1.0]}
 
 
-def _api(server: str, path: str, body: dict | None = None, **query) -> dict:
+def _api(server: str, endpoint: str, body: dict | None = None, **query) -> dict:
     """One REST call as the UI makes it: GET with a query, or POST with a JSON body."""
-    url = f"{server}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    url = f"{server}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
                                      method="POST" if data is not None else "GET")
