@@ -67,6 +67,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     meter = _meter()
 
     def report(result) -> None:
+        if result.final:  # before the driver hears of the end: it logs the trial's model with this encoder
+            _keep_random_encoder(work_dir, run_dir.parent)
         fields = meter.fields(result.metrics)
         with meter.checkpoint_io():  # Tune persists the checkpoint to the storage before it returns
             tune.report({**result.as_report(), **fields}, checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
