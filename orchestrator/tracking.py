@@ -570,10 +570,12 @@ class TrialRecorder:
         training = {k: v for k, v in params.items() if not k.startswith("decode.")}
         self.run_id, before = tracker.trial_run(parent, invocation, trial, run_name, training)
         if before is None:
+            decode = ", ".join(f"{label} {params[key]}" for key, label in (("decode.beam_size", "beam"),
+                                                                            ("decode.length_penalty", "β"))
+                               if key in params)
             tracker.describe(self.run_id, f"Training {run_name} ({params.get('orch.cell', trial)}): its val_* per epoch "
                                           f"are decode variant {reference or '?'}'s, the training's own decode section "
-                                          f"(beam {params.get('decode.beam_size')}, β {params.get('decode.length_penalty')}); "
-                                          f"every variant's scores are in the runs nested under it.")
+                                          f"({decode}); every variant's scores are in the runs nested under it.")
             tracker.set_tags(self.run_id, {"orch.reference_variant": reference})
             tracker.log_input(self.run_id, dataset)
         self.variant_runs = {
