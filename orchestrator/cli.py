@@ -297,20 +297,22 @@ def export(
                                                          "(rsum, t2i_R5, ... ranks trainer: alignment trials)."),
     top_k: int = typer.Option(1, "--top-k", help="Export this many of the best trials."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the exports (default exports/NAME)."),
-    register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME."),
+    register: bool = typer.Option(False, "--register", help="Also log each to the MLflow Model Registry as NAME; "
+                                                               "the best gets the alias champion."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
     storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
                                                              "(a bucket holds none: use --config)."),
 ):
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
-    from orchestrator.export import EXPORTABLE, export_best
+    from orchestrator.export import CHAMPION, EXPORTABLE, export_best
     from orchestrator.inspect import store_uri
     from trainers.metrics import SCORE_SCALE
 
-    for item in export_best(name, store_uri(config, storage), out or Path("exports") / name, metric, top_k,
-                            register, invocation):
+    for rank, item in enumerate(export_best(name, store_uri(config, storage), out or Path("exports") / name, metric,
+                                            top_k, register, invocation), start=1):
         registered = f"; registered as {name} version {item.registered_version}" if item.registered_version else ""
+        registered += f" (alias {CHAMPION}: models:/{name}@{CHAMPION})" if item.registered_version and rank == 1 else ""
         console.print(f"{item.folder}: {item.pick.variant.id}, val {metric} {item.pick.score:.3f}{registered}",
                       highlight=False)
     if metric in EXPORTABLE:

@@ -25,7 +25,6 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -43,8 +42,7 @@ EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDE
 CARD_METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
                 ("CIDEr", "CIDEr"), ("mean_caption_length", "length"))
 MODEL_ARTIFACT = "captioner"  # the pyfunc model's folder in the export run
-REQUIREMENTS = ("torch", "torchvision", "safetensors", "pillow", "numpy", "pyyaml", "pydantic", "rich", "filelock",
-                "pycocoevalcap", "matplotlib", "pandas", "mlflow")
+CHAMPION = "champion"  # the registry alias of the rank-1 export: models:/NAME@champion
 
 
 @dataclass
@@ -82,8 +80,10 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
     write = write_alignment_export if trainer == "alignment" else write_export
     for rank, pick in enumerate(picks, start=1):
         folder = write(results, pick, Path(out) / f"top{rank}-{pick.variant.id}", rank, metric)
-        version = register_export(results, pick, folder) if register else None
+        version = register_export(results, pick, folder, rank, metric) if register else None
         exported.append(Exported(folder, pick, version))
+    if register:  # the winner, whatever order the versions were made in
+        results.tracker.client.set_registered_model_alias(name, CHAMPION, exported[0].registered_version)
     return exported
 
 
@@ -271,23 +271,16 @@ def _shown(value: Optional[float], key: str) -> str:
     return f"{value:.1f}" if key == "mean_caption_length" else f"{value:.3f}"
 
 
-def register_export(results: Results, pick: Pick, folder: Path) -> str:
+def register_export(results: Results, pick: Pick, folder: Path, rank: int = 1, metric: str = "CIDEr") -> str:
     """Log the export as a pyfunc model in a run nested under its trial; register it under the experiment's
-    name. Returns the new version. Only the store's client is used, so no global MLflow state changes."""
-    import mlflow.pyfunc
+    name, the version tagged with where it came from and how it ranked. Returns the new version. Only the
+    store's client is used, so no global MLflow state changes."""
     from mlflow.exceptions import MlflowException
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from orchestrator.pyfunc import ARTIFACT, CaptionerModel
+    from orchestrator.pyfunc import save_captioner
 
     decode = yaml.safe_load((folder / EXPORT_CONFIG).read_text())["decode"]
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("string", "caption"), ColSpec("string", "error")]),
-        params=ParamSchema([ParamSpec("beam_size", "long", decode["beam_size"]),
-                            ParamSpec("length_penalty", "double", float(decode["length_penalty"]))]))
     client, name = results.tracker.client, results.experiment
     run = client.create_run(results.tracker.experiment_id, run_name=f"export {folder.name}",
                             tags={TAG_KIND: "export", TAG_INVOCATION: results.invocation, TAG_TRIAL: pick.trial,
@@ -295,29 +288,21 @@ def register_export(results: Results, pick: Pick, folder: Path) -> str:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             model_dir = Path(scratch) / MODEL_ARTIFACT
-            mlflow.pyfunc.save_model(model_dir, python_model=CaptionerModel(), artifacts={ARTIFACT: str(folder)},
-                                     signature=signature, pip_requirements=_requirements())
+            save_captioner(model_dir, folder, decode)
             client.log_artifacts(run.info.run_id, str(model_dir), MODEL_ARTIFACT)
         client.log_text(run.info.run_id, (folder / "metrics.json").read_text(), "metrics.json")
         try:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
+        tags = {"cell": pick.variant.params.get("orch.cell", ""), "trial": pick.trial, "variant": pick.variant.variant,
+                "beta": decode["length_penalty"], "metric": f"val_{metric}", "value": f"{pick.score:.4f}", "rank": rank}
         version = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
-                                              description=f"trial {pick.trial}, decode variant {pick.variant.variant}")
+                                              tags=tags, description=f"trial {pick.trial}, decode variant "
+                                                                     f"{pick.variant.variant}: rank {rank} by val {metric}")
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
     client.set_terminated(run.info.run_id)
     return str(version.version)
 
-
-def _requirements() -> list[str]:
-    """Pinned versions of what loading the model imports (orch itself must be importable too)."""
-    pins = []
-    for name in REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
-        except metadata.PackageNotFoundError:
-            continue
-    return pins

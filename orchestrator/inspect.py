@@ -16,7 +16,8 @@ from trainers.errors import InputError
 
 
 def store_uri(config: Optional[Path], storage: str) -> str:
-    """The tracking URI of a config file, or the embedded default store under the `storage` folder.
+    """The tracking URI of a config file, else MLFLOW_TRACKING_URI, else the embedded default store
+    under the `storage` folder (storage.default_tracking_uri decides the last two).
 
     A bucket holds no sqlite store: name the tracking.uri with --config. With a config, MLflow is also
     pointed at the endpoint of its ray.storage, where the artifacts of a serverless store live."""

@@ -36,7 +36,8 @@ from rich.console import Console
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator import preflight
 from orchestrator.plan import Plan, max_concurrent_trials
-from orchestrator.provenance import log_provenance
+from orchestrator.cost import log_totals
+from orchestrator.provenance import log_provenance, prepared_dataset, standard_tags
 from orchestrator.single import tracking_uri
 from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
 from orchestrator.storage import CONFIG_FILE, Storage, driver_folder, find_invocation, resolve, save_invocation
@@ -248,6 +249,7 @@ def _run(launch: Launch, console: Console) -> int:
     config, plan, storage = launch.config, launch.plan, launch.storage
     # The store first: one that cannot be opened is refused before the invocation folder is made.
     tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting, journal=launch.journal)
+    tracker.run_tags = standard_tags(f"orch run {config.name}")
     if not launch.resuming:
         save_invocation(storage, config.name, launch.invocation, dump_resolved(config),
                         json.dumps(plan.to_dict(), indent=1))
@@ -270,11 +272,12 @@ def _run(launch: Launch, console: Console) -> int:
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     parent = tracker.parent_run(launch.run_key, f"orch run {launch.invocation}",
                                 {"orch.results": storage.uri(launch.folder), "orch.ray_address": launch.ray_address})
+    dataset = prepared_dataset(base["data"]["prepared"])
     if not launch.resuming:
-        log_provenance(tracker, parent, dump_resolved(config), plan.to_dict())
+        log_provenance(tracker, parent, dump_resolved(config), plan.to_dict(), dataset)
     recorder = MlflowRecorder(launch.tracking_uri, launch.experiment, storage.setting, parent, launch.run_key, base,
                               cells, {d.id: d.params for d in plan.decode_variants},
-                              {d.id: d.overrides for d in plan.decode_variants})
+                              {d.id: d.overrides for d in plan.decode_variants}, plan.reference_variant, dataset)
     recorder.share(tracker)  # one writer, one journal, in order
     callbacks = [recorder, LiveTable(plan, launch.metric, cells, base)]
 
@@ -307,6 +310,7 @@ def _run(launch: Launch, console: Console) -> int:
         if not tracker.away or settle(tracker):
             close_unfinished(tracker, launch.run_key, "KILLED",
                              INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
+            log_totals(tracker, parent, launch.run_key)
         tracker.end(parent, status, reason)
     if tracker.away and not settle(tracker):
         console.print(f"[yellow]MLflow server {launch.tracking_uri} did not come back[/]: {len(tracker.journal.pending())} "

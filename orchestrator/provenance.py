@@ -33,11 +33,84 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def log_provenance(tracker, run_id: str, resolved_yaml: str, plan: Optional[dict]) -> None:
-    """Attach the resolved config, the plan, the git commit and package versions to a parent run."""
+def log_provenance(tracker, run_id: str, resolved_yaml: str, plan: Optional[dict], dataset: Optional[dict] = None,
+                   description: str = "") -> None:
+    """Attach the resolved config, the plan (also as the run's description), the dataset, the git
+    commit and package versions to a parent run."""
     tracker.log_text(run_id, resolved_yaml, "config/resolved.yaml")
     if plan is not None:
         tracker.log_json(run_id, plan, "config/plan.json")
+    if plan is not None or description:
+        tracker.describe(run_id, plan_markdown(plan) if plan is not None else description)
+    tracker.log_input(run_id, dataset)
     versions = package_versions()
     tracker.log_json(run_id, versions, "environment/packages.json")
     tracker.set_tags(run_id, {"orch.git_commit": git_commit(), **{f"orch.version.{k}": v for k, v in versions.items()}})
+
+
+# ------------------------------------------------------------------- MLflow's own fields of a run
+def standard_tags(source: str) -> dict[str, str]:
+    """The tags the MLflow UI shows as a run's Source, Version and User: `source` is the command
+    that made the run (e.g. `orch run quickstart.yaml`); the commit carries no '+dirty' (MLflow
+    shows it as a commit link), `orch.git_commit` keeps that mark."""
+    import getpass
+
+    from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE,
+                                          MLFLOW_USER)
+
+    tags = {MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    commit = git_commit().removesuffix("+dirty")
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    try:
+        tags[MLFLOW_USER] = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        pass
+    return tags
+
+
+def prepared_dataset(prepared: str | Path) -> Optional[dict]:
+    """The prepared dataset as an MLflow dataset (name, digest, source, profile), for `mlflow.log_input`:
+    its digest is the manifest's (same data, same digest), its source the folder. None when the
+    folder holds no readable manifest."""
+    import hashlib
+    import json
+
+    from trainers.data.prepared import MANIFEST, read_manifest
+    from trainers.errors import InputError
+
+    folder = Path(prepared)
+    try:
+        manifest = read_manifest(folder)
+    except InputError:
+        return None
+    profile = {"vocab_size": manifest.vocab_size, **{f"{split}_images": counts.images
+                                                    for split, counts in manifest.splits.items()}}
+    return {"name": manifest.dataset, "digest": hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16],
+            "source_type": "local", "source": json.dumps({"uri": str(folder.resolve())}),
+            "profile": json.dumps(profile)}
+
+
+def plan_markdown(plan: dict) -> str:
+    """The plan as the parent run's description (MLflow renders `mlflow.note.content` as Markdown)."""
+    reference = plan["reference_decode"]
+    lines = [f"**{plan['name']}**: {plan['n_trainings']} trainings x {len(plan['decode_variants'])} decode variants "
+             f"= {plan['n_evaluations']} evaluations.", ""]
+    if plan["varying_keys"]:
+        lines += ["| training | " + " | ".join(f"`{key}`" for key in plan["varying_keys"]) + " |",
+                  "|---|" + "---|" * len(plan["varying_keys"])]
+        lines += [f"| {cell['id']} | " + " | ".join(str(cell["overrides"].get(key, "")) for key in plan["varying_keys"])
+                  + " |" for cell in plan["cells"]]
+        lines.append("")
+    if plan["decode_keys"]:
+        lines += ["| decode variant | " + " | ".join(f"`{key}`" for key in plan["decode_keys"]) + " |",
+                  "|---|" + "---|" * len(plan["decode_keys"])]
+        lines += [f"| {variant['id']} | " + " | ".join(str(variant["params"].get(key, "")) for key in plan["decode_keys"])
+                  + " |" for variant in plan["decode_variants"]]
+        lines.append("")
+    if plan.get("search_space"):
+        lines += [f"Search over {', '.join(f'`{key}`' for key in plan['search_space'])}, "
+                  f"{plan['samples_per_cell']} samples per training cell.", ""]
+    lines.append(f"Every training is steered by its own decode section, the reference decode "
+                 f"(variant {reference['variant']}): a trial run's `val_*` metrics per epoch are its.")
+    return "\n".join(lines)

@@ -89,7 +89,14 @@ def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = Non
     path = out / "report.md"
     path.write_text("\n".join(_sections(results, factors, outcomes, dataset, verdicts, figures)) + "\n")
     (out / "report.json").write_text(json.dumps(_as_data(results, factors, outcomes, dataset, verdicts), indent=1))
+    log_to_parent(results, out)
     return path
+
+
+def log_to_parent(results: Results, out: Path) -> None:
+    """The report (Markdown, PNGs, JSON) under `report/` of the invocation's parent run, so the MLflow UI holds it."""
+    if results.parent_run_id is not None:
+        results.tracker.log_folder(results.parent_run_id, out, "report")
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -274,7 +281,40 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
     for key, path in figures.items():
         lines += ["", f"## {titles[key]}", "", f"![{titles[key]}]({path.name})"]
     lines += _truncated(results)
+    lines += cost_section(results)
     lines += _unfinished(results)
+    return lines
+
+
+def cost_section(results: Results) -> list[str]:
+    """What each trial cost beside what it scored (orchestrator.cost), and the ablation's total."""
+    from orchestrator.cost import TAG_COST_DEVICE, totals
+
+    trials = sorted((run for run in results.trials.values() if "cost_wall_s" in run.data.metrics),
+                    key=lambda run: run.info.run_name or "")
+    if not trials:
+        return []
+    devices = {run.data.tags.get(TAG_COST_DEVICE, "cpu") for run in trials}
+    unit = "GPU-hours" if devices == {"gpu"} else "CPU-hours" if devices == {"cpu"} else "device-hours (GPU or CPU)"
+    lines = ["", "## Cost", "",
+             f"Per training: wall time from Ray Tune starting it to its end; {unit} (wall time x the devices "
+             "allocated to it); overhead, the part of the wall time lost to orchestration (queueing, start-up before "
+             "the first epoch, checkpoint I/O); peak memory of the process that trained it (on a GPU, the device's).",
+             "", f"| training | status | wall (s) | {unit} | overhead (s) | overhead (% of wall) | peak memory (MB) |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(label: str, status: str, cost: dict) -> str:
+        share = 100.0 * cost["cost_overhead_s"] / cost["cost_wall_s"] if cost["cost_wall_s"] else 0.0
+        return (f"| {label} | {status} | {cost['cost_wall_s']:.0f} | {cost['cost_device_hours']:.3f} | "
+                f"{cost['cost_overhead_s']:.0f} | {share:.0f} | {cost['cost_peak_memory_mb']:.0f} |")
+
+    metrics = [{key: run.data.metrics.get(key, 0.0) for key in ("cost_wall_s", "cost_device_hours", "cost_overhead_s",
+                                                                "cost_peak_memory_mb")} for run in trials]
+    lines += [row(run.info.run_name or trial, run.info.status, cost) for run, cost, trial in
+              zip(trials, metrics, [run.data.tags.get("orch.trial", "") for run in trials])]
+    lines.append(row(f"**total ({len(trials)} trainings)**", "", totals(metrics)))
+    lines += ["", "The total's times and device-hours add the trainings' (trainings that ran side by side overlap "
+                  "in wall-clock time); its peak memory is the largest one."]
     return lines
 
 

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from orchestrator.config import ExperimentConfig, dump_resolved
 from orchestrator.keys import flatten
-from orchestrator.provenance import log_provenance
+from orchestrator.cost import TrialMeter, log_totals
+from orchestrator.provenance import log_provenance, prepared_dataset, standard_tags
 from orchestrator.status import truncation_note
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
 from orchestrator.tracking import Tracker, TrialRecorder
@@ -148,6 +149,8 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
 
 def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool, upload: RunFolderUpload,
            console: Console) -> dict:
+    import torch
+
     from trainers.evaluation import DecodeVariant
     from trainers.loop import run_training
 
@@ -167,13 +170,18 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
         console.print(f"resuming {storage.uri(folder)} from "
                       f"{'its epoch checkpoint' if resume_from else 'the start (no whole checkpoint to continue)'}",
                       highlight=False)
+    tracker.run_tags = standard_tags(f"orch train {config.name}")
     parent = tracker.parent_run(run_key, f"orch train {stamp}", {"orch.results": storage.uri(folder)})
+    dataset = prepared_dataset(trainer_config.data.prepared)
     if not resuming:
-        log_provenance(tracker, parent, dump_resolved(config), plan=None)
+        log_provenance(tracker, parent, dump_resolved(config), plan=None, dataset=dataset,
+                       description=f"`orch train`: one training of **{config.name}**, in one process (no Ray).")
     variants = [DecodeVariant("d01", trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, run_key, TRIAL, TRIAL,
                              params=flatten(trainer_config.model_dump(mode="json")),
-                             variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}})
+                             variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}},
+                             reference="d01", dataset=dataset)
+    meter = TrialMeter(gpus=1.0 if trainer_config.train.device != "cpu" else 0.0, cpus=float(torch.get_num_threads()))
     if resume_from is not None:
         _replay_unrecorded_epochs(recorder, resume_from)
     columns = ALIGNMENT_COLUMNS if trainer_config.trainer == "alignment" else EPOCH_COLUMNS
@@ -184,7 +192,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
     since = {"time": time.monotonic()}  # this process's first epoch and its start: what elapsed and ETA count
 
     def on_epoch(result) -> None:
-        report = result.as_report()
+        report = {**result.as_report(), **meter.fields(result.metrics)}
         recorder.record(report)
         if result.final:
             recorder.complete(report, result.checkpoint)
@@ -212,7 +220,9 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
         reason = f"{type(error).__name__}: {error}"
         raise
     finally:
+        meter.close()
         recorder.end(status, reason)
+        log_totals(tracker, parent, run_key)
         tracker.end(parent, status, reason)
         if tracker.away:
             from orchestrator.launch import settle

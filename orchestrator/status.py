@@ -43,6 +43,7 @@ class CellRow:
     reason: str = ""
     epochs: float = 0.0
     varying: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # its trial's cost_* (orchestrator.cost), shared by its variants
 
     @property
     def training(self) -> str:
@@ -74,7 +75,8 @@ def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
             trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
             variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
             metrics=dict(run.data.metrics), reason=run.data.tags.get(TAG_REASON, ""),
-            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0))
+            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
+            cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {}))
     _mark_varying(rows)
     return rows
 
@@ -121,6 +123,9 @@ def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
         table.add_column(column, no_wrap=True)
     if cut:
         table.add_column("cut", no_wrap=True)
+    costed = any(row.cost for row in rows)
+    for column in COST_COLUMNS if costed else ():
+        table.add_column(column[0], no_wrap=True, justify="right")
     table.add_column("status", overflow="fold", min_width=8)
     for row in rows:
         def fmt(name: str) -> str:
@@ -129,11 +134,28 @@ def cell_table(rows: list[CellRow], select_by: str, title: str) -> Table:
         status = row.status if not row.reason or row.status == "FINISHED" else f"{row.status}: {row.reason[:80]}"
         fraction = row.metrics.get("test_truncated_fraction")
         cut_cell = ["-" if fraction is None else f"{fraction:.0%}"] if cut else []
+        costs = [_cost_cell(row.cost, key, unit) for _, key, unit in COST_COLUMNS] if costed else []
         table.add_row(row.id, *[row.varying[k] for k in varying],
-                      fmt(metric), *[fmt(f"test_{m}") for m in shown], *cut_cell, status)
+                      fmt(metric), *[fmt(f"test_{m}") for m in shown], *cut_cell, *costs, status)
     return table
+
+
+COST_COLUMNS = (("wall", "cost_wall_s", "time"), ("dev-h", "cost_device_hours", "{:.3f}"),
+                ("overhead", "cost_overhead_s", "time"), ("peak MB", "cost_peak_memory_mb", "{:.0f}"))
+
+
+def _cost_cell(cost: dict[str, float], key: str, unit: str) -> str:
+    """A trial's cost (the same on each of its variants' rows): seconds as 1h02m / 3m05s / 42s."""
+    value = cost.get(key)
+    if value is None:
+        return "-"
+    if unit != "time":
+        return unit.format(value)
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def rows_as_json(rows: list[CellRow]) -> list[dict]:
     return [{"id": r.id, "trial": r.trial, "trial_name": r.trial_name, "variant": r.variant, "status": r.status,
-             "reason": r.reason, "varying": r.varying, "metrics": r.metrics} for r in rows]
+             "reason": r.reason, "varying": r.varying, "metrics": r.metrics, "cost": r.cost} for r in rows]

@@ -32,6 +32,7 @@ from trainers.errors import InputError
 CONFIG_FILE = "orch.yaml"  # the resolved config of one invocation: what `orch resume` re-reads
 PLAN_FILE = "plan.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 MLFLOW_ENDPOINT_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 STATE_DIR_ENV = "ORCH_STATE_DIR"  # the driver's own local folder for a bucket storage (default ~/.local/state/orch)
 
@@ -162,9 +163,16 @@ def driver_folder(setting: str, option: str = "ray.storage") -> Path:
 
 def default_tracking_uri(setting: str, option: str = "ray.storage",
                          remedy: str = "set tracking.uri (an MLflow server, or sqlite:///PATH)") -> str:
-    """The embedded default MLflow store: a sqlite file in a local storage folder.
+    """The store of a command whose config names none: MLFLOW_TRACKING_URI when set (MLflow users set
+    it), else the embedded default, a sqlite file in a local storage folder. A config's tracking.uri
+    comes first; this is the one place the rest is decided.
 
-    A bucket cannot hold one (sqlite needs a filesystem with locks): InputError naming `option` and `remedy`."""
+    A bucket cannot hold a sqlite file (it needs a filesystem with locks): InputError naming `option` and `remedy`."""
+    from_environment = os.environ.get(TRACKING_URI_VARIABLE, "").strip()
+    if from_environment:
+        if from_environment.startswith("sqlite:///") and not from_environment.startswith("sqlite:////"):
+            return f"sqlite:///{Path(from_environment.removeprefix('sqlite:///')).resolve()}"  # trials run elsewhere
+        return from_environment
     folder = local_folder(setting, option)
     if folder is None:
         raise InputError(f"{option} is {setting!r}, where no sqlite file can live: {remedy}")

@@ -25,8 +25,8 @@ import uuid
 
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from orchestrator.ids import variant_id
 from orchestrator.storage import resolve, share_endpoint_with_mlflow
@@ -206,6 +206,7 @@ class Tracker:
         self.away_since: Optional[float] = None
         self._last_probe = 0.0
         self._clear = self.journal is None or not self.journal.pending()  # nothing waits: write straight through
+        self.run_tags: dict[str, str] = {}  # given to every run this tracker creates (provenance.standard_tags)
         if artifact_root is not None:
             share_endpoint_with_mlflow(str(artifact_root))
         with _store_creation_lock(uri), store_errors(uri):
@@ -244,7 +245,7 @@ class Tracker:
                     if existing.info.status != "FINISHED" or reopen_finished:
                         self._reopen(existing)
                     return existing.info.run_id, existing.info.status
-        all_tags = {**tags, TAG_DRIVER: _driver_id()}
+        all_tags = {**self.run_tags, **tags, TAG_DRIVER: _driver_id()}
         if parent is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
         placeholder = f"pending-{uuid.uuid4().hex}"
@@ -310,6 +311,19 @@ class Tracker:
     def log_file(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
         self._write({"op": "log_artifact", "run_id": run_id, "path": str(path), "artifact_path": artifact_path})
 
+    def describe(self, run_id: str, markdown: str) -> None:
+        """The run's Description in the MLflow UI."""
+        self.set_tags(run_id, {MLFLOW_RUN_NOTE: markdown})
+
+    def log_input(self, run_id: str, dataset: Optional[Mapping[str, str]], context: str = "train") -> None:
+        """The run's Dataset (`mlflow.log_input`): `dataset` as provenance.prepared_dataset gives it; None logs nothing."""
+        if dataset is not None:
+            self._write({"op": "log_input", "run_id": run_id, "dataset": dict(dataset), "context": context})
+
+    def log_model(self, run_id: str, folder: Path, name: str, step: int) -> None:
+        """A saved MLflow model folder as a logged model of the run (the UI's Models column, Register)."""
+        self._write({"op": "log_model", "run_id": run_id, "path": str(folder), "name": name, "step": step})
+
     def end(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
         if reason:
             self.set_tags(run_id, {TAG_REASON: reason[:5000]})
@@ -335,7 +349,7 @@ class Tracker:
     def _write(self, entry: dict) -> None:
         """Do one write now, or journal it: while the server is away, and behind earlier journaled writes."""
         if self.journal is not None and (self.away or not self._clear):
-            if entry["op"] in ("log_artifact", "log_artifacts"):
+            if entry["op"] in ("log_artifact", "log_artifacts", "log_model"):
                 entry = {**entry, "path": self.journal.keep(Path(entry["path"]))}
             self.journal.append(entry)
             self._clear = False
@@ -420,6 +434,15 @@ class Tracker:
             self.client.log_artifact(run_id, entry["path"], entry["artifact_path"])
         elif op == "log_artifacts":
             self.client.log_artifacts(run_id, entry["path"], entry["artifact_path"])
+        elif op == "log_input":
+            dataset = Dataset(**entry["dataset"])
+            if not any(item.dataset.digest == dataset.digest for item in self.client.get_run(run_id).inputs.dataset_inputs):
+                self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, entry["context"])])])
+        elif op == "log_model":
+            model = self.client.create_logged_model(self.experiment_id, entry["name"], source_run_id=run_id)
+            self.client.log_model_artifacts(model.model_id, entry["path"])
+            self.client.finalize_logged_model(model.model_id, "READY")
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, entry["step"])])
         else:
             raise ValueError(f"{self.journal.path if self.journal else 'journal'}: unknown entry {op!r}")
 
@@ -530,35 +553,67 @@ def _param_text(value: object) -> str:
 class TrialRecorder:
     """The MLflow side of one training trial: its run, one nested run per decode variant.
 
-    It consumes the flat per-epoch reports a trainer emits (`EpochResult.as_report()`), whether
-    they arrive in-process (`orch train`) or through Ray Tune to the driver (`orch run`).
+    It consumes the flat per-epoch reports a trainer emits (`EpochResult.as_report()`, with the cost
+    meter's fields), whether they arrive in-process (`orch train`) or through Ray Tune to the driver
+    (`orch run`). The trial run holds what it trained with (no `decode.*` key: those, and their
+    metrics, are the variant runs'); its `val_*` per epoch are the reference decode's, named by the
+    tag `orch.reference_variant` and in its description.
     """
 
     def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
                  params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]],
-                 variant_names: Optional[Mapping[str, str]] = None):
-        """`variant_names`: each variant's run name (orchestrator.ids); by default its id under `trial`."""
+                 variant_names: Optional[Mapping[str, str]] = None, reference: str = "",
+                 dataset: Optional[Mapping[str, str]] = None):
+        """`variant_names`: each variant's run name (orchestrator.ids); by default its id under `trial`.
+        `reference`: the variant id of the training's own decode section (plan.reference_variant).
+        `dataset`: the prepared dataset as provenance.prepared_dataset gives it."""
+        from orchestrator.cost import COST_METRICS
+
         self.tracker = tracker
-        self.run_id, before = tracker.trial_run(parent, invocation, trial, run_name, params)
+        training = {k: v for k, v in params.items() if not k.startswith("decode.")}
+        self.run_id, before = tracker.trial_run(parent, invocation, trial, run_name, training)
+        if before is None:
+            decode = ", ".join(f"{label} {params[key]}" for key, label in (("decode.beam_size", "beam"),
+                                                                            ("decode.length_penalty", "β"))
+                               if key in params)
+            tracker.describe(self.run_id, f"Training {run_name} ({params.get('orch.cell', trial)}): its val_* per epoch "
+                                          f"are decode variant {reference or '?'}'s, the training's own decode section "
+                                          f"({decode}); every variant's scores are in the runs nested under it.")
+            tracker.set_tags(self.run_id, {"orch.reference_variant": reference})
+            tracker.log_input(self.run_id, dataset)
         self.variant_runs = {
             vid: tracker.variant_run(self.run_id, invocation, trial, vid,
                                      (variant_names or {}).get(vid) or variant_id(trial, vid), {**params, **decode_params})
             for vid, decode_params in variants.items()}
         # Finished under an earlier driver: left exactly as it is. Continued: its epochs already
-        # logged are not logged again when Tune restores a checkpoint older than the last report.
+        # logged are not logged again when Tune restores a checkpoint older than the last report,
+        # and its cost so far is added to.
         self.closed = before == "FINISHED"
-        self.logged_epoch = tracker.client.get_run(self.run_id).data.metrics.get("epoch", 0) if before else 0
+        logged = tracker.client.get_run(self.run_id).data.metrics if before else {}
+        self.logged_epoch = logged.get("epoch", 0)
+        self.cost_before = {k: v for k, v in logged.items() if k in COST_METRICS or k == "cost_peak_host_memory_mb"}
+        self.started_at = time.time()  # Tune started the trial (or `orch train` its training)
+        self.cost: dict[str, float] = {}
+        self._device_tagged = False
 
     def record(self, report: Mapping[str, object]) -> None:
-        """Log one epoch's metrics on the trial run and each variant run, with step = epoch.
+        """Log one epoch's metrics, cost so far and system metrics on the trial run and each variant
+        run's, with step = epoch.
 
         Only the trainer's own metrics are logged, not the bookkeeping Ray adds to a result.
         """
+        from orchestrator.cost import FIELD, TAG_COST_DEVICE, system_metrics, trial_cost
+
         epoch = int(report["epoch"])
         if self.closed or epoch <= self.logged_epoch:
             return
         own = {k: v for k, v in report.items() if TRIAL_METRIC.match(k)}
-        self.tracker.log_metrics(self.run_id, own, step=epoch)
+        if f"{FIELD}began" in report:
+            self.cost = trial_cost(report, self.started_at, self.cost_before)
+            if not self._device_tagged:
+                self.tracker.set_tags(self.run_id, {TAG_COST_DEVICE: report[f"{FIELD}device"]})
+                self._device_tagged = True
+        self.tracker.log_metrics(self.run_id, {**own, **self.cost, **system_metrics(report)}, step=epoch)
         for vid, run_id in self.variant_runs.items():
             prefix = f"{vid}/"
             self.tracker.log_metrics(run_id, {k[len(prefix):]: v for k, v in report.items() if k.startswith(prefix)},
@@ -567,7 +622,8 @@ class TrialRecorder:
 
     def complete(self, report: Mapping[str, object], checkpoint: Optional[Path],
                  status: str = "FINISHED", reason: str = "") -> None:
-        """Attach the best checkpoint, sample captions and test predictions, then end the runs."""
+        """Attach the best checkpoint (also as an MLflow model), sample captions and test predictions,
+        then end the runs."""
         if self.closed:
             return
         samples = json.loads(str(report.get("samples_json") or "[]"))
@@ -576,6 +632,7 @@ class TrialRecorder:
             for name in ("best_model.pt", "meta.json"):
                 if (Path(checkpoint) / name).is_file():
                     self.tracker.log_file(self.run_id, Path(checkpoint) / name, "best_checkpoint")
+            self._log_model(Path(checkpoint), int(report.get("best_epoch") or report.get("epoch") or 0))
         for vid, run_id in self.variant_runs.items():
             path = _predictions_file(report, checkpoint, vid)
             if path is not None:
@@ -583,6 +640,35 @@ class TrialRecorder:
         self.tracker.set_tags(self.run_id, {"orch.stop_reason": report.get("stop_reason") or reason,
                                             "orch.reference_variant": report.get("reference_variant", "")})
         self.end(status, reason)
+
+    def _log_model(self, checkpoint: Path, best_epoch: int) -> None:
+        """The best weights as an MLflow pyfunc model of the trial run (the UI's Models column offers
+        Register): the checkpoint's files, and the random frozen encoder the trial stored, if any."""
+        import tempfile
+
+        meta_path = checkpoint / "meta.json"
+        if not (checkpoint / "best_model.pt").is_file() or not meta_path.is_file():
+            return
+        meta = json.loads(meta_path.read_text())
+        if meta["config"].get("trainer", "captioner") != "captioner":
+            return  # an alignment model is not a captioner (orch export --metric rsum)
+        from orchestrator.pyfunc import save_captioner
+
+        with tempfile.TemporaryDirectory(prefix="orch-model-") as scratch:
+            files = Path(scratch) / "checkpoint"
+            files.mkdir()
+            for name in ("best_model.pt", "meta.json"):
+                shutil.copyfile(checkpoint / name, files / name)
+            if meta.get("frozen_encoder"):
+                from trainers.checkpoint import frozen_encoder_file
+
+                name = frozen_encoder_file(meta["frozen_encoder"])
+                stored = [folder / name for folder in (checkpoint.parent, checkpoint.parent.parent)
+                          if (folder / name).is_file()]
+                if stored:
+                    shutil.copyfile(stored[0], files / name)
+            save_captioner(Path(scratch) / "model", files, meta["config"]["decode"])
+            self.tracker.log_model(self.run_id, Path(scratch) / "model", "captioner", best_epoch)
 
     def end(self, status: str, reason: str = "") -> None:
         """End the trial run and its variant runs with one status (FINISHED, FAILED or KILLED)."""

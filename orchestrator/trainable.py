@@ -64,9 +64,14 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
+    meter = _meter()
 
     def report(result) -> None:
-        tune.report(result.as_report(), checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
+        if result.final:  # before the driver hears of the end: it logs the trial's model with this encoder
+            _keep_random_encoder(work_dir, run_dir.parent)
+        fields = meter.fields(result.metrics)
+        with meter.checkpoint_io():  # Tune persists the checkpoint to the storage before it returns
+            tune.report({**result.as_report(), **fields}, checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint)))
         marker = run_dir / "injected_failure_done"
         if fail_at and result.epoch == fail_at and not result.final and not marker.exists():
             marker.write_text("1")
@@ -84,8 +89,19 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
             resume_from = _resume_point(candidates, config.train.epochs)
             run_training(config, work_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
         finally:
+            meter.close()
             _keep_random_encoder(work_dir, run_dir.parent)
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _meter():
+    """The trial's cost meter, with the devices Ray allocated to it."""
+    import ray
+
+    from orchestrator.cost import TrialMeter
+
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    return TrialMeter(gpus=assigned.get("GPU", 0.0), cpus=assigned.get("CPU", 1.0))
 
 
 def _keep_random_encoder(work_dir: Path, study_dir: Path) -> None:

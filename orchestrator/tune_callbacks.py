@@ -21,6 +21,7 @@ from orchestrator.terminal import duration
 from orchestrator.ids import run_name, short_value, training_id, variant_id
 from orchestrator.keys import apply_overrides, flatten
 from orchestrator.plan import Plan
+from orchestrator.provenance import prepared_dataset
 from orchestrator.status import truncation_note
 from orchestrator.tracking import Tracker, TrialRecorder
 from orchestrator.trainable import trial_key, trial_params
@@ -45,12 +46,15 @@ class MlflowRecorder(Callback):
     """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
 
     def __init__(self, uri: str, experiment: str, storage: str, parent: str, run_key: str,
-                 base: dict, cells: dict[str, dict], variants: dict[str, dict], decode_values: dict[str, dict]):
+                 base: dict, cells: dict[str, dict], variants: dict[str, dict], decode_values: dict[str, dict],
+                 reference: str = "", dataset: Optional[dict] = None):
         """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it);
-        `variants`: each decode variant's whole decode section; `decode_values`: the grid values it sets."""
+        `variants`: each decode variant's whole decode section; `decode_values`: the grid values it sets.
+        `reference`: the plan's reference variant; `dataset`: provenance.prepared_dataset of the data."""
         self.uri, self.experiment, self.storage = uri, experiment, storage
         self.parent, self.run_key = parent, run_key
         self.base, self.cells, self.variants, self.decode_values = base, cells, variants, decode_values
+        self.reference, self.dataset = reference, dataset
         self._tracker: Optional[Tracker] = None
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
@@ -75,10 +79,12 @@ class MlflowRecorder(Callback):
             params["orch.cell"] = trial_params(trial.config)["cell"]
             training = trial_id(trial)
             names = {vid: run_name(variant_id(training, vid), values) for vid, values in self.decode_values.items()}
+            dataset = self.dataset if "data.prepared" not in overrides else prepared_dataset(params["data.prepared"])
             self._recorders[trial.trial_id] = TrialRecorder(self.tracker, self.parent, self.run_key,
                                                             trial_key(trial.config, trial.trial_id),
                                                             run_name(training, overrides), params, self.variants,
-                                                            variant_names=names)
+                                                            variant_names=names, reference=self.reference,
+                                                            dataset=dataset)
         return self._recorders[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):

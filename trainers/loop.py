@@ -375,7 +375,9 @@ class CaptionRecipe:
                                  stop_reason, samples=self._samples(captions))
             if result.final:
                 self._finish(result)
+            saving = time.perf_counter()
             self._save(epoch, {f"predictions/{path.name}": path for path in result.predictions.values()})
+            result.metrics["checkpoint_time_s"] = time.perf_counter() - saving  # the cost of a trial counts it
             self.on_epoch(result)
             if result.final:
                 break

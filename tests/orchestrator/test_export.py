@@ -3,7 +3,7 @@ images exactly as their trials did.
 
 The store is real and so are the checkpoints: two tiny trainings (seeds 0 and 1), each decoded
 with β 0 and 1, recorded in MLflow the way the `orch run` driver records them (TrialRecorder fed
-each epoch's result), without Ray.
+each epoch's result and its cost meter's fields), without Ray.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import yaml
 from mlflow import MlflowClient
 
 from orchestrator.config import ExperimentConfig
+from orchestrator.cost import TrialMeter, log_totals
 from orchestrator.keys import flatten
 from orchestrator.plan import make_plan
+from orchestrator.provenance import prepared_dataset, standard_tags
 from orchestrator.tracking import Tracker, TrialRecorder
 from tests.conftest import tiny_trainer_dict
 from tests.orchestrator.conftest import sqlite_uri
@@ -43,6 +45,7 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
         "ablation": {"train.seed": [0, 1], "decode.length_penalty": [0.0, 1.0]}})
     plan = make_plan(config)
     tracker = Tracker(sqlite_uri(storage), name, artifact_root=storage)
+    tracker.run_tags = standard_tags(f"orch run {name}")
     run_key = f"{name}/run-1"
     parent = tracker.parent_run(run_key, "orch run run-1")
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
@@ -54,20 +57,25 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
                     for d in plan.decode_variants]
         recorder = TrialRecorder(tracker, parent, run_key, trial, cell.id,
                                  {**flatten(trainer.model_dump(mode="json")), "orch.cell": cell.id},
-                                 {d.id: d.params for d in plan.decode_variants})
+                                 {d.id: d.params for d in plan.decode_variants}, plan.reference_variant,
+                                 prepared_dataset(prepared))
+        meter = TrialMeter(gpus=0.0, cpus=1.0)
 
-        def on_epoch(result, recorder=recorder) -> None:
-            recorder.record(result.as_report())
+        def on_epoch(result, recorder=recorder, meter=meter) -> None:
+            report = {**result.as_report(), **meter.fields(result.metrics)}
+            recorder.record(report)
             if result.final:
-                recorder.complete(result.as_report(), result.checkpoint)
+                recorder.complete(report, result.checkpoint)
 
         run_dirs[trial] = storage / name / trial
         run_training(trainer, run_dirs[trial], variants=variants, on_epoch=on_epoch)
+        meter.close()
+    log_totals(tracker, parent, run_key)
     tracker.end(parent)
     return Recorded(storage, sqlite_uri(storage), run_dirs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # test_mlflow_conventions.py reads the same store
 def recorded(prepared_dir, tmp_path_factory) -> Recorded:
     return train_and_record(tmp_path_factory.mktemp("export") / "results", "tiny-grid", prepared_dir)
 

@@ -1,0 +1,172 @@
+"""What a trial costs, beside what it scores: wall time, device-hours, time lost to orchestration,
+peak memory; and the machine's load while it trained (MLflow's system metrics).
+
+Two halves. `TrialMeter` runs where the trial trains (a Ray worker, or `orch train`'s process): it
+samples memory and MLflow's own CPU/GPU monitors in a thread and adds what it measured to each
+epoch's report (`meter_fields`). `trial_cost` runs in the writer of MLflow (the driver) and turns
+those fields into the trial run's `cost_*` metrics. The worker never writes to MLflow, so a sqlite
+store keeps its single writer (orchestrator.tracking), and the samples survive a server that goes
+away (the journal).
+
+- cost_wall_s: from Tune starting the trial (its resources granted) to this epoch's report.
+- cost_device_hours: wall time x the devices allocated (GPUs when the trial has any, else CPUs).
+- cost_overhead_s: queueing (Tune's start to the trainable running), start-up (to the first epoch's
+  start: data, model, encoder cache) and checkpoint I/O (the trainer's save and Tune's persisting).
+- cost_peak_memory_mb: the peak of the process that trains, with its data-loader workers (host RSS);
+  on a GPU, the device's peak allocation, the host's as cost_peak_host_memory_mb.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Mapping, Optional
+
+COST_METRICS = ("cost_wall_s", "cost_device_hours", "cost_overhead_s", "cost_peak_memory_mb")
+TAG_COST_DEVICE = "orch.cost_device"  # gpu | cpu
+SYSTEM_PREFIX = "system/"  # the MLflow UI's System metrics section
+SAMPLE_EVERY_S = 5.0
+FIELD = "meter_"  # report keys the meter adds; the driver turns them into cost_* and system/* metrics
+
+
+class TrialMeter:
+    """Measures one trial in the process that trains it: call `fields(result)` with each epoch's
+    result, time checkpoint writes with `checkpoint_io()`, and `close()` at the end."""
+
+    def __init__(self, gpus: float, cpus: float, system_metrics: bool = True, every_s: float = SAMPLE_EVERY_S):
+        import psutil
+        import torch
+
+        self.began = time.time()
+        self.on_gpu = gpus > 0 and torch.cuda.is_available()
+        self.devices = gpus if self.on_gpu else cpus
+        self.checkpoint_s = 0.0
+        self.startup_s: Optional[float] = None
+        self.peak_host_mb = 0.0
+        self._process = psutil.Process()
+        self._monitors = _system_monitors(self.on_gpu) if system_metrics else []
+        if self.on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), name="orch-trial-meter", daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            processes = [self._process, *self._process.children(recursive=True)]
+            rss = sum(_rss(process) for process in processes) / 1e6
+        except psutil.Error:
+            return
+        with self._lock:
+            self.peak_host_mb = max(self.peak_host_mb, rss)
+            for monitor in self._monitors:
+                monitor.collect_metrics()
+
+    def checkpoint_io(self):
+        """`with meter.checkpoint_io(): ...` adds the block's time to the checkpoint I/O."""
+        meter = self
+
+        class _Timed:
+            def __enter__(self):
+                self.started = time.perf_counter()
+
+            def __exit__(self, *exc):
+                meter.checkpoint_s += time.perf_counter() - self.started
+                return False
+
+        return _Timed()
+
+    def fields(self, metrics: Mapping[str, object]) -> dict:
+        """What this trial measured so far, as report keys; the system metrics are averages since the last call."""
+        import torch
+
+        self._sample()
+        self.checkpoint_s += float(metrics.get("checkpoint_time_s", 0.0))
+        if self.startup_s is None:  # the first epoch this process trained began after the start-up
+            spent = float(metrics.get("epoch_time_s", 0.0)) + float(metrics.get("checkpoint_time_s", 0.0))
+            self.startup_s = max(0.0, time.time() - self.began - spent)
+        with self._lock:
+            system = {}
+            for monitor in self._monitors:
+                system.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+        peak_device = torch.cuda.max_memory_allocated() / 1e6 if self.on_gpu else None
+        return {f"{FIELD}began": self.began, f"{FIELD}startup_s": self.startup_s,
+                f"{FIELD}checkpoint_s": self.checkpoint_s, f"{FIELD}devices": float(self.devices),
+                f"{FIELD}device": "gpu" if self.on_gpu else "cpu", f"{FIELD}peak_host_mb": self.peak_host_mb,
+                **({f"{FIELD}peak_device_mb": peak_device} if peak_device is not None else {}),
+                **{f"{SYSTEM_PREFIX}{key}": value for key, value in system.items()}}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=SAMPLE_EVERY_S)
+
+
+def _rss(process) -> int:
+    import psutil
+
+    try:
+        return process.memory_info().rss
+    except psutil.Error:  # a data-loader worker that just ended
+        return 0
+
+
+def _system_monitors(on_gpu: bool) -> list:
+    """MLflow's own collectors (the names its UI expects); the GPU one where NVML answers."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+    monitors = [CPUMonitor()]
+    if on_gpu:
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            monitors.append(GPUMonitor())
+        except Exception:  # noqa: BLE001 - no NVML (pynvml missing, or no driver library): CPU metrics only
+            pass
+    return monitors
+
+
+def trial_cost(report: Mapping[str, object], started_at: float, before: Mapping[str, float] = ()) -> dict[str, float]:
+    """The trial's cost_* metrics at this report, from the meter's fields and the time Tune started it
+    (`started_at`, the driver's clock). `before`: the cost_* an earlier driver logged for this trial
+    (a resumed trial adds to them; its peak is the larger)."""
+    began = float(report.get(f"{FIELD}began", started_at))
+    wall = max(0.0, time.time() - started_at)
+    overhead = max(0.0, began - started_at) + float(report.get(f"{FIELD}startup_s", 0.0)) + \
+        float(report.get(f"{FIELD}checkpoint_s", 0.0))
+    devices = float(report.get(f"{FIELD}devices", 1.0))
+    peak_host = float(report.get(f"{FIELD}peak_host_mb", 0.0))
+    peak = float(report.get(f"{FIELD}peak_device_mb", peak_host))
+    before = dict(before)
+    cost = {"cost_wall_s": before.get("cost_wall_s", 0.0) + wall,
+            "cost_device_hours": before.get("cost_device_hours", 0.0) + wall * devices / 3600.0,
+            "cost_overhead_s": before.get("cost_overhead_s", 0.0) + overhead,
+            "cost_peak_memory_mb": max(before.get("cost_peak_memory_mb", 0.0), peak)}
+    if f"{FIELD}peak_device_mb" in report:
+        cost["cost_peak_host_memory_mb"] = max(before.get("cost_peak_host_memory_mb", 0.0), peak_host)
+    return cost
+
+
+def system_metrics(report: Mapping[str, object]) -> dict[str, float]:
+    return {key: value for key, value in report.items() if key.startswith(SYSTEM_PREFIX)}
+
+
+def totals(trials: list[Mapping[str, float]]) -> dict[str, float]:
+    """An ablation's cost: the trials' times and device-hours summed, the largest peak."""
+    summed = {key: sum(trial.get(key, 0.0) for trial in trials) for key in COST_METRICS[:3]}
+    return {**summed, "cost_peak_memory_mb": max((trial.get("cost_peak_memory_mb", 0.0) for trial in trials), default=0.0)}
+
+
+def log_totals(tracker, parent: str, invocation: str) -> dict[str, float]:
+    """The ablation's cost on its parent run (the same cost_* names, summed over its trial runs)."""
+    found = totals([run.data.metrics for run in tracker.runs(invocation=invocation, kind="trial")])
+    tracker.log_metrics(parent, found, step=0)
+    return found

@@ -1,0 +1,198 @@
+"""MLflow as its users expect it: what a trial run holds, the standard fields, the best model as an
+MLflow model, the registry's champion, cost beside every score, MLFLOW_TRACKING_URI.
+
+The store is real and so are the trainings: test_export's two tiny trainings (seeds 0 and 1, β 0
+and 1, the session's `recorded`), recorded the way the `orch run` driver records them, cost meter
+included. The end-to-end
+check through a real `mlflow server` is test_mlflow_ui.py (integration).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.cost import COST_METRICS, TrialMeter, totals, trial_cost
+from tests.orchestrator.conftest import invoke_orch, write_yaml
+from tests.orchestrator.test_export import recorded  # noqa: F401 - the session's store of two tiny trainings
+
+NAME = "tiny-grid"
+
+
+def _runs(recorded) -> dict[str, list]:
+    client = MlflowClient(recorded.uri)
+    runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id], max_results=100)
+    kinds: dict[str, list] = {}
+    for run in runs:
+        kinds.setdefault(run.data.tags.get("orch.kind"), []).append(run)
+    return kinds
+
+
+def test_a_trial_run_holds_what_it_trained_with_and_its_variants_hold_the_decode_keys(recorded):
+    kinds = _runs(recorded)
+    for trial in kinds["trial"]:
+        assert not [key for key in trial.data.params if key.startswith("decode.")]
+        assert trial.data.params["train.seed"] in ("0", "1") and "val_CIDEr" in trial.data.metrics
+        assert trial.data.tags["orch.reference_variant"] == "d01"  # the config's β 0 is the first variant
+        assert "decode variant d01" in trial.data.tags["mlflow.note.content"]
+    betas = sorted(variant.data.params["decode.length_penalty"] for variant in kinds["variant"])
+    assert betas == ["0.0", "0.0", "1.0", "1.0"]
+
+
+def test_runs_carry_mlflows_own_source_user_dataset_and_description(recorded, prepared_dir):
+    import json
+
+    from orchestrator.provenance import git_commit
+
+    kinds = _runs(recorded)
+    trial = kinds["trial"][0]
+    assert trial.data.tags["mlflow.user"] and trial.data.tags["mlflow.source.type"] == "LOCAL"
+    commit = git_commit()
+    if commit != "unknown":
+        assert trial.data.tags["mlflow.source.git.commit"] == commit.removesuffix("+dirty")
+    (dataset,) = trial.inputs.dataset_inputs
+    assert dataset.dataset.name == "synthetic" and len(dataset.dataset.digest) == 16
+    assert json.loads(dataset.dataset.source) == {"uri": str(prepared_dir.resolve())}
+    assert {tag.key: tag.value for tag in dataset.tags} == {"mlflow.data.context": "train"}
+
+
+def test_the_parent_describes_the_plan_in_markdown():
+    from orchestrator.provenance import plan_markdown
+
+    plan = {"name": "coursework", "n_trainings": 2, "n_evaluations": 4, "samples_per_cell": 1,
+            "varying_keys": ["model.decoder"], "decode_keys": ["decode.length_penalty"],
+            "reference_decode": {"variant": "d01", "params": {}},
+            "cells": [{"id": "c1", "overrides": {"model.decoder": "lstm"}},
+                      {"id": "c2", "overrides": {"model.decoder": "gru"}}],
+            "decode_variants": [{"id": "d01", "params": {"decode.length_penalty": 0.0}},
+                                {"id": "d02", "params": {"decode.length_penalty": 1.0}}],
+            "search_space": {}}
+    text = plan_markdown(plan)
+    assert "2 trainings x 2 decode variants = 4 evaluations" in text
+    assert "| c2 | gru |" in text and "| d02 | 1.0 |" in text and "variant d01" in text
+
+
+def test_each_trials_best_model_is_an_mlflow_model_that_captions(recorded, synth_dir):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    client = MlflowClient(recorded.uri)
+    trial = _runs(recorded)["trial"][0]
+    (output,) = trial.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.source_run_id == trial.info.run_id and model.name == "captioner"
+    loaded = mlflow.pyfunc.load_model(model.artifact_location)
+    assert [spec.name for spec in loaded.metadata.get_input_schema().inputs] == ["image"]
+    image = sorted((synth_dir / "images").glob("*.png"))[0]
+    captions = loaded.predict(pd.DataFrame({"image": [str(image)]}))
+    assert captions["caption"][0] and captions["error"][0] == ""
+
+
+def test_cost_is_logged_per_trial_and_summed_on_the_parent(recorded):
+    kinds = _runs(recorded)
+    for trial in kinds["trial"]:
+        metrics = trial.data.metrics
+        assert set(COST_METRICS) <= set(metrics) and trial.data.tags["orch.cost_device"] == "cpu"
+        assert 0 < metrics["cost_overhead_s"] < metrics["cost_wall_s"]
+        assert metrics["cost_device_hours"] == pytest.approx(metrics["cost_wall_s"] / 3600, rel=1e-6)  # one CPU
+        assert metrics["cost_peak_memory_mb"] > 50  # torch alone holds more
+        assert metrics["system/cpu_utilization_percentage"] >= 0
+    (parent,) = kinds["parent"]
+    assert parent.data.metrics["cost_wall_s"] == pytest.approx(sum(t.data.metrics["cost_wall_s"] for t in kinds["trial"]))
+
+
+def test_status_shows_the_cost_columns(recorded, monkeypatch):
+    import json
+
+    monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: every column whole
+    result = invoke_orch("status", NAME, "--storage", recorded.storage)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "cell" in line and "status" in line)
+    assert all(column in header for column in ("wall", "dev-h", "overhead", "peak MB"))
+    cells = json.loads(invoke_orch("status", NAME, "--storage", recorded.storage, "--json").output)[NAME]["cells"]
+    assert all(set(COST_METRICS) <= set(cell["cost"]) for cell in cells)
+
+
+def test_the_report_has_a_cost_section_and_is_logged_to_the_parent_run(recorded, tmp_path):
+    from tests.orchestrator.test_run import artifact_paths
+
+    result = invoke_orch("report", NAME, "--storage", recorded.storage, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    section = text.split("## Cost", 1)[1]
+    assert "CPU-hours" in section and "**total (2 trainings)**" in section
+    (parent,) = _runs(recorded)["parent"]
+    logged = artifact_paths(MlflowClient(recorded.uri), parent.info.run_id, "report")
+    assert {"report/report.md", "report/report.json"} <= logged and any(p.endswith(".png") for p in logged)
+
+
+def test_register_marks_the_winner_champion_and_tags_every_version(recorded, tmp_path):
+    result = invoke_orch("export", NAME, "--storage", recorded.storage, "--out", tmp_path, "--top-k", "2", "--register")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and "alias champion" in lines[0], result.output  # no warnings, no progress bars
+    client = MlflowClient(recorded.uri)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert champion.tags["rank"] == "1" and champion.tags["metric"] == "val_CIDEr"
+    latest = max(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version))
+    assert latest.tags["rank"] == "2" and int(champion.version) == int(latest.version) - 1  # the alias names rank 1
+    for version in (champion, latest):
+        assert {"cell", "trial", "variant", "beta", "value"} <= set(version.tags)
+        assert f"version {version.version}" in result.output
+
+
+def test_mlflow_tracking_uri_is_honoured_below_the_config(tmp_path, monkeypatch, tiny_experiment):
+    from orchestrator.config import load_config
+    from orchestrator.inspect import store_uri
+
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    plain = write_yaml(tmp_path / "plain.yaml", tiny_experiment("plain", tmp_path / "results"))
+    named = write_yaml(tmp_path / "named.yaml", tiny_experiment("named", tmp_path / "results",
+                                                                tracking={"uri": "http://127.0.0.1:5999"}))
+    assert store_uri(None, "results") == elsewhere
+    assert load_config(plain).tracking.uri == elsewhere
+    assert store_uri(named, "results") == "http://127.0.0.1:5999"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert store_uri(None, str(tmp_path / "results")) == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    result = invoke_orch("status", "--storage", tmp_path / "results")
+    assert result.exit_code == 2 and "no MLflow store" in result.output
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    result = invoke_orch("status", "--storage", tmp_path / "results")
+    assert result.exit_code == 2 and "elsewhere.db" in result.output  # the variable's store, not the folder's
+
+
+def test_a_trials_cost_adds_queueing_start_up_and_checkpoint_io_and_a_resumed_trial_adds_to_its_past():
+    started = time.time() - 100.0
+    report = {"meter_began": started + 10.0, "meter_startup_s": 5.0, "meter_checkpoint_s": 2.0, "meter_devices": 4.0,
+              "meter_peak_host_mb": 900.0}
+    cost = trial_cost(report, started)
+    assert cost["cost_wall_s"] == pytest.approx(100.0, abs=1.0)
+    assert cost["cost_overhead_s"] == pytest.approx(17.0)
+    assert cost["cost_device_hours"] == pytest.approx(4 * 100.0 / 3600, rel=0.02)
+    assert cost["cost_peak_memory_mb"] == 900.0
+    resumed = trial_cost(report, started, before={"cost_wall_s": 50.0, "cost_device_hours": 1.0,
+                                                  "cost_overhead_s": 3.0, "cost_peak_memory_mb": 1200.0})
+    assert resumed["cost_wall_s"] == pytest.approx(150.0, abs=1.0) and resumed["cost_peak_memory_mb"] == 1200.0
+    on_gpu = trial_cost({**report, "meter_peak_device_mb": 3000.0}, started)
+    assert on_gpu["cost_peak_memory_mb"] == 3000.0 and on_gpu["cost_peak_host_memory_mb"] == 900.0
+    assert totals([cost, resumed])["cost_overhead_s"] == pytest.approx(37.0)
+    assert totals([cost, resumed])["cost_peak_memory_mb"] == 1200.0
+
+
+def test_the_meter_sees_memory_grow_and_the_machines_load():
+    meter = TrialMeter(gpus=0.0, cpus=2.0, every_s=0.05)
+    try:
+        first = meter.fields({"epoch_time_s": 0.0})
+        held = bytearray(300 * 1024 * 1024)  # 300 MB, touched so it is resident
+        held[::4096] = b"x" * len(held[::4096])
+        time.sleep(0.2)
+        second = meter.fields({"epoch_time_s": 0.0, "checkpoint_time_s": 0.5})
+    finally:
+        meter.close()
+    assert second["meter_peak_host_mb"] - first["meter_peak_host_mb"] > 250
+    assert second["meter_checkpoint_s"] == pytest.approx(0.5) and second["meter_devices"] == 2.0
+    assert second["meter_device"] == "cpu" and "system/cpu_utilization_percentage" in second
+    del held
