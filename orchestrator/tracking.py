@@ -562,7 +562,7 @@ class TrialRecorder:
 
     def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
                  params: Mapping[str, object], variants: Mapping[str, Mapping[str, object]],
-                 variant_names: Optional[Mapping[str, str]] = None, reference: str = "",
+                 *, variant_names: Optional[Mapping[str, str]] = None, reference: str = "",
                  dataset: Optional[Mapping[str, str]] = None):
         """`variant_names`: each variant's run name (orchestrator.ids); by default its id under `trial`.
         `reference`: the variant id of the training's own decode section (plan.reference_variant).

@@ -57,8 +57,8 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
                     for d in plan.decode_variants]
         recorder = TrialRecorder(tracker, parent, run_key, trial, cell.id,
                                  {**flatten(trainer.model_dump(mode="json")), "orch.cell": cell.id},
-                                 {d.id: d.params for d in plan.decode_variants}, plan.reference_variant,
-                                 prepared_dataset(prepared))
+                                 {d.id: d.params for d in plan.decode_variants}, reference=plan.reference_variant,
+                                 dataset=prepared_dataset(prepared))
         meter = TrialMeter(gpus=0.0, cpus=1.0)
 
         def on_epoch(result, recorder=recorder, meter=meter) -> None:

@@ -109,7 +109,7 @@ def test_status_shows_the_cost_columns(recorded, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: every column whole
     result = invoke_orch("status", NAME, "--storage", recorded.storage)
     assert result.exit_code == 0, result.output
-    header = next(line for line in result.output.splitlines() if "cell" in line and "status" in line)
+    header = next(line for line in result.output.splitlines() if " id " in line and "status" in line)
     assert all(column in header for column in ("wall", "dev-h", "overhead", "peak MB"))
     cells = json.loads(invoke_orch("status", NAME, "--storage", recorded.storage, "--json").output)[NAME]["cells"]
     assert all(set(COST_METRICS) <= set(cell["cost"]) for cell in cells)
@@ -132,7 +132,8 @@ def test_register_marks_the_winner_champion_and_tags_every_version(recorded, tmp
     result = invoke_orch("export", NAME, "--storage", recorded.storage, "--out", tmp_path, "--top-k", "2", "--register")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 2 and "alias champion" in lines[0], result.output  # no warnings, no progress bars
+    # One line per export and the scale line: no warnings, no progress bars.
+    assert len(lines) == 3 and "alias champion" in lines[0] and lines[2].startswith("scores: "), result.output
     client = MlflowClient(recorded.uri)
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert champion.tags["rank"] == "1" and champion.tags["metric"] == "val_CIDEr"
