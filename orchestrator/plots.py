@@ -39,7 +39,8 @@ def factor_figure(title: str, x_label: str, panels: list[Panel], numeric: bool) 
     """One panel per metric: a line over a numeric factor's values, bars over a categorical one's."""
     levels = panels[0].levels
     width = max(4.6, 1.05 * len(levels) + 1.6) if not numeric else 4.8
-    figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.0), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.0), dpi=DPI, squeeze=False,
+                               layout="constrained")
     for ax, panel in zip(axes[0], panels):
         if numeric:
             xs = [float(level) for level in panel.levels]
@@ -61,7 +62,7 @@ def factor_figure(title: str, x_label: str, panels: list[Panel], numeric: bool) 
 def learning_curves(title: str, y_label: str, curves: dict[str, list[Point]]) -> Figure:
     """One line per training cell (mean over seeds per epoch) with a band of its error half-width."""
     height = max(4.5, 0.24 * len(curves) + 1.5)
-    figure, ax = plt.subplots(figsize=(9.5 if len(curves) > 1 else 6.5, height), layout="constrained")
+    figure, ax = plt.subplots(figsize=(9.5 if len(curves) > 1 else 6.5, height), dpi=DPI, layout="constrained")
     colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
     for index, (label, points) in enumerate(curves.items()):
         epochs, means, errors = zip(*points)
@@ -92,7 +93,8 @@ class Dimension:
 def parallel_coordinates(title: str, dimensions: list[Dimension], scores: list[float], score_label: str) -> Figure:
     """Each search sample a line across its keys' axes, coloured by score; drawn worst first so the best
     lie on top, the best one thick and red. Each axis is scaled to its own range, labelled at its ends."""
-    figure, ax = plt.subplots(figsize=(max(6.5, 1.9 * len(dimensions) + 2.0), 4.6), layout="constrained")
+    figure, ax = plt.subplots(figsize=(max(6.5, 1.9 * len(dimensions) + 2.0), 4.6), dpi=DPI,
+                               layout="constrained")
     placed = [_place(d) for d in dimensions]
     colour_map = plt.get_cmap("viridis")
     low, high = min(scores), max(scores)
