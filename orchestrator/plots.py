@@ -49,7 +49,7 @@ def factor_figure(title: str, x_label: str, panels: list[Panel], numeric: bool) 
         else:
             positions = range(len(panel.levels))
             ax.bar(positions, panel.means, yerr=panel.errors, capsize=5, color="tab:blue", alpha=0.8, width=0.6)
-            ax.set_xticks(list(positions), [textwrap.fill(level, WRAP) for level in panel.levels])
+            ax.set_xticks(list(positions), [_wrap(level, WRAP) for level in panel.levels])
             ax.set_ylim(bottom=0)
         ax.set_xlabel(x_label)
         ax.set_ylabel(panel.y_label)
@@ -72,7 +72,11 @@ def learning_curves(title: str, y_label: str, curves: dict[str, list[Point]]) ->
                         color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(y_label)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    epochs = sorted({point[0] for points in curves.values() for point in points})
+    if len(epochs) <= 20:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.grid(alpha=0.3)
     figure.suptitle(title)
@@ -109,7 +113,7 @@ def parallel_coordinates(title: str, dimensions: list[Dimension], scores: list[f
         ax.axvline(x, color="0.3", linewidth=0.8, zorder=1)
         for y, text in ticks:
             ax.annotate(text, (x, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_xticks(range(len(dimensions)), [textwrap.fill(d.label, 16) for d in dimensions])
+    ax.set_xticks(range(len(dimensions)), [_wrap(d.label, 16) for d in dimensions])
     ax.set_xlim(-0.1, len(dimensions) - 0.4)
     ax.set_ylim(-0.06, 1.06)
     ax.set_yticks([])
@@ -119,6 +123,11 @@ def parallel_coordinates(title: str, dimensions: list[Dimension], scores: list[f
     figure.colorbar(scale, ax=ax, label=score_label)
     figure.suptitle(title)
     return figure
+
+
+def _wrap(text: str, width: int) -> str:
+    """Lines of at most `width` characters, broken after an underscore where one is near (mobilenet_v3_ / large)."""
+    return textwrap.fill(text.replace("_", "_ "), width).replace("_ ", "_")
 
 
 def _place(dimension: Dimension) -> tuple[list[float], list[tuple[float, str]]]:
@@ -133,9 +142,9 @@ def _place(dimension: Dimension) -> tuple[list[float], list[tuple[float, str]]]:
     scaled = [math.log10(n) for n in numbers] if dimension.log else numbers
     low, high = min(scaled), max(scaled)
     if high == low:
-        return [0.5] * len(numbers), [(0.5, f"{numbers[0]:.3g}")]
+        return [0.5] * len(numbers), [(0.5, f"{numbers[0]:.4g}")]
     heights = [(s - low) / (high - low) for s in scaled]
-    return heights, [(0.0, f"{min(numbers):.3g}"), (1.0, f"{max(numbers):.3g}")]
+    return heights, [(0.0, f"{min(numbers):.4g}"), (1.0, f"{max(numbers):.4g}")]
 
 
 def save(figure: Figure, out: Path) -> Path:
