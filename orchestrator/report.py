@@ -189,10 +189,10 @@ class Comparison:
     def exceeds_noise(self) -> Optional[bool]:
         return None if self.p_holm is None else self.p_holm < SIGNIFICANCE
 
-    def clause(self, metric: str) -> str:
+    def clause(self, metric: str, one_seed: bool) -> str:
         said = f"{_score(metric, self.gap)} above {self.level}"
         if self.test is None:
-            return said
+            return said if one_seed else f"{said} (untested: {self.seeds} seed{'s' * (self.seeds != 1)} evaluated both)"
         d_z = "∞" if math.isinf(self.test.d_z) else f"{self.test.d_z:.2f}"
         noise = "exceeds seed noise" if self.exceeds_noise else "within seed noise"
         return (f"{said} ({noise}: paired t-test over {self.pairs} pairs across {self.seeds} seeds, "
@@ -207,13 +207,14 @@ class Verdict:
     metric: str
     best: str
     best_mean: float
+    one_seed: bool  # the whole experiment has one seed
     comparisons: list[Comparison] = field(default_factory=list)
 
     def sentence(self) -> str:
         head = (f"**{_name(self.key)}** (`{self.key}`): {self.best} gives the best mean {self.metric} "
                 f"({_score(self.metric, self.best_mean)}), ")
-        clauses = "; ".join(c.clause(self.metric) for c in self.comparisons)
-        if all(c.test is None for c in self.comparisons):
+        clauses = "; ".join(c.clause(self.metric, self.one_seed) for c in self.comparisons)
+        if self.one_seed:
             return f"{head}{clauses}. One seed: whether this exceeds seed noise cannot be told ({SEEDS_HINT})."
         return f"{head}{clauses}."
 
@@ -234,7 +235,7 @@ def _verdict(outcomes: list[Outcome], key: str, factors: list[str], metric: str)
         return None
     best = max(means, key=means.get)
     blocks = _blocks(outcomes, key, factors, metric)
-    result = Verdict(key, metric, best, means[best])
+    result = Verdict(key, metric, best, means[best], one_seed=_seed_count(outcomes) == 1)
     for level in sorted((level for level in means if level != best), key=lambda level: -means[level]):
         shared = sorted(set(blocks[best]) & set(blocks[level]))
         seeds = len({block[0] for block in shared})

@@ -18,7 +18,7 @@ from PIL import Image
 from orchestrator.config import ExperimentConfig
 from orchestrator.keys import flatten
 from orchestrator.plan import make_plan
-from orchestrator.report import level_order, write_report
+from orchestrator.report import Outcome, level_order, verdicts, write_report
 from orchestrator.tracking import Tracker, TrialRecorder
 from tests.orchestrator.conftest import sqlite_uri
 
@@ -197,6 +197,14 @@ def test_a_search_lists_its_best_samples_first_with_their_importance_and_paralle
     assert importance[2].startswith("| `train.lr` |")  # CIDEr follows the learning rate alone
     assert sum(float(row.split(" | ")[1].rstrip(" |")) for row in importance[2:]) == pytest.approx(1.0, abs=0.011)
     _assert_plots(report, ("search_parallel_coordinates.png",))
+
+
+def test_a_gap_that_too_few_seeds_evaluated_on_both_sides_is_left_untested():
+    outcomes = [Outcome({"model.decoder": "lstm"}, seed, {"CIDEr": 0.5 + 0.01 * int(seed)}) for seed in "012"]
+    outcomes.append(Outcome({"model.decoder": "gru"}, "0", {"CIDEr": 0.6}))  # its other seeds failed
+    (decoder,) = verdicts(outcomes, ["model.decoder"])
+    assert decoder.sentence().endswith("gru gives the best mean CIDEr (0.600), 0.090 above lstm "
+                                       "(untested: 1 seed evaluated both).")
 
 
 def test_levels_are_ordered_as_numbers_when_they_are_numbers():

@@ -107,7 +107,7 @@ def test_every_text_lies_inside_the_figure(drawn):
 
 def test_error_bars_and_their_words_appear_only_with_several_seeds(drawn):
     for name in ("one_seed/model.encoder", "three_seeds/decode.length_penalty"):
-        figure, texts = drawn[name]
+        figure, _ = drawn[name]
         several = name.startswith("three_seeds")
         title = figure.get_suptitle()
         assert ("mean ± 95 % CI over 3 seeds" in title) == several and ("one seed, no error bars" in title) != several
