@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 Point = tuple[float, float, float]  # x, mean, error-bar half-width
 WRAP = 12  # characters per line of a level name under a bar
@@ -45,7 +46,7 @@ def factor_figure(title: str, x_label: str, panels: list[Panel], numeric: bool) 
         if numeric:
             xs = [float(level) for level in panel.levels]
             ax.errorbar(xs, panel.means, yerr=panel.errors, marker="o", capsize=4, linewidth=1.8)
-            ax.set_xticks(xs, panel.levels)
+            _level_ticks(ax, xs, panel.levels)
         else:
             positions = range(len(panel.levels))
             ax.bar(positions, panel.means, yerr=panel.errors, capsize=5, color="tab:blue", alpha=0.8, width=0.6)
@@ -59,6 +60,20 @@ def factor_figure(title: str, x_label: str, panels: list[Panel], numeric: bool) 
     return figure
 
 
+def _level_ticks(ax, xs: list[float], levels: list[str]) -> None:
+    """A tick at each level, on a log axis when they span two decades or more; matplotlib's own ticks
+    when levels sit too close for their labels to stay apart."""
+    log = min(xs) > 0 and max(xs) / min(xs) >= 100
+    if log:
+        ax.set_xscale("log")
+    placed = [math.log10(x) for x in xs] if log else xs
+    span = (max(placed) - min(placed)) or 1.0
+    closest = min((b - a for a, b in zip(placed, placed[1:])), default=span)
+    if closest / span >= 0.02 * (max(len(level) for level in levels) + 1):
+        ax.set_xticks(xs, levels)
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
 def learning_curves(title: str, y_label: str, curves: dict[str, list[Point]]) -> Figure:
     """One line per training cell (mean over seeds per epoch) with a band of its error half-width."""
     height = max(4.5, 0.24 * len(curves) + 1.5)
@@ -67,9 +82,11 @@ def learning_curves(title: str, y_label: str, curves: dict[str, list[Point]]) ->
     for index, (label, points) in enumerate(curves.items()):
         epochs, means, errors = zip(*points)
         colour = colours(index % colours.N)
-        ax.plot(epochs, means, marker="o", markersize=3, linewidth=1.5, color=colour, label=label)
+        style = "-" if index < colours.N else "--"  # past the palette, colours repeat: dash the repeats
+        ax.plot(epochs, means, marker="o", markersize=3, linewidth=1.5, color=colour, linestyle=style, label=label)
         ax.fill_between(epochs, [m - e for m, e in zip(means, errors)], [m + e for m, e in zip(means, errors)],
                         color=colour, alpha=0.15, linewidth=0)
+    ax.set_title(title)  # over the axes, clear of the legend at their right
     ax.set_xlabel("epoch")
     ax.set_ylabel(y_label)
     epochs = sorted({point[0] for points in curves.values() for point in points})
@@ -79,7 +96,6 @@ def learning_curves(title: str, y_label: str, curves: dict[str, list[Point]]) ->
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.grid(alpha=0.3)
-    figure.suptitle(title)
     if len(curves) > 1:
         figure.legend(fontsize=8, loc="outside right upper")
     return figure
