@@ -175,7 +175,7 @@ def group_by(outcomes: list[Outcome], keys: list[str]) -> list[Group]:
 
 @dataclass
 class Comparison:
-    """The best level of a factor against one other level; `test` is None with one seed."""
+    """The best level of a factor against one other level; `test` is None unless 2+ seeds evaluated both."""
 
     level: str
     mean: float
