@@ -55,6 +55,7 @@ ANCHORS = {  # the paper's Table 1, on the raw scale (it prints them x100)
     "coco": {"Bleu_1": 0.707, "Bleu_2": 0.492, "Bleu_3": 0.344, "Bleu_4": 0.243, "METEOR": 0.2390},
 }
 SEEDS_HINT = f"add `{SEED_KEY}: [0, 1, 2]` to the ablation"
+IMPORTANCE_TRAININGS = 10  # fewer finished trainings than this, and the importances come with a caution
 
 
 @dataclass(frozen=True)
@@ -491,8 +492,10 @@ def _search_section(collected: Collected, figure: Optional[Path], shown: int = 1
         lines += ["", f"![Search samples]({figure.name})"]
     if len({pick.score for pick in picks}) >= 2:
         ranked = importances(collected, picks)
+        few = (f" {len(picks)} trainings are few for fANOVA's random forest: read these as a hint."
+               if len(picks) < IMPORTANCE_TRAININGS else "")
         lines += ["", f"Parameter importance for val {HEADLINE} (Optuna's fANOVA over the {len(picks)} finished "
-                      "trainings; sums to 1, higher matters more):", "",
+                      f"trainings; sums to 1, higher matters more).{few}", "",
                   "| key | importance |", "|---|---|",
                   *[f"| `{key}` | {value:.2f} |" for key, value in ranked.items()]]
     return lines

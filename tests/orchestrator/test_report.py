@@ -196,6 +196,7 @@ def test_a_search_lists_its_best_samples_first_with_their_importance_and_paralle
     importance = markdown.split("Parameter importance for val CIDEr")[1].split("\n\n")[1].splitlines()
     assert importance[2].startswith("| `train.lr` |")  # CIDEr follows the learning rate alone
     assert sum(float(row.split(" | ")[1].rstrip(" |")) for row in importance[2:]) == pytest.approx(1.0, abs=0.011)
+    assert "4 trainings are few for fANOVA's random forest: read these as a hint." in markdown
     _assert_plots(report, ("search_parallel_coordinates.png",))
 
 
