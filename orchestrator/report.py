@@ -8,7 +8,8 @@ its spread is still seed-to-seed. Every factor gets a verdict and a plot: its be
 to each other level, and with several seeds a paired t-test per gap (paired by seed and by the
 other training factors' levels), Holm-corrected over all the report's comparisons, with Cohen's
 d_z. A search adds its best samples, their parallel coordinates, and Optuna's parameter
-importances. Alongside: `report.json`, the same tables as data.
+importances. Alongside: `report.json`, the same tables as data. All of it is also logged to the
+invocation's parent run under `report/`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Optional
 from matplotlib.figure import Figure
 
 from orchestrator.plots import Dimension, Panel, factor_figure, learning_curves, parallel_coordinates, save
-from orchestrator.results import Pick, Results, open_results, pick_best
+from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
 from orchestrator.status import TRUNCATION_LIMIT, truncation_note
 from trainers.errors import InputError
@@ -118,7 +119,8 @@ def collect(name: str, uri: str, invocation: Optional[str] = None) -> Collected:
 
 
 def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = None) -> Path:
-    """Write out/report.md (+ PNGs, report.json) for the experiment `name`; returns the Markdown file."""
+    """Write out/report.md (+ PNGs, report.json) for the experiment `name`, and log them to its parent run;
+    returns the Markdown file."""
     collected = collect(name, uri, invocation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,18 @@ def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = Non
     path = out / "report.md"
     path.write_text("\n".join(_sections(collected, saved)) + "\n")
     (out / "report.json").write_text(json.dumps(_as_data(collected), indent=1))
+    _log_to_parent(collected.results, [path, out / "report.json", *saved.values()])
     return path
+
+
+def _log_to_parent(results: Results, files: list[Path]) -> None:
+    """The report's files on the invocation's parent run, under report/, so the MLflow UI holds them.
+    File by file: `--out` may name a folder that holds more than the report."""
+    if results.parent_run_id is None:
+        return
+    with quiet_downloads():  # the same switch silences MLflow's upload progress bar
+        for file in files:
+            results.tracker.log_file(results.parent_run_id, file, "report")
 
 
 # ------------------------------------------------------------------------------------ the data

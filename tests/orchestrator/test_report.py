@@ -130,6 +130,17 @@ def test_the_report_has_the_encoder_by_decoder_table_and_one_table_per_factor(co
                                        "METEOR (0–1)", "ROUGE-L (0–1)", "CIDEr (0–10)", "length (words) |"]
 
 
+def test_the_report_is_logged_to_the_parent_run_so_the_mlflow_ui_holds_it(coursework_report):
+    from mlflow import MlflowClient
+
+    uri = sqlite_uri(coursework_report.parents[1] / "results")
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("cw").experiment_id], "tags.`orch.kind` = 'parent'")
+    logged = {Path(item.path).name for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report.md", "report.json", "learning_curves.png", "factor_model_encoder.png",
+                      "factor_model_decoder.png", "factor_decode_length_penalty.png"}
+
+
 def test_flickr8k_results_sit_beside_the_published_anchors_on_the_same_scale(coursework_report):
     markdown = coursework_report.read_text()
     assert "## Published anchors (flickr8k)" in markdown
