@@ -296,10 +296,10 @@ def figures(collected: Collected) -> dict[str, tuple[str, Figure]]:
     """key -> (PNG file name, figure): one per factor (by its key), the learning curves, a search's samples."""
     made = {}
     for key in collected.factors:
-        figure = _factor_figure(collected.outcomes, key)
+        figure = _factor_figure(collected.outcomes, key, averaged=len(collected.factors) > 1)
         if figure is not None:
             made[key] = (f"factor_{re.sub(r'[^A-Za-z0-9]+', '_', key)}.png", figure)
-    curves = _learning_curves(collected.results, [key for key in collected.factors if not key.startswith("decode.")])
+    curves = _learning_curves(collected.results, _training_factors(collected))
     if curves:
         runs = max(count for _, count in curves.values())
         spread = f"mean ± 95 % CI over {runs} trainings per cell" if runs > 1 else "one training per cell"
@@ -312,8 +312,8 @@ def figures(collected: Collected) -> dict[str, tuple[str, Figure]]:
     return made
 
 
-def _factor_figure(outcomes: list[Outcome], key: str) -> Optional[Figure]:
-    """The headline metric (and caption length) by the levels of `key`, the other factors averaged."""
+def _factor_figure(outcomes: list[Outcome], key: str, averaged: bool) -> Optional[Figure]:
+    """The headline metric (and caption length) by the levels of `key`; `averaged`: other factors were averaged out."""
     groups = group_by(outcomes, [key])
     metrics = [metric for metric in (HEADLINE, LENGTH) if all(g.stats(metric) for g in groups)]
     if len(groups) < 2 or not metrics:
@@ -326,7 +326,7 @@ def _factor_figure(outcomes: list[Outcome], key: str) -> Optional[Figure]:
         panels.append(Panel(_header(metric, "test "), levels, [s.mean for s in stats],
                             [s.ci for s in stats] if seeds > 1 else None))
     shown = " and ".join(dict(METRICS)[m] if m != LENGTH else "caption length" for m in metrics)
-    title = f"Test {shown} by {_name(key)} ({key})\n{_spread_words(seeds)}, other factors averaged"
+    title = f"Test {shown} by {_name(key)} ({key})\n{_spread_words(seeds)}" + (", other factors averaged" * averaged)
     return factor_figure(title, _name(key), panels, is_numeric(levels))
 
 
