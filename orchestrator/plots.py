@@ -154,7 +154,8 @@ def _place(dimension: Dimension) -> tuple[list[float], list[tuple[float, str]]]:
         levels = list(dict.fromkeys(dimension.values))
         step = 1.0 / max(1, len(levels) - 1)
         heights = {level: (index * step if len(levels) > 1 else 0.5) for index, level in enumerate(levels)}
-        return [heights[v] for v in dimension.values], [(h, textwrap.shorten(level, 14)) for level, h in heights.items()]
+        labels = [(height, level if len(level) <= 14 else level[:13] + "…") for level, height in heights.items()]
+        return [heights[v] for v in dimension.values], labels
     scaled = [math.log10(n) for n in numbers] if dimension.log else numbers
     low, high = min(scaled), max(scaled)
     if high == low:
