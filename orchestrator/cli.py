@@ -281,7 +281,7 @@ def report(
     storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
                                                              "(a bucket holds none: use --config)."),
 ):
-    """Ablation report: mean ± std over seeds per cell and factor, seed-noise tests, plots (Markdown + PNG)."""
+    """Ablation report: mean ± 95 % CI per cell and factor, a tested verdict and a plot per factor (Markdown + PNG)."""
     from orchestrator.inspect import store_uri
     from orchestrator.report import write_report
 

@@ -2,33 +2,40 @@
 
 Built from what MLflow holds of the experiment's latest invocation (or a named one). An ablation
 cell is one value of every grid key but the seed (`train.seed`); its test-split scores are
-summarised as mean ± std over seeds. A factor's table averages over the other factors within
-each seed first, so its spread is still seed-to-seed. Per factor, one sentence says whether the
-gap between its best and worst level exceeds seed noise (a paired t-test across seeds), and plots
-show CIDEr against the scheduled-sampling rate, CIDEr and caption length against β, and the
-validation learning curves. Alongside: `report.json`, the same tables as data.
+summarised as the mean and its 95 % confidence interval over seeds, on pycocoevalcap's raw scale
+(what MLflow stores). A factor's table averages over the other factors within each seed first, so
+its spread is still seed-to-seed. Every factor gets a verdict and a plot: its best level, the gap
+to each other level, and with several seeds a paired t-test per gap (paired by seed and by the
+other training factors' levels), Holm-corrected over all the report's comparisons, with Cohen's
+d_z. A search adds its best samples, their parallel coordinates, and Optuna's parameter
+importances. Alongside: `report.json`, the same tables as data. All of it is also logged to the
+invocation's parent run under `report/`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.plots import Panel, factor_lines, learning_curves
-from orchestrator.results import Results, open_results, pick_best
-from orchestrator.stats import mean_std, paired_t_test
+from matplotlib.figure import Figure
+
+from orchestrator.plots import Dimension, Panel, factor_figure, learning_curves, parallel_coordinates, save
+from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
+from orchestrator.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
 from orchestrator.status import TRUNCATION_LIMIT, truncation_note
 from trainers.errors import InputError
 
 METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
            ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"), ("mean_caption_length", "length"))
-UNSCALED = {"mean_caption_length"}  # the other scores are shown x100, as papers print them
+SCALES = {"CIDEr": "0–10", "mean_caption_length": "words"}  # the others lie in 0–1
+LENGTH = "mean_caption_length"
 HEADLINE = "CIDEr"
 SEED_KEY = "train.seed"
 ENCODER, DECODER = "model.encoder", "model.decoder"
@@ -44,10 +51,12 @@ NOTES = {  # facts that help explain a difference; the data says whether it is o
     BETA: "β = 0 ranks captions by raw log-probability, which favours short ones; larger β favours longer captions.",
 }
 ANCHOR_SOURCE = "Show, Attend and Tell, soft attention (Xu et al. 2015)"
-ANCHORS = {
-    "flickr8k": {"Bleu_1": 67.0, "Bleu_2": 44.8, "Bleu_3": 29.9, "Bleu_4": 19.5, "METEOR": 18.93},
-    "coco": {"Bleu_1": 70.7, "Bleu_2": 49.2, "Bleu_3": 34.4, "Bleu_4": 24.3, "METEOR": 23.90},
+ANCHORS = {  # the paper's Table 1, on the raw scale (it prints them x100)
+    "flickr8k": {"Bleu_1": 0.670, "Bleu_2": 0.448, "Bleu_3": 0.299, "Bleu_4": 0.195, "METEOR": 0.1893},
+    "coco": {"Bleu_1": 0.707, "Bleu_2": 0.492, "Bleu_3": 0.344, "Bleu_4": 0.243, "METEOR": 0.2390},
 }
+SEEDS_HINT = f"add `{SEED_KEY}: [0, 1, 2]` to the ablation"
+IMPORTANCE_TRAININGS = 10  # fewer finished trainings than this, and the importances come with a caution
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,17 @@ class Outcome:
 
     levels: dict[str, str]  # factor key -> value, as MLflow holds it
     seed: str
-    scores: dict[str, float]  # test metrics without the "test_" prefix, as printed (x100)
+    scores: dict[str, float]  # test metrics without the "test_" prefix, raw scale
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric over seeds: mean, sample std, the half-width of the 95 % confidence interval, seeds."""
+
+    mean: float
+    std: float
+    ci: float
+    seeds: int
 
 
 @dataclass
@@ -66,13 +85,27 @@ class Group:
     levels: tuple[str, ...]
     per_seed: dict[str, dict[str, float]]  # metric -> seed -> value (averaged over the other factors)
 
-    def stats(self, metric: str) -> Optional[tuple[float, float, int]]:
+    def stats(self, metric: str) -> Optional[Summary]:
         values = list(self.per_seed.get(metric, {}).values())
-        return (*mean_std(values), len(values)) if values else None
+        if not values:
+            return None
+        (mean, ci), (_, std) = mean_ci(values), mean_std(values)
+        return Summary(mean, std, ci, len(values))
 
 
-def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = None) -> Path:
-    """Write out/report.md (+ PNGs, report.json) for the experiment `name`; returns the Markdown file."""
+@dataclass
+class Collected:
+    """What the report says, before it is written: the runs, the factors, every outcome and verdict."""
+
+    results: Results
+    factors: list[str]
+    outcomes: list[Outcome]
+    dataset: str
+    verdicts: list[Verdict]
+
+
+def collect(name: str, uri: str, invocation: Optional[str] = None) -> Collected:
+    """Read the experiment `name` from MLflow and work out its tables' data and verdicts."""
     results = open_results(name, uri, invocation)
     finished = results.finished()
     if not finished:
@@ -81,22 +114,32 @@ def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = Non
                          f"yet ({statuses}): see `orch status {name}`")
     factors = [key for key in results.grid_keys() if key != SEED_KEY and key not in results.search_keys]
     outcomes = [_outcome(row, factors) for row in sorted(finished, key=_row_order)]
+    return Collected(results, factors, outcomes, _dataset(finished[0].params.get("data.prepared", "")),
+                     verdicts(outcomes, factors))
+
+
+def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = None) -> Path:
+    """Write out/report.md (+ PNGs, report.json) for the experiment `name`, and log them to its parent run;
+    returns the Markdown file."""
+    collected = collect(name, uri, invocation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = _dataset(finished[0].params.get("data.prepared", ""))
-    verdicts = [v for v in (verdict(outcomes, key, cell_keys=factors) for key in factors) if v is not None]
-    figures = _figures(results, factors, outcomes, out)
+    saved = {key: save(figure, out / file) for key, (file, figure) in figures(collected).items()}
     path = out / "report.md"
-    path.write_text("\n".join(_sections(results, factors, outcomes, dataset, verdicts, figures)) + "\n")
-    (out / "report.json").write_text(json.dumps(_as_data(results, factors, outcomes, dataset, verdicts), indent=1))
-    log_to_parent(results, out)
+    path.write_text("\n".join(_sections(collected, saved)) + "\n")
+    (out / "report.json").write_text(json.dumps(_as_data(collected), indent=1))
+    _log_to_parent(collected.results, [path, out / "report.json", *saved.values()])
     return path
 
 
-def log_to_parent(results: Results, out: Path) -> None:
-    """The report (Markdown, PNGs, JSON) under `report/` of the invocation's parent run, so the MLflow UI holds it."""
-    if results.parent_run_id is not None:
-        results.tracker.log_folder(results.parent_run_id, out, "report")
+def _log_to_parent(results: Results, files: list[Path]) -> None:
+    """The report's files on the invocation's parent run, under report/, so the MLflow UI holds them.
+    File by file: `--out` may name a folder that holds more than the report."""
+    if results.parent_run_id is None:
+        return
+    with quiet_downloads():  # the same switch silences MLflow's upload progress bar
+        for file in files:
+            results.tracker.log_file(results.parent_run_id, file, "report")
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -109,7 +152,7 @@ def _outcome(row, factors: list[str]) -> Outcome:
     for metric, _ in METRICS:
         value = row.metrics.get(f"test_{metric}")
         if value is not None and math.isfinite(value):
-            scores[metric] = value if metric in UNSCALED else 100.0 * value
+            scores[metric] = value
     return Outcome({key: row.params.get(key, "") for key in factors}, row.params.get(SEED_KEY, "0"), scores)
 
 
@@ -120,6 +163,14 @@ def level_order(values: list[str]) -> list[str]:
         return sorted(distinct, key=float)
     except ValueError:
         return distinct
+
+
+def is_numeric(levels: list[str]) -> bool:
+    try:
+        [float(level) for level in levels]
+    except ValueError:
+        return False
+    return True
 
 
 def group_by(outcomes: list[Outcome], keys: list[str]) -> list[Group]:
@@ -137,53 +188,88 @@ def group_by(outcomes: list[Outcome], keys: list[str]) -> list[Group]:
 
 
 @dataclass
-class Verdict:
-    key: str
-    best: str
-    worst: str
-    best_mean: float
-    worst_mean: float
-    seeds: int  # seeds both levels were evaluated with
-    t: Optional[float] = None
-    p: Optional[float] = None
-    seed_spread: Optional[float] = None  # median std over seeds of the metric within a full cell
+class Comparison:
+    """The best level of a factor against one other level; `test` is None unless 2+ seeds evaluated both."""
+
+    level: str
+    mean: float
+    gap: float  # best mean minus this level's mean
+    pairs: int
+    seeds: int
+    test: Optional[PairedTest] = None
+    p_holm: Optional[float] = None
 
     @property
     def exceeds_noise(self) -> Optional[bool]:
-        return None if self.p is None else self.p < SIGNIFICANCE
+        return None if self.p_holm is None else self.p_holm < SIGNIFICANCE
 
-    def sentence(self, metric: str) -> str:
-        gap = self.best_mean - self.worst_mean
-        head = (f"**{_name(self.key)}** (`{self.key}`): {self.best} gives the best mean {metric} ({self.best_mean:.1f}), "
-                f"{self.worst} the worst ({self.worst_mean:.1f})")
-        if self.p is None:
-            return (f"{head}; with one seed per cell, whether this gap of {gap:.1f} exceeds seed noise cannot be told "
-                    f"(add `{SEED_KEY}: [0, 1, 2]` to the ablation).")
-        said = "exceeds seed noise" if self.exceeds_noise else "is within seed noise"
-        spread = f"; seed-to-seed std within a cell is {self.seed_spread:.1f}" if self.seed_spread is not None else ""
-        t = "∞" if math.isinf(self.t) else f"{self.t:.2f}"
-        return (f"{head}: the gap of {gap:.1f} {said} (paired t-test across {self.seeds} seeds, t = {t}, "
-                f"p = {self.p:.3f}{spread}).")
+    def clause(self, metric: str, one_seed: bool) -> str:
+        said = f"{_score(metric, self.gap)} above {self.level}"
+        if self.test is None:
+            return said if one_seed else f"{said} (untested: {self.seeds} seed{'s' * (self.seeds != 1)} evaluated both)"
+        d_z = "∞" if math.isinf(self.test.d_z) else f"{self.test.d_z:.2f}"
+        noise = "exceeds seed noise" if self.exceeds_noise else "within seed noise"
+        return (f"{said} ({noise}: paired t-test over {self.pairs} pairs across {self.seeds} seeds, "
+                f"d_z = {d_z}, Holm p {_p(self.p_holm)})")
 
 
-def verdict(outcomes: list[Outcome], key: str, metric: str = HEADLINE,
-            cell_keys: Optional[list[str]] = None) -> Optional[Verdict]:
-    """Best vs worst level of `key` by mean `metric`, paired by seed; None when it has one level or no `metric`."""
-    groups = [g for g in group_by(outcomes, [key]) if g.per_seed.get(metric)]
-    if len(groups) < 2:
+@dataclass
+class Verdict:
+    """One factor: its best level by mean `metric`, and that level against each other level."""
+
+    key: str
+    metric: str
+    best: str
+    best_mean: float
+    one_seed: bool  # the whole experiment has one seed
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        head = (f"**{_name(self.key)}** (`{self.key}`): {self.best} gives the best mean {self.metric} "
+                f"({_score(self.metric, self.best_mean)}), ")
+        clauses = "; ".join(c.clause(self.metric, self.one_seed) for c in self.comparisons)
+        if self.one_seed:
+            return f"{head}{clauses}. One seed: whether this exceeds seed noise cannot be told ({SEEDS_HINT})."
+        return f"{head}{clauses}."
+
+
+def verdicts(outcomes: list[Outcome], factors: list[str], metric: str = HEADLINE) -> list[Verdict]:
+    """A verdict per factor with two or more levels, its tests Holm-corrected together."""
+    found = [v for v in (_verdict(outcomes, key, factors, metric) for key in factors) if v is not None]
+    tested = [c for v in found for c in v.comparisons if c.test is not None]
+    for comparison, adjusted in zip(tested, holm([c.test.p for c in tested])):
+        comparison.p_holm = adjusted
+    return found
+
+
+def _verdict(outcomes: list[Outcome], key: str, factors: list[str], metric: str) -> Optional[Verdict]:
+    """Best level of `key` by mean `metric` against every other level, best-placed first."""
+    means = {g.levels[0]: g.stats(metric).mean for g in group_by(outcomes, [key]) if g.per_seed.get(metric)}
+    if len(means) < 2:
         return None
-    means = {g.levels[0]: g.stats(metric)[0] for g in groups}
     best = max(means, key=means.get)
-    worst = min((level for level in means if level != best), key=means.get)
-    by_level = {g.levels[0]: g.per_seed[metric] for g in groups}
-    seeds = sorted(set(by_level[best]) & set(by_level[worst]))
-    result = Verdict(key, best, worst, means[best], means[worst], len(seeds))
-    if len(seeds) >= 2:
-        test = paired_t_test([by_level[best][s] for s in seeds], [by_level[worst][s] for s in seeds])
-        result.t, result.p = test.t, test.p
-        spreads = [g.stats(metric)[1] for g in group_by(outcomes, cell_keys or [key]) if (g.stats(metric) or (0, 0, 0))[2] > 1]
-        result.seed_spread = statistics.median(spreads) if spreads else None
+    blocks = _blocks(outcomes, key, factors, metric)
+    result = Verdict(key, metric, best, means[best], one_seed=_seed_count(outcomes) == 1)
+    for level in sorted((level for level in means if level != best), key=lambda level: -means[level]):
+        shared = sorted(set(blocks[best]) & set(blocks[level]))
+        seeds = len({block[0] for block in shared})
+        comparison = Comparison(level, means[level], means[best] - means[level], len(shared), seeds)
+        if seeds >= 2:
+            comparison.test = paired_t_test([blocks[best][b] for b in shared], [blocks[level][b] for b in shared])
+        result.comparisons.append(comparison)
     return result
+
+
+def _blocks(outcomes: list[Outcome], key: str, factors: list[str], metric: str) -> dict[str, dict[tuple, float]]:
+    """level -> block -> mean `metric`, a block being a seed and the levels of the training factors other
+    than `key`. Decode variants of one training share its block: they are not independent samples."""
+    others = [k for k in factors if k != key and not k.startswith("decode.")]
+    values: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for outcome in outcomes:
+        if metric in outcome.scores:
+            block = (outcome.seed, *(outcome.levels[k] for k in others))
+            values[outcome.levels[key]][block].append(outcome.scores[metric])
+    return {level: {block: statistics.fmean(v) for block, v in blocks.items()} for level, blocks in values.items()}
 
 
 def _dataset(prepared: str) -> str:
@@ -197,53 +283,130 @@ def _dataset(prepared: str) -> str:
         return next((name for name in ANCHORS if name in lowered), "")
 
 
+def _seed_count(outcomes: list[Outcome]) -> int:
+    return len({o.seed for o in outcomes})
+
+
+def _spread_words(seeds: int) -> str:
+    return f"mean ± 95 % CI over {seeds} seeds" if seeds > 1 else "one seed, no error bars"
+
+
 # ----------------------------------------------------------------------------------- figures
-def _figures(results: Results, factors: list[str], outcomes: list[Outcome], out: Path) -> dict[str, Path]:
-    figures = {}
-    has_headline = any(HEADLINE in o.scores for o in outcomes)
-    series_key = DECODER if DECODER in factors else None
-    if has_headline and SS_RATE in factors:
-        figures["ss_rate"] = factor_lines(out / "cider_vs_ss_rate.png", "CIDEr vs scheduled-sampling rate",
-                                          "scheduled sampling max_rate", [_panel(outcomes, SS_RATE, series_key, HEADLINE)])
-    if has_headline and BETA in factors:
-        figures["beta"] = factor_lines(out / "cider_and_length_vs_beta.png", "CIDEr and caption length vs β",
-                                       "length penalty β", [_panel(outcomes, BETA, series_key, HEADLINE),
-                                                            _panel(outcomes, BETA, series_key, "mean_caption_length")])
-    curves = _learning_curves(results, [key for key in factors if not key.startswith("decode.")])
+def figures(collected: Collected) -> dict[str, tuple[str, Figure]]:
+    """key -> (PNG file name, figure): one per factor (by its key), the learning curves, a search's samples."""
+    made = {}
+    for key in collected.factors:
+        figure = _factor_figure(collected.outcomes, key, averaged=len(collected.factors) > 1)
+        if figure is not None:
+            made[key] = (f"factor_{re.sub(r'[^A-Za-z0-9]+', '_', key)}.png", figure)
+    curves = _learning_curves(collected.results, _training_factors(collected))
     if curves:
-        figures["learning"] = learning_curves(out / "learning_curves.png", "Validation CIDEr per epoch (mean ± std over seeds)",
-                                              "val CIDEr x100 (best decode variant)", curves)
-    return figures
+        runs = max(count for _, count in curves.values())
+        spread = f"mean ± 95 % CI over {runs} trainings per cell" if runs > 1 else "one training per cell"
+        made["learning"] = ("learning_curves.png", learning_curves(
+            f"Validation {HEADLINE} per epoch, best decode variant\n{spread}", _header(HEADLINE, "val "),
+            {label: points for label, (points, _) in curves.items()}))
+    picks = _search_picks(collected.results)
+    if len(picks) >= 2:
+        made["search"] = ("search_parallel_coordinates.png", _search_figure(collected, picks))
+    return made
 
 
-def _panel(outcomes: list[Outcome], x_key: str, series_key: Optional[str], metric: str) -> Panel:
-    keys = [series_key, x_key] if series_key else [x_key]
-    series: dict[str, list] = defaultdict(list)
-    for group in group_by(outcomes, keys):
-        stats = group.stats(metric)
-        if stats is not None:
-            label = f"{_name(series_key)} {group.levels[0]}" if series_key else "all cells"
-            series[label].append((float(group.levels[-1]), stats[0], stats[1]))
-    label = "mean caption length (words)" if metric == "mean_caption_length" else f"{dict(METRICS)[metric]} x100"
-    return Panel(f"test {label}, mean ± std over seeds", dict(series))
+def _factor_figure(outcomes: list[Outcome], key: str, averaged: bool) -> Optional[Figure]:
+    """The headline metric (and caption length) by the levels of `key`; `averaged`: other factors were averaged out."""
+    groups = group_by(outcomes, [key])
+    metrics = [metric for metric in (HEADLINE, LENGTH) if all(g.stats(metric) for g in groups)]
+    if len(groups) < 2 or not metrics:
+        return None
+    levels = [g.levels[0] for g in groups]
+    seeds = _seed_count(outcomes)
+    panels = []
+    for metric in metrics:
+        stats = [g.stats(metric) for g in groups]
+        panels.append(Panel(_header(metric, "test "), levels, [s.mean for s in stats],
+                            [s.ci for s in stats] if seeds > 1 else None))
+    shown = " and ".join(dict(METRICS)[m] if m != LENGTH else "caption length" for m in metrics)
+    title = f"Test {shown} by {_name(key)} ({key})\n{_spread_words(seeds)}" + (", other factors averaged" * averaged)
+    return factor_figure(title, _name(key), panels, is_numeric(levels))
 
 
-def _learning_curves(results: Results, keys: list[str]) -> dict[str, list]:
-    """Per training cell: val CIDEr per epoch of its finished trials, mean ± std over seeds."""
+def _learning_curves(results: Results, keys: list[str]) -> dict[str, tuple[list, int]]:
+    """Per training cell: val CIDEr per epoch of its finished trials, mean and 95 % CI half-width."""
     per_cell: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for trial_id, run in sorted(results.trials.items(), key=lambda item: item[1].data.params.get("orch.cell", item[0])):
         if run.info.status != "FINISHED":
             continue
         label = ", ".join(f"{_name(k)}={run.data.params.get(k, '')}" for k in keys) or "all trials"
         for metric in results.tracker.client.get_metric_history(run.info.run_id, f"val_{HEADLINE}"):
-            per_cell[label][metric.step].append(100.0 * metric.value)
-    return {label: [(epoch, *mean_std(values)) for epoch, values in sorted(epochs.items())]
+            per_cell[label][metric.step].append(metric.value)
+    return {label: ([(epoch, *mean_ci(values)) for epoch, values in sorted(epochs.items())],
+                    max(len(values) for values in epochs.values()))
             for label, epochs in per_cell.items()}
 
 
+def _search_picks(results: Results) -> list[Pick]:
+    return pick_best(results, HEADLINE) if results.search_keys else []
+
+
+def _search_figure(collected: Collected, picks: list[Pick]) -> Figure:
+    """Parallel coordinates of the searched keys and the training factors, one line per search sample."""
+    space = collected.results.plan["search_space"]
+    keys = [*collected.results.search_keys, *_training_factors(collected)]
+    dimensions = [Dimension(_name(k), [pick.variant.params.get(k, "") for pick in picks],
+                            log="loguniform" in space.get(k, {})) for k in keys]
+    scores = [pick.score for pick in picks]
+    dimensions.append(Dimension(f"val {HEADLINE}", scores))
+    title = (f"Search samples: {len(picks)} trainings by their values, best (val {HEADLINE} "
+             f"{_score(HEADLINE, scores[0])}) in red")
+    return parallel_coordinates(title, dimensions, scores, _header(HEADLINE, "val "))
+
+
+def _training_factors(collected: Collected) -> list[str]:
+    return [k for k in collected.factors if not k.startswith("decode.")]
+
+
+def importances(collected: Collected, picks: list[Pick]) -> dict[str, float]:
+    """Optuna's fANOVA importance of each searched key and training factor for val CIDEr, summing to 1:
+    an in-memory study of the finished trainings, most important first."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    distributions = {key: _distribution(spec) for key, spec in collected.results.plan["search_space"].items()}
+    for key in _training_factors(collected):
+        distributions[key] = optuna.distributions.CategoricalDistribution(
+            level_order([pick.variant.params.get(key, "") for pick in picks]))
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(
+        params={key: _param_value(pick.variant.params.get(key, ""), d) for key, d in distributions.items()},
+        distributions=distributions, value=pick.score) for pick in picks])
+    return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+
+
+def _distribution(spec: dict):
+    """The Optuna distribution of one `search.space` entry, as the plan holds it ({kind: args})."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    ((kind, args),) = spec.items()
+    if kind == "choice":
+        return CategoricalDistribution(args)
+    if kind == "int":
+        return IntDistribution(*args)
+    return FloatDistribution(*args, log=kind == "loguniform")
+
+
+def _param_value(logged: str, distribution):
+    """A param as MLflow holds it (a string), in the type its distribution draws."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return next(choice for choice in distribution.choices if str(choice) == logged)
+    return int(float(logged)) if isinstance(distribution, IntDistribution) else float(logged)
+
+
 # ---------------------------------------------------------------------------------- Markdown
-def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dataset: str,
-              verdicts: list[Verdict], figures: dict[str, Path]) -> list[str]:
+def _sections(collected: Collected, saved: dict[str, Path]) -> list[str]:
+    results, factors, outcomes = collected.results, collected.factors, collected.outcomes
     seeds = sorted({o.seed for o in outcomes}, key=float)
     planned = (results.plan or {}).get("n_trainings", len(results.trials))
     done = sum(run.info.status == "FINISHED" for run in results.trials.values())
@@ -252,34 +415,29 @@ def _sections(results: Results, factors: list[str], outcomes: list[Outcome], dat
         "",
         f"- Invocation `{results.invocation}` in `{results.uri}`; written "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"- Data: {dataset or 'unknown'} (`{_first_param(results, 'data.prepared')}`); scores on the test split.",
+        f"- Data: {collected.dataset or 'unknown'} (`{_first_param(results, 'data.prepared')}`); scores on the test split.",
         f"- {done} of {planned} trainings finished; {len(outcomes)} evaluation{'s' * (len(outcomes) != 1)}; "
         f"seeds ({SEED_KEY}): {', '.join(seeds)}.",
-        "- BLEU, METEOR, ROUGE-L and CIDEr are x100, as papers print them; length is mean words per caption. "
-        "Each entry is the mean ± std over seeds (the std of one seed is not shown).",
+        "- Scores on pycocoevalcap's raw scale, as MLflow stores them: BLEU, METEOR and ROUGE-L in 0–1, CIDEr in "
+        "0–10; length is mean words per caption. Each entry is the mean ± the half-width of its 95 % confidence "
+        "interval over seeds (Student t); with one seed, the value alone.",
     ]
     if results.search_keys:
         lines.append(f"- Search over {', '.join(results.search_keys)}: a cell's scores are the mean over its search "
                      "samples; the best samples are listed below.")
-    lines += _anchor_section(dataset, outcomes, factors)
-    if verdicts:
-        lines += ["", "## Does each factor matter?", ""]
-        for v in verdicts:
-            lines.append(f"- {v.sentence(HEADLINE)}" + (f" {NOTES[v.key]}" if v.key in NOTES else ""))
+    lines += _anchor_section(collected)
+    lines += _verdict_section(collected.verdicts)
     lines += ["", "## Every ablation cell", "", *_table(outcomes, factors)]
     if results.search_keys:
-        lines += _search_section(results)
+        lines += _search_section(collected, saved.get("search"))
     for pair in PAIRS:
         if all(key in factors for key in pair) and len(factors) > len(pair):
             lines += ["", f"## {' × '.join(_name(k) for k in pair)} (averaged over the other factors)", "",
                       *_table(outcomes, list(pair))]
-    if len(factors) > 1:
-        for key in factors:
-            lines += ["", f"## {_name(key)} (`{key}`), averaged over the other factors", "", *_table(outcomes, [key])]
-    titles = {"ss_rate": "CIDEr vs scheduled-sampling rate", "beta": "CIDEr and caption length vs β",
-              "learning": "Learning curves"}
-    for key, path in figures.items():
-        lines += ["", f"## {titles[key]}", "", f"![{titles[key]}]({path.name})"]
+    for key in factors:
+        lines += _factor_section(collected, key, saved.get(key))
+    if "learning" in saved:
+        lines += ["", "## Learning curves", "", f"![Learning curves]({saved['learning'].name})"]
     lines += _truncated(results)
     lines += cost_section(results)
     lines += _unfinished(results)
@@ -318,6 +476,35 @@ def cost_section(results: Results) -> list[str]:
     return lines
 
 
+def _verdict_section(found: list[Verdict]) -> list[str]:
+    if not found:
+        return []
+    tests = sum(c.test is not None for v in found for c in v.comparisons)
+    lines = ["", "## Does each factor matter?", ""]
+    if tests:
+        lines += [f"Each gap is the best level's mean minus the other level's. A paired t-test compares them block by "
+                  f"block (a block is one seed and one level of each other training factor; a training's decode "
+                  f"variants share its block); its p-values are Holm-corrected over the {tests} comparison"
+                  f"{'s' * (tests != 1)} below, and a gap exceeds seed noise at corrected p < {SIGNIFICANCE}. "
+                  "d_z is the mean paired difference in units of its standard deviation (Cohen's d_z).", ""]
+    for v in found:
+        lines.append(f"- {v.sentence()}" + (f" {NOTES[v.key]}" if v.key in NOTES else ""))
+    return lines
+
+
+def _factor_section(collected: Collected, key: str, figure: Optional[Path]) -> list[str]:
+    """A factor's table (when other factors are averaged out) and its plot."""
+    lines = []
+    if len(collected.factors) > 1:
+        lines += ["", f"## {_name(key)} (`{key}`), averaged over the other factors", "",
+                  *_table(collected.outcomes, [key])]
+    elif figure is not None:
+        lines += ["", f"## {_name(key)} (`{key}`)"]
+    if figure is not None:
+        lines += ["", f"![{_name(key)}]({figure.name})"]
+    return lines
+
+
 def _truncated(results: Results) -> list[str]:
     """Cells whose test captions often stop at decode.max_len: their scores measure the cut too."""
     notes = [(row.id, truncation_note(row.metrics, "test"))
@@ -331,17 +518,32 @@ def _truncated(results: Results) -> list[str]:
             *[f"- {cell}: {note}" for cell, note in notes]]
 
 
-def _search_section(results: Results, shown: int = 10) -> list[str]:
-    """The best search samples by val CIDEr at their best epoch, with the values the search drew."""
+def _search_section(collected: Collected, figure: Optional[Path], shown: int = 10) -> list[str]:
+    """The best search samples first by val CIDEr at their best epoch, their parallel coordinates, and
+    the parameters' importance."""
+    results = collected.results
     keys = results.search_keys
-    header = ["trial", *(_name(k) for k in keys), "val CIDEr", "test CIDEr", "test BLEU-4", "best epoch"]
-    lines = ["", f"## Best search samples (by val {HEADLINE} at their best epoch)", "",
+    picks = _search_picks(results)
+    header = ["trial", *(_name(k) for k in keys), _header(HEADLINE, "val "), _header(HEADLINE, "test "),
+              _header("Bleu_4", "test "), "best epoch"]
+    lines = ["", f"## Best search samples first (by val {HEADLINE} at their best epoch)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for pick in pick_best(results, HEADLINE)[:shown]:
+    for pick in picks[:shown]:
         metrics = pick.variant.metrics
         values = [_short(pick.variant.params.get(k, "")) for k in keys]
-        test = [f"{100 * metrics[m]:.1f}" if m in metrics else "–" for m in (f"test_{HEADLINE}", "test_Bleu_4")]
-        lines.append("| " + " | ".join([pick.variant.training, *values, f"{100 * pick.score:.1f}", *test, str(pick.best_epoch)]) + " |")
+        test = [_score(m, metrics[f"test_{m}"]) if f"test_{m}" in metrics else "–" for m in (HEADLINE, "Bleu_4")]
+        lines.append("| " + " | ".join([pick.variant.training, *values, _score(HEADLINE, pick.score), *test,
+                                         str(pick.best_epoch)]) + " |")
+    if figure is not None:
+        lines += ["", f"![Search samples]({figure.name})"]
+    if len({pick.score for pick in picks}) >= 2:
+        ranked = importances(collected, picks)
+        few = (f" {len(picks)} trainings are few for fANOVA's random forest: read these as a hint."
+               if len(picks) < IMPORTANCE_TRAININGS else "")
+        lines += ["", f"Parameter importance for val {HEADLINE} (Optuna's fANOVA over the {len(picks)} finished "
+                      f"trainings; sums to 1, higher matters more).{few}", "",
+                  "| key | importance |", "|---|---|",
+                  *[f"| `{key}` | {value:.2f} |" for key, value in ranked.items()]]
     return lines
 
 
@@ -357,38 +559,52 @@ def _first_param(results: Results, key: str) -> str:
     return next((row.params[key] for row in results.rows if key in row.params), "")
 
 
+def _header(metric: str, prefix: str = "") -> str:
+    """A metric's column or axis label, with its scale: 'CIDEr (0–10)', 'length (words)'."""
+    return f"{prefix}{dict(METRICS)[metric]} ({SCALES.get(metric, '0–1')})"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def _score(metric: str, value: float) -> str:
+    return f"{value:.1f}" if metric == LENGTH else f"{value:.3f}"
+
+
 def _table(outcomes: list[Outcome], keys: list[str]) -> list[str]:
-    shown = [(metric, label) for metric, label in METRICS if any(metric in o.scores for o in outcomes)]
-    header = [*(_name(k) for k in keys), "seeds", *(label for _, label in shown)]
+    shown = [metric for metric, _ in METRICS if any(metric in o.scores for o in outcomes)]
+    header = [*(_name(k) for k in keys), "seeds", *(_header(metric) for metric in shown)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in group_by(outcomes, keys):
-        cells = [_cell(group.stats(metric)) for metric, _ in shown]
-        n = max((group.stats(metric) or (0, 0, 0))[2] for metric, _ in shown)
+        cells = [_cell(metric, group.stats(metric)) for metric in shown]
+        n = max((group.stats(metric).seeds if group.stats(metric) else 0) for metric in shown)
         lines.append("| " + " | ".join([*group.levels, str(n), *cells]) + " |")
     return lines
 
 
-def _cell(stats: Optional[tuple[float, float, int]]) -> str:
-    if stats is None:
+def _cell(metric: str, summary: Optional[Summary]) -> str:
+    if summary is None:
         return "–"
-    mean, std, n = stats
-    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+    mean = _score(metric, summary.mean)
+    return f"{mean} ± {_score(metric, summary.ci)}" if summary.seeds > 1 else mean
 
 
-def _anchor_section(dataset: str, outcomes: list[Outcome], factors: list[str]) -> list[str]:
-    anchor = ANCHORS.get(dataset)
+def _anchor_section(collected: Collected) -> list[str]:
+    anchor = ANCHORS.get(collected.dataset)
     if anchor is None:
         return []
-    best = max(group_by(outcomes, factors), key=lambda g: (g.stats(HEADLINE) or (-math.inf,))[0])
-    described = ", ".join(f"{_name(k)} {v}" for k, v in zip(factors, best.levels)) or "the only cell"
-    header = ["", *(dict(METRICS)[m] for m in anchor)]
-    return ["", f"## Published anchors ({dataset})", "",
+    best = max(group_by(collected.outcomes, collected.factors), key=lambda g: g.stats(HEADLINE).mean
+               if g.stats(HEADLINE) else -math.inf)
+    described = ", ".join(f"{_name(k)} {v}" for k, v in zip(collected.factors, best.levels)) or "the only cell"
+    header = ["", *(_header(m) for m in anchor)]
+    return ["", f"## Published anchors ({collected.dataset})", "",
             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            f"| {ANCHOR_SOURCE} | " + " | ".join(f"{v:.1f}" for v in anchor.values()) + " |",
+            f"| {ANCHOR_SOURCE} | " + " | ".join(_score(m, v) for m, v in anchor.items()) + " |",
             f"| this experiment, best cell by {HEADLINE} ({described}) | "
-            + " | ".join(_cell(best.stats(m)) for m in anchor) + " |",
-            "", "The paper's numbers are one model on the Karpathy test split, METEOR from its 2014 release; "
-                "metric versions and preprocessing alone can move them by a point or two."]
+            + " | ".join(_cell(m, best.stats(m)) for m in anchor) + " |",
+            "", "The paper's numbers are one model on the Karpathy test split (it prints them x100), METEOR from its "
+                "2014 release; metric versions and preprocessing alone can move them by 0.01 or 0.02."]
 
 
 def _unfinished(results: Results) -> list[str]:
@@ -406,15 +622,23 @@ def _name(key: Optional[str]) -> str:
     return NAMES.get(key, key.rsplit(".", 1)[-1]) if key else ""
 
 
-def _as_data(results: Results, factors: list[str], outcomes: list[Outcome], dataset: str,
-             verdicts: list[Verdict]) -> dict:
+def _as_data(collected: Collected) -> dict:
     def rows(keys: list[str]) -> list[dict]:
         return [{"levels": dict(zip(keys, g.levels)),
-                 "metrics": {m: dict(zip(("mean", "std", "seeds"), g.stats(m))) for m, _ in METRICS if g.stats(m)}}
-                for g in group_by(outcomes, keys)]
+                 "metrics": {m: {"mean": s.mean, "std": s.std, "ci95": s.ci, "seeds": s.seeds}
+                             for m, _ in METRICS if (s := g.stats(m)) is not None}}
+                for g in group_by(collected.outcomes, keys)]
 
-    return {"experiment": results.experiment, "invocation": results.invocation, "dataset": dataset,
-            "factors": factors, "scale": "x100 except mean_caption_length",
+    def comparison(c: Comparison) -> dict:
+        test = c.test
+        return {"level": c.level, "mean": c.mean, "gap": c.gap, "pairs": c.pairs, "seeds": c.seeds,
+                "t": test and test.t, "p": test and test.p, "p_holm": c.p_holm,
+                "d_z": test and test.d_z, "exceeds_seed_noise": c.exceeds_noise}
+
+    factors = collected.factors
+    return {"experiment": collected.results.experiment, "invocation": collected.results.invocation,
+            "dataset": collected.dataset, "factors": factors,
+            "scale": "raw pycocoevalcap: BLEU, METEOR, ROUGE_L in 0-1, CIDEr in 0-10; mean_caption_length in words",
             "cells": rows(factors), "per_factor": {key: rows([key]) for key in factors},
-            "verdicts": {v.key: {"best": v.best, "worst": v.worst, "seeds": v.seeds, "t": v.t, "p": v.p,
-                                 "exceeds_seed_noise": v.exceeds_noise} for v in verdicts}}
+            "verdicts": {v.key: {"metric": v.metric, "best": v.best, "best_mean": v.best_mean,
+                                 "comparisons": [comparison(c) for c in v.comparisons]} for v in collected.verdicts}}

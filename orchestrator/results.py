@@ -34,7 +34,7 @@ class Results:
     trials: dict[str, object]  # trial id -> its MLflow run
     variant_runs: dict[tuple[str, str], str]  # (trial id, variant id) -> the variant's run id
     plan: Optional[dict]  # the parent run's plan (absent for `orch train`)
-    parent_run_id: Optional[str] = None  # the invocation's parent run
+    parent_run_id: Optional[str] = None  # the invocation's parent run, which holds the report
 
     def variant_run_id(self, row: CellRow) -> str:
         return self.variant_runs[(row.trial, row.variant)]
@@ -71,9 +71,9 @@ def open_results(name: str, uri: str, invocation: Optional[str] = None) -> Resul
     variants = {(run.data.tags[TAG_TRIAL], run.data.tags[TAG_VARIANT]): run.info.run_id
                 for run in runs if run.data.tags.get(TAG_KIND) == "variant"}
     parents = [run for run in runs if run.data.tags.get(TAG_KIND) == "parent"]
+    parent = parents[0].info.run_id if parents else None
     return Results(name, uri, chosen, tracker, cell_rows(tracker, chosen), trials, variants,
-                   _plan(tracker, parents[0].info.run_id) if parents else None,
-                   parents[0].info.run_id if parents else None)
+                   _plan(tracker, parent) if parent else None, parent)
 
 
 @dataclass

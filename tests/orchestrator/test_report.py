@@ -1,4 +1,4 @@
-"""`orch report`: tables over seeds, seed-noise sentences, plots and anchors, from a real MLflow store.
+"""`orch report`: tables over seeds, verdicts with corrected tests, plots and anchors, from a real MLflow store.
 
 The store is written the way `orch run` writes it (Tracker, TrialRecorder, the plan of a real
 config), with scores chosen so the answers are known: the encoder's effect is large and the same
@@ -18,7 +18,7 @@ from PIL import Image
 from orchestrator.config import ExperimentConfig
 from orchestrator.keys import flatten
 from orchestrator.plan import make_plan
-from orchestrator.report import level_order, write_report
+from orchestrator.report import Outcome, level_order, verdicts, write_report
 from orchestrator.tracking import Tracker, TrialRecorder
 from tests.orchestrator.conftest import sqlite_uri
 
@@ -87,29 +87,37 @@ def _sentence(markdown: str, key: str) -> str:
     return next(line for line in markdown.splitlines() if line.startswith("- **") and f"(`{key}`)" in line)
 
 
-def test_every_cell_is_summarised_over_its_three_seeds(coursework_report):
+def test_every_cell_is_summarised_over_its_three_seeds_on_the_raw_scale(coursework_report):
     data = json.loads((coursework_report.parent / "report.json").read_text())
     assert len(data["cells"]) == 8  # 2 encoders x 2 decoders x 2 β; seeds are averaged
     cell = next(c for c in data["cells"] if c["levels"] == {
         "model.encoder": "vgg16", "model.decoder": "lstm", "decode.length_penalty": "0.0"})
     cider = cell["metrics"]["CIDEr"]
     assert cider["seeds"] == 3
-    assert cider["mean"] == pytest.approx(100 * (0.50 + (0.0 + 0.02 - 0.01) / 3))
-    assert cider["std"] == pytest.approx(100 * 0.015275, abs=1e-3)
+    assert cider["mean"] == pytest.approx(0.50 + (0.0 + 0.02 - 0.01) / 3)
+    assert cider["std"] == pytest.approx(0.015275, abs=1e-5)
+    assert cider["ci95"] == pytest.approx(4.303 * 0.015275 / 3 ** 0.5, abs=1e-4)  # t(2) at 95 %
     markdown = coursework_report.read_text()
-    assert "| vgg16 | lstm | 0.0 | 3 | 60.0 ± 0.0 |" in markdown
+    assert "| vgg16 | lstm | 0.0 | 3 | 0.600 ± 0.000 |" in markdown
+    assert "| 0.503 ± 0.038 | 9.0 ± 0.0 |" in markdown  # CIDEr, then length in words
+    assert "CIDEr in 0–10" in markdown and "95 % confidence interval" in markdown
 
 
 def test_a_large_consistent_effect_exceeds_seed_noise_and_a_noisy_one_does_not(coursework_report):
     markdown = coursework_report.read_text()
     encoder = _sentence(markdown, "model.encoder")
     decoder = _sentence(markdown, "model.decoder")
-    assert "resnet101 gives the best mean CIDEr" in encoder and "exceeds seed noise" in encoder
-    assert "is within seed noise" in decoder
-    assert re.search(r"paired t-test across 3 seeds, t = [\d.]+, p = 0\.\d{3}", decoder)
+    assert "resnet101 gives the best mean CIDEr (0.615), 0.105 above vgg16 (exceeds seed noise" in encoder
+    assert "0.003 above lstm (within seed noise" in decoder
+    # pairs: 3 seeds x the other training factor's 2 levels; the β variants share their training's pair
+    assert re.search(r"paired t-test over 6 pairs across 3 seeds, d_z = 0\.\d\d, Holm p = 0\.\d{3}\)", decoder)
+    assert "Holm-corrected over the 3 comparisons" in markdown
     verdicts = json.loads((coursework_report.parent / "report.json").read_text())["verdicts"]
-    assert verdicts["model.encoder"]["exceeds_seed_noise"] is True
-    assert verdicts["model.decoder"]["exceeds_seed_noise"] is False
+    (encoder_vs,) = verdicts["model.encoder"]["comparisons"]
+    (decoder_vs,) = verdicts["model.decoder"]["comparisons"]
+    assert encoder_vs["exceeds_seed_noise"] is True and decoder_vs["exceeds_seed_noise"] is False
+    # Holm: β's gap is exact (p = 0), the encoder's p is the second smallest of 3 (x2), the decoder's the largest (x1)
+    assert encoder_vs["p_holm"] == pytest.approx(2 * encoder_vs["p"]) and decoder_vs["p_holm"] == decoder_vs["p"]
 
 
 def test_the_report_has_the_encoder_by_decoder_table_and_one_table_per_factor(coursework_report):
@@ -119,14 +127,26 @@ def test_the_report_has_the_encoder_by_decoder_table_and_one_table_per_factor(co
         if key != "train.seed":
             assert f"(`{key}`), averaged over the other factors" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| encoder | decoder | seeds"))
-    assert header.split(" | ")[3:] == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
-                                       "length |"]
+    assert header.split(" | ")[3:] == ["BLEU-1 (0–1)", "BLEU-2 (0–1)", "BLEU-3 (0–1)", "BLEU-4 (0–1)",
+                                       "METEOR (0–1)", "ROUGE-L (0–1)", "CIDEr (0–10)", "length (words) |"]
 
 
-def test_flickr8k_results_sit_beside_the_published_anchors(coursework_report):
+def test_the_report_is_logged_to_the_parent_run_so_the_mlflow_ui_holds_it(coursework_report):
+    from mlflow import MlflowClient
+
+    uri = sqlite_uri(coursework_report.parents[1] / "results")
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("cw").experiment_id], "tags.`orch.kind` = 'parent'")
+    logged = {Path(item.path).name for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report.md", "report.json", "learning_curves.png", "factor_model_encoder.png",
+                      "factor_model_decoder.png", "factor_decode_length_penalty.png"}
+
+
+def test_flickr8k_results_sit_beside_the_published_anchors_on_the_same_scale(coursework_report):
     markdown = coursework_report.read_text()
     assert "## Published anchors (flickr8k)" in markdown
-    assert "| Show, Attend and Tell, soft attention (Xu et al. 2015) | 67.0 | 44.8 | 29.9 | 19.5 | 18.9 |" in markdown
+    assert ("| Show, Attend and Tell, soft attention (Xu et al. 2015) | 0.670 | 0.448 | 0.299 | 0.195 | 0.189 |"
+            in markdown)
 
 
 def _assert_plots(report: Path, names: tuple[str, ...]) -> None:
@@ -137,30 +157,67 @@ def _assert_plots(report: Path, names: tuple[str, ...]) -> None:
             assert image.width >= 500 and image.height >= 300
 
 
-def test_the_beta_plot_and_the_learning_curves_are_written_and_embedded(coursework_report):
-    _assert_plots(coursework_report, ("cider_and_length_vs_beta.png", "learning_curves.png"))
+def test_every_factor_has_its_plot_and_the_learning_curves_are_written(coursework_report):
+    _assert_plots(coursework_report, ("factor_model_encoder.png", "factor_model_decoder.png",
+                                      "factor_decode_length_penalty.png", "learning_curves.png"))
 
 
-def test_with_one_seed_the_report_says_noise_cannot_be_told_and_plots_the_sampling_rate(tmp_path):
+def test_with_one_seed_the_report_says_noise_cannot_be_told_and_plots_every_factor(tmp_path):
     grid = {"model.decoder": ["lstm", "gru"], "train.scheduled_sampling.max_rate": [0.0, 0.25]}
     uri = record_experiment(tmp_path / "results", "one-seed", grid, lambda cell: 0.5 + 0.1 * (cell["model.decoder"] == "gru"),
                             epochs=1, prepared="data/synthetic")
     report = write_report("one-seed", uri, tmp_path / "report")
     markdown = report.read_text()
-    assert "cannot be told" in _sentence(markdown, "model.decoder")
-    assert "Published anchors" not in markdown
-    _assert_plots(report, ("cider_vs_ss_rate.png",))
+    decoder = _sentence(markdown, "model.decoder")
+    assert "gru gives the best mean CIDEr (0.600), 0.100 above lstm. One seed: whether this exceeds" in decoder
+    assert "Holm" not in markdown and "Published anchors" not in markdown
+    _assert_plots(report, ("factor_model_decoder.png", "factor_train_scheduled_sampling_max_rate.png"))
 
 
-def test_a_search_lists_its_best_samples_with_the_values_drawn(tmp_path):
-    search = {"num_samples": 3, "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}}}
-    samples = ({"train.lr": 0.000123456}, {"train.lr": 0.002}, {"train.lr": 0.0004})
+def test_a_factor_with_several_levels_compares_its_best_with_each_and_corrects_for_every_test(tmp_path):
+    grid = {"model.attention": ["soft", "dot"], "decode.length_penalty": [0.0, 0.5, 1.5], "train.seed": [0, 1, 2]}
+    jitter = {0: 0.004, 1: -0.003, 2: -0.001}
+    uri = record_experiment(tmp_path / "results", "levels", grid, lambda cell: (
+        0.5 + 0.05 * cell["decode.length_penalty"] - 0.06 * (cell["decode.length_penalty"] == 1.5)
+        + jitter[cell["train.seed"]] * (cell["decode.length_penalty"] != 0.5)), epochs=1)
+    markdown = write_report("levels", uri, tmp_path / "report").read_text()
+    beta = _sentence(markdown, "decode.length_penalty")
+    assert beta.index("above 1.5") < beta.index("above 0.0")  # the nearest rival first
+    assert "0.025 above 0.0 (exceeds seed noise" in beta
+    data = json.loads((tmp_path / "report" / "report.json").read_text())["verdicts"]
+    tests = [c for v in data.values() for c in v["comparisons"]]
+    assert len(tests) == 3  # attention 1 + β 2, all in one Holm family
+    smallest = min(tests, key=lambda c: c["p"])
+    assert smallest["p_holm"] == pytest.approx(min(1.0, 3 * smallest["p"]))
+
+
+def test_a_search_lists_its_best_samples_first_with_their_importance_and_parallel_coordinates(tmp_path):
+    search = {"num_samples": 4, "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-2]},
+                                          "model.attention_dim": {"choice": [256, 512]}}}
+    samples = ({"train.lr": 0.000123456, "model.attention_dim": 256}, {"train.lr": 0.002, "model.attention_dim": 256},
+               {"train.lr": 0.0004, "model.attention_dim": 512}, {"train.lr": 0.001, "model.attention_dim": 512})
     uri = record_experiment(tmp_path / "results", "hpo", {}, lambda cell: 0.3 + 100 * cell["train.lr"], epochs=1,
                             search=search, samples=samples)
-    markdown = write_report("hpo", uri, tmp_path / "report").read_text()
-    table = markdown.split("## Best search samples (by val CIDEr at their best epoch)")[1].strip().splitlines()
-    assert table[0] == "| trial | lr | val CIDEr | test CIDEr | test BLEU-4 | best epoch |"
-    assert [row.split(" | ")[1] for row in table[2:5]] == ["0.002", "0.0004", "0.0001235"]
+    report = write_report("hpo", uri, tmp_path / "report")
+    markdown = report.read_text()
+    section = markdown.split("## Best search samples first (by val CIDEr at their best epoch)")[1].strip().splitlines()
+    assert section[0] == ("| trial | lr | attention_dim | val CIDEr (0–10) | test CIDEr (0–10) | test BLEU-4 (0–1) "
+                          "| best epoch |")
+    assert [row.split(" | ")[1] for row in section[2:6]] == ["0.002", "0.001", "0.0004", "0.0001235"]
+    assert section[2].split(" | ")[3] == "0.500"  # 0.3 + 100 * 0.002, raw
+    importance = markdown.split("Parameter importance for val CIDEr")[1].split("\n\n")[1].splitlines()
+    assert importance[2].startswith("| `train.lr` |")  # CIDEr follows the learning rate alone
+    assert sum(float(row.split(" | ")[1].rstrip(" |")) for row in importance[2:]) == pytest.approx(1.0, abs=0.011)
+    assert "4 trainings are few for fANOVA's random forest: read these as a hint." in markdown
+    _assert_plots(report, ("search_parallel_coordinates.png",))
+
+
+def test_a_gap_that_too_few_seeds_evaluated_on_both_sides_is_left_untested():
+    outcomes = [Outcome({"model.decoder": "lstm"}, seed, {"CIDEr": 0.5 + 0.01 * int(seed)}) for seed in "012"]
+    outcomes.append(Outcome({"model.decoder": "gru"}, "0", {"CIDEr": 0.6}))  # its other seeds failed
+    (decoder,) = verdicts(outcomes, ["model.decoder"])
+    assert decoder.sentence().endswith("gru gives the best mean CIDEr (0.600), 0.090 above lstm "
+                                       "(untested: 1 seed evaluated both).")
 
 
 def test_levels_are_ordered_as_numbers_when_they_are_numbers():

@@ -64,8 +64,8 @@ def test_a_smoke_run_goes_end_to_end_from_run_to_caption(local_ray, orch, tmp_pa
     assert result.exit_code == 0, result.output
     markdown = Path("report/report.md").read_text()
     assert "3 of 3 trainings finished; 12 evaluations; seeds (train.seed): 0, 1, 2" in markdown
-    assert "(`decode.length_penalty`)" in markdown and "paired t-test across 3 seeds" in markdown
-    assert Path("report/cider_and_length_vs_beta.png").is_file() and Path("report/learning_curves.png").is_file()
+    assert "(`decode.length_penalty`)" in markdown and "paired t-test over 3 pairs across 3 seeds" in markdown
+    assert Path("report/factor_decode_length_penalty.png").is_file() and Path("report/learning_curves.png").is_file()
 
     result = orch("export", "length_penalty-smoke", "--out", "exports")
     assert result.exit_code == 0, result.output

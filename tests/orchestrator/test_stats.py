@@ -1,4 +1,5 @@
-"""The report's statistics: Student's t p-values (closed form) and the paired test across seeds."""
+"""The report's statistics: Student's t p-values and quantiles, confidence intervals, the paired test
+with its effect size, and Holm's correction."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.stats import mean_std, paired_t_test, t_two_sided_p
+from orchestrator.stats import holm, mean_ci, mean_std, paired_t_test, t_critical, t_two_sided_p
 
 # Two-sided 5% critical values of Student's t from any printed table.
 CRITICAL_5_PERCENT = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042}
+CRITICAL_1_PERCENT = {1: 63.657, 2: 9.925, 5: 4.032, 10: 3.169, 30: 2.750}
 
 
 @pytest.mark.parametrize("df, t", CRITICAL_5_PERCENT.items())
@@ -25,6 +27,34 @@ def test_p_is_a_probability_that_falls_as_t_grows(t1, t2, df):
     assert 0.0 <= t_two_sided_p(high, df) <= t_two_sided_p(low, df) + 1e-12  # 1 - A(t) rounds near p = 0
     assert t_two_sided_p(low, df) <= 1.0
     assert t_two_sided_p(-high, df) == t_two_sided_p(high, df)
+
+
+@pytest.mark.parametrize("df, t", CRITICAL_5_PERCENT.items())
+def test_the_95_percent_quantile_is_the_printed_critical_value(df, t):
+    assert t_critical(df) == pytest.approx(t, abs=1e-3)
+
+
+@pytest.mark.parametrize("df, t", CRITICAL_1_PERCENT.items())
+def test_the_99_percent_quantile_is_the_printed_critical_value(df, t):
+    assert t_critical(df, confidence=0.99) == pytest.approx(t, abs=1e-3)
+
+
+def test_the_confidence_interval_of_three_seeds_is_4_303_standard_errors():
+    mean, half_width = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half_width == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    assert mean_ci([5.0]) == (5.0, 0.0)
+
+
+def test_holm_multiplies_the_kth_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([0.02]) == [0.02]
+
+
+def test_the_effect_size_is_the_mean_difference_over_the_differences_std():
+    test = paired_t_test([1.1, 1.2, 1.3], [1.0, 1.0, 1.0])
+    assert test.d_z == pytest.approx(2.0) and test.t == pytest.approx(2.0 * math.sqrt(3))
+    assert paired_t_test([2.0, 3.0], [1.0, 2.0]).d_z == math.inf
 
 
 def test_t_of_zero_is_no_evidence_and_infinite_t_is_certainty():
