@@ -1,7 +1,11 @@
 """A short real training run: the model must learn to look, and β must lengthen its captions.
 
-Decoder-only training on the feature cache of a frozen, randomly initialised ResNet-18, so it fits
-in a couple of minutes on two CPU cores; docs/training.md has the full-size figures.
+Decoder-only training on the feature cache of a frozen, randomly initialised VGG-11, so it fits in
+a few minutes on two CPU cores; docs/training.md has the full-size figures.
+
+12 epochs, because 8 left the content bar to chance: at 8 epochs test content accuracy was 6-11 %
+over seeds and code versions with identical losses (the bar is 9 %); at 12 it was 10 % (seed 0) and
+17 % (seed 1), test CIDEr 3.08 and 3.25 against the constant caption's 0.63.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def trained(tmp_path_factory):
         "model": {"encoder": "vgg11", "weights": "none", "fine_tune": False, "encoded_size": 3,
                   "decoder": "lstm", "attention": "soft", "embed_dim": 128, "hidden_dim": 256,
                   "attention_dim": 128, "dropout": 0.3},
-        "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3, "alpha_c": 0.0, "seed": 0},
+        "train": {"epochs": 12, "batch_size": 64, "lr": 3e-3, "alpha_c": 0.0, "seed": 0},
         "decode": {"beam_size": 5, "max_len": 30},
         "eval": {"metrics": ["Bleu", "CIDEr"], "val_images": 50},
     })
