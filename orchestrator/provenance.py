@@ -91,23 +91,22 @@ def prepared_dataset(prepared: str | Path) -> Optional[dict]:
             "profile": json.dumps(profile)}
 
 
+def _markdown_table(what: str, keys: list[str], rows: list[tuple[str, dict]]) -> list[str]:
+    """A Markdown table of each row's values of `keys` (none when no key varies), then a blank line."""
+    if not keys:
+        return []
+    return ["| " + what + " | " + " | ".join(f"`{key}`" for key in keys) + " |", "|---|" + "---|" * len(keys),
+            *[f"| {id_} | " + " | ".join(str(values.get(key, "")) for key in keys) + " |" for id_, values in rows], ""]
+
+
 def plan_markdown(plan: dict) -> str:
     """The plan as the parent run's description (MLflow renders `mlflow.note.content` as Markdown)."""
     reference = plan["reference_decode"]
     lines = [f"**{plan['name']}**: {plan['n_trainings']} trainings x {len(plan['decode_variants'])} decode variants "
              f"= {plan['n_evaluations']} evaluations.", ""]
-    if plan["varying_keys"]:
-        lines += ["| training | " + " | ".join(f"`{key}`" for key in plan["varying_keys"]) + " |",
-                  "|---|" + "---|" * len(plan["varying_keys"])]
-        lines += [f"| {cell['id']} | " + " | ".join(str(cell["overrides"].get(key, "")) for key in plan["varying_keys"])
-                  + " |" for cell in plan["cells"]]
-        lines.append("")
-    if plan["decode_keys"]:
-        lines += ["| decode variant | " + " | ".join(f"`{key}`" for key in plan["decode_keys"]) + " |",
-                  "|---|" + "---|" * len(plan["decode_keys"])]
-        lines += [f"| {variant['id']} | " + " | ".join(str(variant["params"].get(key, "")) for key in plan["decode_keys"])
-                  + " |" for variant in plan["decode_variants"]]
-        lines.append("")
+    lines += _markdown_table("training", plan["varying_keys"], [(c["id"], c["overrides"]) for c in plan["cells"]])
+    lines += _markdown_table("decode variant", plan["decode_keys"],
+                             [(v["id"], v["params"]) for v in plan["decode_variants"]])
     if plan.get("search_space"):
         lines += [f"Search over {', '.join(f'`{key}`' for key in plan['search_space'])}, "
                   f"{plan['samples_per_cell']} samples per training cell.", ""]
