@@ -19,6 +19,16 @@ def driver_state_in_a_temporary_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray (2 CPUs) for the in-process runs; `orch run` sees it is up and joins it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """orch synth output, 40 images of 32 px (32 train, 4 val, 4 test)."""
     out = tmp_path_factory.mktemp("synth") / "synth"

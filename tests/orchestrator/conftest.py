@@ -73,16 +73,6 @@ def write_yaml(path: Path, document: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def local_ray():
-    """One real local Ray (2 CPUs) for the in-process runs; `orch run` sees it is up and joins it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 class _WritesMarker:
     """Unpickling this runs `exec`, which writes the marker file: proof that something unpickled it."""
 

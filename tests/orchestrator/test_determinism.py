@@ -30,6 +30,11 @@ def run_in_a_new_process(folder: Path, experiment: dict) -> MlflowClient:
     return MlflowClient(sqlite_uri(folder / "results"))
 
 
+def is_a_measurement_of_the_machine(key: str) -> bool:
+    """Times, cost and system metrics: what the machine did, not what the config computed."""
+    return key.endswith("_time_s") or key.startswith(("time_", "cost_", "system/"))
+
+
 def recorded(client: MlflowClient, name: str) -> dict[str, dict]:
     """Per cell: the trial's per-epoch metric histories, and each variant's final metrics by β."""
     experiment = client.get_experiment_by_name(name)
@@ -38,7 +43,7 @@ def recorded(client: MlflowClient, name: str) -> dict[str, dict]:
     cells: dict[str, dict] = {}
     for run in trials.values():
         histories = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-                     for key in run.data.metrics if not key.endswith("_time_s") and not key.startswith("time_")}
+                     for key in run.data.metrics if not is_a_measurement_of_the_machine(key)}
         cells[run.data.params["orch.cell"]] = {"trial": histories, "variants": {}}
     for run in runs:
         if run.data.tags["orch.kind"] == "variant":

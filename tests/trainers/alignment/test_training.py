@@ -102,20 +102,14 @@ def test_orch_align_refuses_what_is_not_an_alignment_model(trained, tmp_path):
     assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())
 
 
-def test_orch_run_trains_it_as_a_ray_trial_that_exports_and_aligns(tmp_path, monkeypatch):
+def test_orch_run_trains_it_as_a_ray_trial_that_exports_and_aligns(local_ray, tmp_path, monkeypatch):
     """search_spaces/alignment.yaml in smoke mode through Ray, then `orch export --metric rsum`, `orch align`."""
-    import ray
-
     from tests.orchestrator.conftest import REPO_ROOT, invoke_orch
 
     monkeypatch.chdir(tmp_path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        result = invoke_orch("run", REPO_ROOT / "search_spaces" / "alignment.yaml", "--smoke")
-    finally:
-        ray.shutdown()
+    result = invoke_orch("run", REPO_ROOT / "search_spaces" / "alignment.yaml", "--smoke")
     assert result.exit_code == 0, result.output
-    assert "c001/d01" in result.output and "FINISHED" in result.output
+    assert "c001-d01" in result.output and "FINISHED" in result.output
     result = invoke_orch("export", "alignment-smoke", "--metric", "rsum", "--out", "exports")
     assert result.exit_code == 0, result.output
     (folder,) = Path("exports").iterdir()
