@@ -311,6 +311,8 @@ def _run(launch: Launch, console: Console) -> int:
             close_unfinished(tracker, launch.run_key, "KILLED",
                              INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
             log_totals(tracker, parent, launch.run_key)
+        if dataset is None:  # the trials prepared it themselves (auto-prepared data): it exists now
+            tracker.log_input(parent, prepared_dataset(base["data"]["prepared"]))
         tracker.end(parent, status, reason)
     if tracker.away and not settle(tracker):
         console.print(f"[yellow]MLflow server {launch.tracking_uri} did not come back[/]: {len(tracker.journal.pending())} "

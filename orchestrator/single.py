@@ -223,6 +223,8 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
         meter.close()
         recorder.end(status, reason)
         log_totals(tracker, parent, run_key)
+        if dataset is None:  # the training prepared it itself (auto-prepared data): it exists now
+            tracker.log_input(parent, prepared_dataset(trainer_config.data.prepared))
         tracker.end(parent, status, reason)
         if tracker.away:
             from orchestrator.launch import settle

@@ -581,6 +581,9 @@ class TrialRecorder:
                                           f"({decode}); every variant's scores are in the runs nested under it.")
             tracker.set_tags(self.run_id, {"orch.reference_variant": reference})
             tracker.log_input(self.run_id, dataset)
+        # Data the trial prepares itself (the quickstart's synthetic set) is a dataset only once it has:
+        # logged with the first epoch then. A dataset logged twice is kept once (Tracker._apply).
+        self.unlogged_dataset = params.get("data.prepared") if dataset is None and not before else None
         self.variant_runs = {
             vid: tracker.variant_run(self.run_id, invocation, trial, vid,
                                      (variant_names or {}).get(vid) or variant_id(trial, vid), {**params, **decode_params})
@@ -607,6 +610,11 @@ class TrialRecorder:
         epoch = int(report["epoch"])
         if self.closed or epoch <= self.logged_epoch:
             return
+        if self.unlogged_dataset:
+            from orchestrator.provenance import prepared_dataset
+
+            self.tracker.log_input(self.run_id, prepared_dataset(self.unlogged_dataset))
+            self.unlogged_dataset = None
         own = {k: v for k, v in report.items() if TRIAL_METRIC.match(k)}
         if f"{FIELD}began" in report:
             self.cost = trial_cost(report, self.started_at, self.cost_before)

@@ -197,3 +197,25 @@ def test_the_meter_sees_memory_grow_and_the_machines_load():
     assert second["meter_checkpoint_s"] == pytest.approx(0.5) and second["meter_devices"] == 2.0
     assert second["meter_device"] == "cpu" and "system/cpu_utilization_percentage" in second
     del held
+
+
+def test_data_a_training_prepares_itself_is_logged_as_its_dataset_once_it_exists(tmp_path, monkeypatch):
+    """The quickstart's synthetic data is made by the training: the parent and the trial still get it."""
+    import yaml
+
+    from tests.conftest import tiny_trainer_dict
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_trainer_dict(tmp_path / "data" / "prepared", train={"epochs": 1, "batch_size": 16, "lr": 3e-3,
+                                                                       "seed": 0})
+    config["data"]["synthetic"] = {"n": 40, "size": 32, "seed": 0, "min_word_freq": 1}
+    config["ray"] = {"storage": str(tmp_path / "results")}
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(config))
+    result = invoke_orch("train", "auto.yaml")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    for kind in ("parent", "trial"):
+        (run,) = [run for run in runs if run.data.tags["orch.kind"] == kind]
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "synthetic" and len(dataset.dataset.digest) == 16, kind
