@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from typing import Mapping, Optional
 
 COST_METRICS = ("cost_wall_s", "cost_device_hours", "cost_overhead_s", "cost_peak_memory_mb")
+PEAK_HOST_METRIC = "cost_peak_host_memory_mb"  # on a GPU only, beside the device's peak
 TAG_COST_DEVICE = "orch.cost_device"  # gpu | cpu
 SYSTEM_PREFIX = "system/"  # the MLflow UI's System metrics section
 SAMPLE_EVERY_S = 5.0
@@ -33,7 +35,7 @@ class TrialMeter:
     """Measures one trial in the process that trains it: call `fields(result)` with each epoch's
     result, time checkpoint writes with `checkpoint_io()`, and `close()` at the end."""
 
-    def __init__(self, gpus: float, cpus: float, system_metrics: bool = True, every_s: float = SAMPLE_EVERY_S):
+    def __init__(self, gpus: float, cpus: float, every_s: float = SAMPLE_EVERY_S):
         import psutil
         import torch
 
@@ -44,7 +46,7 @@ class TrialMeter:
         self.startup_s: Optional[float] = None
         self.peak_host_mb = 0.0
         self._process = psutil.Process()
-        self._monitors = _system_monitors(self.on_gpu) if system_metrics else []
+        self._monitors = _system_monitors(self.on_gpu)
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats()
         self._stop = threading.Event()
@@ -70,19 +72,14 @@ class TrialMeter:
             for monitor in self._monitors:
                 monitor.collect_metrics()
 
+    @contextmanager
     def checkpoint_io(self):
         """`with meter.checkpoint_io(): ...` adds the block's time to the checkpoint I/O."""
-        meter = self
-
-        class _Timed:
-            def __enter__(self):
-                self.started = time.perf_counter()
-
-            def __exit__(self, *exc):
-                meter.checkpoint_s += time.perf_counter() - self.started
-                return False
-
-        return _Timed()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.checkpoint_s += time.perf_counter() - started
 
     def fields(self, metrics: Mapping[str, object]) -> dict:
         """What this trial measured so far, as report keys; the system metrics are averages since the last call."""
@@ -151,7 +148,7 @@ def trial_cost(report: Mapping[str, object], started_at: float, before: Mapping[
             "cost_overhead_s": before.get("cost_overhead_s", 0.0) + overhead,
             "cost_peak_memory_mb": max(before.get("cost_peak_memory_mb", 0.0), peak)}
     if f"{FIELD}peak_device_mb" in report:
-        cost["cost_peak_host_memory_mb"] = max(before.get("cost_peak_host_memory_mb", 0.0), peak_host)
+        cost[PEAK_HOST_METRIC] = max(before.get(PEAK_HOST_METRIC, 0.0), peak_host)
     return cost
 
 

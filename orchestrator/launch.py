@@ -164,11 +164,6 @@ def _scheduler(config: ExperimentConfig, metric: str, mode: str):
     return FIFOScheduler()
 
 
-def _trial_dirname(trial) -> str:
-    """A trial's folder and Ray name: its training id (orchestrator.ids), as everywhere else."""
-    return trial_id(trial)
-
-
 def _tuner(launch: Launch, study: Study, trainable, callbacks: list):
     """A new Tuner for `study`, writing under the invocation folder through the storage's filesystem."""
     from ray import tune
@@ -198,7 +193,8 @@ def _tuner(launch: Launch, study: Study, trainable, callbacks: list):
                                     scheduler=_scheduler(config, launch.metric, launch.mode),
                                     max_concurrent_trials=max_concurrent_trials(config),
                                     reuse_actors=True,  # the next trial runs in a finished one's worker: no re-import
-                                    trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname),
+                                    # a trial's Ray name and folder: its training id, as everywhere else
+                                    trial_name_creator=trial_id, trial_dirname_creator=trial_id),
         run_config=tune.RunConfig(
             name=study.name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
             callbacks=callbacks,

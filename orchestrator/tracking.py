@@ -567,7 +567,7 @@ class TrialRecorder:
         """`variant_names`: each variant's run name (orchestrator.ids); by default its id under `trial`.
         `reference`: the variant id of the training's own decode section (plan.reference_variant).
         `dataset`: the prepared dataset as provenance.prepared_dataset gives it."""
-        from orchestrator.cost import COST_METRICS
+        from orchestrator.cost import COST_METRICS, PEAK_HOST_METRIC
 
         self.tracker = tracker
         training = {k: v for k, v in params.items() if not k.startswith("decode.")}
@@ -594,7 +594,7 @@ class TrialRecorder:
         self.closed = before == "FINISHED"
         logged = tracker.client.get_run(self.run_id).data.metrics if before else {}
         self.logged_epoch = logged.get("epoch", 0)
-        self.cost_before = {k: v for k, v in logged.items() if k in COST_METRICS or k == "cost_peak_host_memory_mb"}
+        self.cost_before = {k: v for k, v in logged.items() if k in (*COST_METRICS, PEAK_HOST_METRIC)}
         self.started_at = time.time()  # Tune started the trial (or `orch train` its training)
         self.cost: dict[str, float] = {}
         self._device_tagged = False
@@ -668,13 +668,11 @@ class TrialRecorder:
             for name in ("best_model.pt", "meta.json"):
                 shutil.copyfile(checkpoint / name, files / name)
             if meta.get("frozen_encoder"):
-                from trainers.checkpoint import frozen_encoder_file
+                from trainers.checkpoint import stored_random_encoder_files
 
-                name = frozen_encoder_file(meta["frozen_encoder"])
-                stored = [folder / name for folder in (checkpoint.parent, checkpoint.parent.parent)
-                          if (folder / name).is_file()]
+                stored = stored_random_encoder_files(checkpoint, meta["frozen_encoder"])
                 if stored:
-                    shutil.copyfile(stored[0], files / name)
+                    shutil.copyfile(stored[0], files / stored[0].name)
             save_captioner(Path(scratch) / "model", files, meta["config"]["decode"])
             self.tracker.log_model(self.run_id, Path(scratch) / "model", "captioner", best_epoch)
 

@@ -126,14 +126,21 @@ def complete_state(state: dict[str, torch.Tensor], meta: dict, folder: Path) -> 
     return {**rebuilt, **state}
 
 
+def stored_random_encoder_files(folder: Path, frozen: dict) -> list[Path]:
+    """The copies a run stored of its random frozen encoder, nearest first: in the checkpoint folder,
+    its run's folder (`orch train`, a trial) or the one above (the trials of an `orch run`)."""
+    name = frozen_encoder_file(frozen)
+    folder = Path(folder)
+    return [path for path in (folder / name, folder.parent / name, folder.parent.parent / name) if path.is_file()]
+
+
 def _stored_random_encoder(folder: Path, frozen: dict) -> dict[str, torch.Tensor]:
-    """The copy a run stored of its random frozen encoder: in the checkpoint folder, its run's folder
-    (`orch train`, a trial) or the one above (the trials of an `orch run`)."""
+    """The stored copy of a random frozen encoder whose hash the checkpoint recorded."""
     from safetensors.torch import load_file
 
     name = frozen_encoder_file(frozen)
-    for path in (folder / name, folder.parent / name, folder.parent.parent / name):
-        if path.is_file() and state_digest(stored := load_file(path)) == frozen["sha256"]:
+    for path in stored_random_encoder_files(folder, frozen):
+        if state_digest(stored := load_file(path)) == frozen["sha256"]:
             return stored
     raise InputError(f"{folder}: the frozen encoder ({frozen['weights']}) rebuilt here does not match the one it "
                      f"was trained with (sha256 {frozen['sha256'][:16]}...), and no {name} was found beside the "
