@@ -103,15 +103,20 @@ def unreachable(error: BaseException) -> bool:
 
 class store_errors:
     """`with store_errors(uri): ...`: a sqlite file that is not an MLflow store (truncated, overwritten,
-    not a database) becomes one InputError naming it, instead of SQLAlchemy's traceback."""
+    not a database) or a server that does not answer (tried with bounded retries) becomes one
+    InputError naming it, instead of SQLAlchemy's or urllib3's traceback."""
 
     def __init__(self, uri: str):
         self.uri = uri
 
     def __enter__(self):
+        bounded_http_retries()
         return self
 
     def __exit__(self, kind, error, traceback):
+        if error is not None and self.uri.startswith(("http://", "https://")) and unreachable(error):
+            raise InputError(f"{self.uri}: the MLflow server does not answer ({_short(error)}) (start it, or point "
+                             f"tracking.uri / MLFLOW_TRACKING_URI at the right one)") from None
         if error is None or not self.uri.startswith("sqlite:///"):
             return False
         chain, seen = [], error

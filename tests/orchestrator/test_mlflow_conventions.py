@@ -223,3 +223,14 @@ def test_data_a_training_prepares_itself_is_logged_as_its_dataset_once_it_exists
         (run,) = [run for run in runs if run.data.tags["orch.kind"] == kind]
         (dataset,) = run.inputs.dataset_inputs
         assert dataset.dataset.name == "synthetic" and len(dataset.dataset.digest) == 16, kind
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_for_the_reading_commands(tmp_path, monkeypatch):
+    from tests.orchestrator.conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for command in (["status", NAME], ["report", NAME, "--out", tmp_path], ["export", NAME, "--out", tmp_path]):
+        result = invoke_orch(*command)
+        assert result.exit_code == 2, result.output
+        assert f"error: {uri}: the MLflow server does not answer" in result.output and "Traceback" not in result.output
