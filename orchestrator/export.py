@@ -31,7 +31,7 @@ from typing import Optional
 import yaml
 
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL
+from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
@@ -187,7 +187,8 @@ def _metrics(results: Results, pick: Pick, rank: int, metric: str) -> dict:
     val = {}
     for key in variant.metrics:
         if key.startswith("val_"):
-            history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(variant), key)}
+            history = {m.step: m.value for m in client.get_metric_history(results.variant_run_id(variant),
+                                                                       mlflow_metric(key))}
             val[key[len("val_"):]] = history.get(pick.best_epoch, variant.metrics[key])
     return {
         "experiment": results.experiment, "invocation": results.invocation, "tracking_uri": results.uri,
@@ -296,7 +297,7 @@ def register_export(results: Results, pick: Pick, folder: Path, rank: int = 1, m
         except MlflowException:
             client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
         tags = {"cell": pick.variant.params.get("orch.cell", ""), "trial": pick.trial, "variant": pick.variant.variant,
-                "beta": decode["length_penalty"], "metric": f"val_{metric}", "value": f"{pick.score:.4f}", "rank": rank}
+                "beta": decode["length_penalty"], "metric": mlflow_metric(f"val_{metric}"), "value": f"{pick.score:.4f}", "rank": rank}
         version = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
                                               tags=tags, description=f"trial {pick.trial}, decode variant "
                                                                      f"{pick.variant.variant}: rank {rank} by val {metric}")

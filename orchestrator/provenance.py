@@ -111,5 +111,5 @@ def plan_markdown(plan: dict) -> str:
         lines += [f"Search over {', '.join(f'`{key}`' for key in plan['search_space'])}, "
                   f"{plan['samples_per_cell']} samples per training cell.", ""]
     lines.append(f"Every training is steered by its own decode section, the reference decode "
-                 f"(variant {reference['variant']}): a trial run's `val_*` metrics per epoch are its.")
+                 f"(variant {reference['variant']}): a trial run's `val/*` metrics per epoch are its.")
     return "\n".join(lines)

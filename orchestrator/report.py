@@ -30,6 +30,7 @@ from orchestrator.plots import Dimension, Panel, factor_figure, learning_curves,
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
 from orchestrator.status import TRUNCATION_LIMIT, truncation_note
+from orchestrator.tracking import mlflow_metric
 from trainers.errors import InputError
 
 METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
@@ -337,7 +338,7 @@ def _learning_curves(results: Results, keys: list[str]) -> dict[str, tuple[list,
         if run.info.status != "FINISHED":
             continue
         label = ", ".join(f"{_name(k)}={run.data.params.get(k, '')}" for k in keys) or "all trials"
-        for metric in results.tracker.client.get_metric_history(run.info.run_id, f"val_{HEADLINE}"):
+        for metric in results.tracker.client.get_metric_history(run.info.run_id, mlflow_metric(f"val_{HEADLINE}")):
             per_cell[label][metric.step].append(metric.value)
     return {label: ([(epoch, *mean_ci(values)) for epoch, values in sorted(epochs.items())],
                     max(len(values) for values in epochs.values()))

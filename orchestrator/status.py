@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 
 from orchestrator.ids import training_id, variant_id
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker
+from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker, orch_metric
 from trainers.metrics import SCORE_SCALE
 
 SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
@@ -74,7 +74,7 @@ def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
         rows.append(CellRow(
             trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
             variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
-            metrics=dict(run.data.metrics), reason=run.data.tags.get(TAG_REASON, ""),
+            metrics={orch_metric(k): v for k, v in run.data.metrics.items()}, reason=run.data.tags.get(TAG_REASON, ""),
             epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
             cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {}))
     _mark_varying(rows)

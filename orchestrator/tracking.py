@@ -40,6 +40,28 @@ TAG_DRIVER = "orch.driver"  # host:pid of the writing process, to find orphans
 TAG_REASON = "orch.failure_reason"
 MAX_PARAM_LENGTH = 6000
 TRIAL_METRIC = re.compile(r"^((train|val|test)_\w+|lr|ss_rate|epoch|epoch_time_s|best_epoch)$")
+BLEU = re.compile(r"^Bleu_\d$")
+
+
+def mlflow_metric(name: str) -> str:
+    """The MLflow key of a metric a trainer reports: validation scores go in the sections the UI
+    shows first.
+
+    The MLflow UI groups a run's charts by the key's prefix before its last `/`, shows named groups
+    alphabetically before the unnamed one, and sorts charts inside a group. So `val_CIDEr` is logged
+    as `val/CIDEr`, the first chart of the first group; the BLEU n-grams as `val/bleu/Bleu_4`, the
+    next group (in `val/` they would sort before CIDEr); every other metric keeps its name."""
+    if not name.startswith("val_"):
+        return name
+    score = name[len("val_"):]
+    return f"val/bleu/{score}" if BLEU.match(score) else f"val/{score}"
+
+
+def orch_metric(key: str) -> str:
+    """The metric name orch uses (`val_CIDEr`) for an MLflow key (`val/CIDEr`): `mlflow_metric` undone."""
+    if not key.startswith("val/"):
+        return key
+    return "val_" + key.rsplit("/", 1)[-1]
 
 
 SERVER_SCHEMES = ("http", "https", "databricks")  # stores whose server decides where artifacts go
@@ -561,8 +583,8 @@ class TrialRecorder:
     It consumes the flat per-epoch reports a trainer emits (`EpochResult.as_report()`, with the cost
     meter's fields), whether they arrive in-process (`orch train`) or through Ray Tune to the driver
     (`orch run`). The trial run holds what it trained with (no `decode.*` key: those, and their
-    metrics, are the variant runs'); its `val_*` per epoch are the reference decode's, named by the
-    tag `orch.reference_variant` and in its description.
+    metrics, are the variant runs'); its validation scores per epoch (`val/…`, `mlflow_metric`) are
+    the reference decode's, named by the tag `orch.reference_variant` and in its description.
     """
 
     def __init__(self, tracker: Tracker, parent: str, invocation: str, trial: str, run_name: str,
@@ -581,7 +603,7 @@ class TrialRecorder:
             decode = ", ".join(f"{label} {params[key]}" for key, label in (("decode.beam_size", "beam"),
                                                                             ("decode.length_penalty", "β"))
                                if key in params)
-            tracker.describe(self.run_id, f"Training {run_name} ({params.get('orch.cell', trial)}): its val_* per epoch "
+            tracker.describe(self.run_id, f"Training {run_name} ({params.get('orch.cell', trial)}): its val/* per epoch "
                                           f"are decode variant {reference or '?'}'s, the training's own decode section "
                                           f"({decode}); every variant's scores are in the runs nested under it.")
             tracker.set_tags(self.run_id, {"orch.reference_variant": reference})
@@ -626,11 +648,12 @@ class TrialRecorder:
             if not self._device_tagged:
                 self.tracker.set_tags(self.run_id, {TAG_COST_DEVICE: report[f"{FIELD}device"]})
                 self._device_tagged = True
-        self.tracker.log_metrics(self.run_id, {**own, **self.cost, **system_metrics(report)}, step=epoch)
+        self.tracker.log_metrics(self.run_id, {**{mlflow_metric(k): v for k, v in own.items()}, **self.cost,
+                                               **system_metrics(report)}, step=epoch)
         for vid, run_id in self.variant_runs.items():
             prefix = f"{vid}/"
-            self.tracker.log_metrics(run_id, {k[len(prefix):]: v for k, v in report.items() if k.startswith(prefix)},
-                                     step=epoch)
+            self.tracker.log_metrics(run_id, {mlflow_metric(k[len(prefix):]): v for k, v in report.items()
+                                              if k.startswith(prefix)}, step=epoch)
         self.logged_epoch = epoch
 
     def complete(self, report: Mapping[str, object], checkpoint: Optional[Path],

@@ -40,7 +40,7 @@ def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_pat
     assert all(run.info.status == "FINISHED" for run in runs)
     trial = next(run for run in runs if run.data.tags["orch.kind"] == "trial")
     assert trial.data.params["model.decoder"] == "lstm" and trial.data.params["train.epochs"] == "1"
-    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_CIDEr")] == [1]
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val/CIDEr")] == [1]
     artifacts = {a.path for a in client.list_artifacts(trial.info.run_id, "best_checkpoint")}
     assert artifacts == {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json"}
 

@@ -48,7 +48,7 @@ def recorded(client: MlflowClient, name: str) -> dict[str, dict]:
     for run in runs:
         if run.data.tags["orch.kind"] == "variant":
             trial = trials[run.data.tags["mlflow.parentRunId"]]
-            metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val_", "test_"))}
+            metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("val/", "test_"))}
             cells[trial.data.params["orch.cell"]]["variants"][run.data.params["decode.length_penalty"]] = metrics
     return cells
 

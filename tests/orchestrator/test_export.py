@@ -112,8 +112,8 @@ def test_each_trial_is_exported_with_its_best_decode_variant_at_its_best_epoch(e
         siblings = client.search_runs([trial_run.info.experiment_id],
                                       f"tags.`mlflow.parentRunId` = '{trial_run.info.run_id}'")
         # Every variant decodes the checkpoint of the trial's best epoch: its val score is that checkpoint's.
-        at_best = {run.data.tags["orch.variant"]: run.data.metrics["val_CIDEr"] for run in siblings}
-        assert all(client.get_metric_history(run.info.run_id, "val_CIDEr")[-1].step == trial_run.data.metrics["epoch"]
+        at_best = {run.data.tags["orch.variant"]: run.data.metrics["val/CIDEr"] for run in siblings}
+        assert all(client.get_metric_history(run.info.run_id, "val/CIDEr")[-1].step == trial_run.data.metrics["epoch"]
                    for run in siblings)
         assert metrics["selection_score"] == max(at_best.values()) == at_best[metrics["variant"]]
         config = yaml.safe_load((folder / "config.yaml").read_text())

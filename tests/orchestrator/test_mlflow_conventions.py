@@ -34,7 +34,7 @@ def test_a_trial_run_holds_what_it_trained_with_and_its_variants_hold_the_decode
     kinds = _runs(recorded)
     for trial in kinds["trial"]:
         assert not [key for key in trial.data.params if key.startswith("decode.")]
-        assert trial.data.params["train.seed"] in ("0", "1") and "val_CIDEr" in trial.data.metrics
+        assert trial.data.params["train.seed"] in ("0", "1") and "val/CIDEr" in trial.data.metrics
         assert trial.data.tags["orch.reference_variant"] == "d01"  # the config's β 0 is the first variant
         assert "decode variant d01" in trial.data.tags["mlflow.note.content"]
     betas = sorted(variant.data.params["decode.length_penalty"] for variant in kinds["variant"])
@@ -136,7 +136,7 @@ def test_register_marks_the_winner_champion_and_tags_every_version(recorded, tmp
     assert len(lines) == 3 and "alias champion" in lines[0] and lines[2].startswith("scores: "), result.output
     client = MlflowClient(recorded.uri)
     champion = client.get_model_version_by_alias(NAME, "champion")
-    assert champion.tags["rank"] == "1" and champion.tags["metric"] == "val_CIDEr"
+    assert champion.tags["rank"] == "1" and champion.tags["metric"] == "val/CIDEr"
     latest = max(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version))
     assert latest.tags["rank"] == "2" and int(champion.version) == int(latest.version) - 1  # the alias names rank 1
     for version in (champion, latest):

@@ -139,7 +139,7 @@ def test_the_whole_run_tree_lands_in_postgresql(local_ray, tiny_experiment, post
         assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json", "sample_captions.json"} <= \
             artifact_paths(client, trial.info.run_id)
-        assert {"train_loss", "val_CIDEr"} <= set(trial.data.metrics)
+        assert {"train_loss", "val/CIDEr"} <= set(trial.data.metrics)
     for variant in kinds["variant"]:
         assert {"test_CIDEr", "test_Bleu_4"} <= set(variant.data.metrics)
     assert not (tmp_path / "results" / "mlflow.db").exists()  # no sqlite on the side

@@ -87,7 +87,7 @@ def test_the_mlflow_ui_lists_the_tree_the_fields_the_cost_and_the_champion(local
         # Cost beside every score: per trial, and the ablation's total on the parent.
         for trial in trials:
             metrics = {metric["key"] for metric in trial["data"]["metrics"]}
-            assert set(COST_METRICS) <= metrics and "val_CIDEr" in metrics
+            assert set(COST_METRICS) <= metrics and "val/CIDEr" in metrics
             assert any(key.startswith("system/") for key in metrics)
             assert _tags(trial)["orch.cost_device"] in ("cpu", "gpu")
         assert set(COST_METRICS) <= {metric["key"] for metric in parent["data"]["metrics"]}
@@ -95,7 +95,7 @@ def test_the_mlflow_ui_lists_the_tree_the_fields_the_cost_and_the_champion(local
         # The registry: the winner is the champion, whatever order the versions were made in.
         champion = _api(url, "registered-models/alias", name="ui", alias="champion")["model_version"]
         champion_tags = {tag["key"]: tag["value"] for tag in champion["tags"]}
-        assert champion_tags["rank"] == "1" and champion_tags["metric"] == "val_CIDEr"
+        assert champion_tags["rank"] == "1" and champion_tags["metric"] == "val/CIDEr"
         assert "alias champion" in exported.output.splitlines()[0]
 
         # The report, in the parent run's artifacts.

@@ -114,13 +114,13 @@ def test_mlflow_holds_parent_trial_and_variant_runs_all_finished(grid_run, tmp_p
         assert {"model.decoder", "model.encoder", "train.lr", "train.epochs", "train.scheduled_sampling.max_rate",
                 "eval.select_by", "data.prepared"} <= set(trial.data.params)
         assert not [key for key in trial.data.params if key.startswith("decode.")]  # the variant runs' params
-        for metric in ("train_loss", "val_loss", "val_CIDEr"):
+        for metric in ("train_loss", "val/loss", "val/CIDEr"):
             assert [m.step for m in client.get_metric_history(trial.info.run_id, metric)] == [1, 2], metric
         assert {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json", "sample_captions.json"} <= \
             artifact_paths(client, trial.info.run_id)
     for variant in kinds["variant"]:
         assert "decode.length_penalty" in variant.data.params
-        assert {"val_CIDEr", "val_Bleu_4", "test_CIDEr", "test_Bleu_4", "test_mean_caption_length"} <= \
+        assert {"val/CIDEr", "val/bleu/Bleu_4", "test_CIDEr", "test_Bleu_4", "test_mean_caption_length"} <= \
             set(variant.data.metrics)
 
 
@@ -286,9 +286,9 @@ def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_e
         assert_tree_finished(kinds)
         (trial,) = kinds["trial"]
         assert epochs_logged(client, trial) == [1, 2, 3, 4]  # each once: no step lost, none twice
-        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val_CIDEr")) == [1, 2, 3, 4]
+        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/CIDEr")) == [1, 2, 3, 4]
         for run in kinds["variant"]:  # a variant's scores are those of the kept checkpoint, logged once
-            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_CIDEr")] == [4]
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val/CIDEr")] == [4]
             assert "test_CIDEr" in run.data.metrics
         assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
     finally:

@@ -69,7 +69,7 @@ def test_runs_made_while_the_server_is_away_are_created_once_in_order_when_it_re
         assert v.data.tags["mlflow.parentRunId"] == t.info.run_id
         assert {run.info.status for run in (p, t, v)} == {"FINISHED"}
         assert [m.step for m in client.get_metric_history(t.info.run_id, "epoch")] == [1, 2]
-        assert [m.value for m in client.get_metric_history(v.info.run_id, "val_CIDEr")] == pytest.approx([0.1, 0.2])
+        assert [m.value for m in client.get_metric_history(v.info.run_id, "val/CIDEr")] == pytest.approx([0.1, 0.2])
         Journal(journal).mark_done(0)  # replaying everything again (a crash before `.done` was written)
         assert Tracker(uri, "away", journal=journal, say=lines.append).flush()
         kinds = runs_of(client, "away")

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
 
 EPOCHS = 3
-COMPARED = ("train_loss", "val_loss", "val_Bleu_4", "val_CIDEr")
+COMPARED = ("train_loss", "val/loss", "val/bleu/Bleu_4", "val/CIDEr")  # MLflow keys
 
 
 def trial_run(client: MlflowClient, experiment: str):

@@ -66,8 +66,8 @@ def test_the_run_is_tracked_like_any_trial(trained):
     trial = next(run for run in runs if run.data.tags["orch.kind"] == "trial")
     variant = next(run for run in runs if run.data.tags["orch.kind"] == "variant")
     assert trial.data.params["trainer"] == "alignment"
-    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_i2t_R1")] == list(range(1, 13))
-    assert {"val_rsum", "test_t2i_medr"} <= set(variant.data.metrics)
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val/i2t_R1")] == list(range(1, 13))
+    assert {"val/rsum", "test_t2i_medr"} <= set(variant.data.metrics)
 
 
 def test_orch_align_prints_each_snippet_with_its_region_and_draws_them(trained, tmp_path):
