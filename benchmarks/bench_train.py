@@ -6,7 +6,8 @@ reaches, and what an epoch costs through a frozen ResNet-101 against the feature
 
 (a) The decoder training step at the coursework's sizes (ResNet-101's 14x14x2048 grid, embed /
     attention / hidden 512, LSTM, soft attention, α_c 1, batch 32, vocabulary 5000, captions of
-    10-22 tokens), two arms with the same sizes, data and optimiser (Adam, gradients clipped at 5):
+    10-22 tokens), two arms with the same sizes and data, Adam (orch's fused, as its recipe makes
+    it), gradients clipped at 5:
     - `tutorial`: sgrvinod's Show-Attend-Tell decoder as its tutorial trains it, written here: the
       batch sorted by length, and at every step the attention re-projects the whole encoder grid
       (`encoder_att(encoder_out[:batch_size_t])`);
@@ -41,8 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import environment, interleaved, matmul_peak_gflops, ratio, summary  # noqa: E402
 
-from trainers.config import ModelConfig, TrainerConfig  # noqa: E402
-from trainers.loop import CaptionRecipe, caption_loss, pick_device  # noqa: E402
+from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E402
+from trainers.loop import CaptionRecipe, caption_loss, make_optimizer, pick_device  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 
 PAD, START, END = 0, 1, 2
@@ -116,7 +117,9 @@ def decoder_arms(args, device: torch.device) -> dict:
     host_lengths = lengths.cpu()  # orch's loaders keep lengths on the host; the tutorial's are on the device
 
     def step_of(model: nn.Module, loss_of, amp: torch.dtype | None):
-        optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
+        # orch's optimizer as the recipe makes it (fused Adam); the tutorial's as its train.py does
+        optimizer = (make_optimizer(TrainConfig(), [{"params": list(model.parameters()), "lr": 4e-4}], device)
+                     if isinstance(model, Decoder) else torch.optim.Adam(model.parameters(), lr=4e-4))
 
         def step() -> None:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -151,7 +154,7 @@ def decoder_arms(args, device: torch.device) -> dict:
     default_amp = list(amps)[-1]  # what train.amp: auto picks here: bf16 on a GPU, fp32 on the CPU
     if args.compile:  # train.compile as the recipe does it, under the default amp only: compiling takes minutes
         compiled = copy.deepcopy(orch)
-        compiled._step = torch.compile(compiled._step, dynamic=True)
+        compiled._hidden_step = torch.compile(compiled._hidden_step, dynamic=True)
         arms[f"orch_compiled-{default_amp}"] = step_of(compiled, orch_loss(compiled), amps[default_amp])[1]
     seconds = interleaved(arms, args.rounds, device)
     peak = matmul_peak_gflops(device)

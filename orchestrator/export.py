@@ -22,7 +22,6 @@ the experiment's name, one version per export.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Optional
 import yaml
 
 from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric
+from orchestrator.tracking import BEST_CHECKPOINT, CAPTIONER_MODEL, TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
@@ -87,6 +86,33 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
     return exported
 
 
+def download_best_checkpoint(results: Results, pick: Pick, into: Path) -> Path:
+    """The trial's best checkpoint folder, downloaded into `into`: from the trial's MLflow model (a
+    captioner's only copy in MLflow), else from its `best_checkpoint/` artifacts (an alignment trial)."""
+    import mlflow
+
+    from orchestrator.pyfunc import ARTIFACT  # the checkpoint's folder inside the model
+
+    client = results.tracker.client
+    run_id = pick.trial_run.info.run_id
+    outputs = client.get_run(run_id).outputs
+    models = [client.get_logged_model(output.model_id) for output in (outputs.model_outputs if outputs else [])]
+    captioners = [model for model in models if model.name == CAPTIONER_MODEL]
+    with quiet_downloads():
+        if captioners:
+            location = captioners[-1].artifact_location
+
+            def download(path: str) -> Path:
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}", dst_path=str(into),
+                                                                tracking_uri=results.uri))
+
+            mlmodel = download("MLmodel")  # where the pyfunc flavour put the checkpoint's folder
+            files = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
+            mlmodel.unlink()
+            return download(files)
+        return Path(client.download_artifacts(run_id, BEST_CHECKPOINT, str(into)))
+
+
 def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
     """Write one export folder atomically (a staging folder renamed into place; an older one is replaced)."""
     import torch
@@ -94,11 +120,11 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
 
     from trainers.checkpoint import complete_state
 
-    with staged_folder(folder, replace=True) as staging:
-        client = results.tracker.client
-        with quiet_downloads():
-            checkpoint = Path(client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint", str(staging)))
-        remedy = f"MLflow's best_checkpoint of {pick.variant.training} is damaged: export another trial (--top-k)"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as download,
+          staged_folder(folder, replace=True) as staging):
+        checkpoint = download_best_checkpoint(results, pick, Path(download))
+        remedy = f"MLflow's best checkpoint of {pick.variant.training} is damaged: export another trial (--top-k)"
         with reading(checkpoint / "meta.json", remedy):
             meta = json.loads((checkpoint / "meta.json").read_text())
         with reading(checkpoint / "best_model.pt", remedy):
@@ -107,7 +133,6 @@ def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: 
         save_file({key: tensor.contiguous() for key, tensor in state.items()}, staging / EXPORT_WEIGHTS,
                   metadata={"format": "orch-captioner", "experiment": results.experiment, "trial": pick.trial})
         (staging / EXPORT_WEIGHTS).chmod(0o644)
-        shutil.rmtree(checkpoint)
         config = {**meta["config"], "decode": meta["variants"][pick.variant.variant]}
         (staging / EXPORT_CONFIG).write_text(f"# orch captioner: {results.experiment}, {pick.variant.id}\n"
                                              + yaml.safe_dump(config, sort_keys=False))
@@ -125,9 +150,7 @@ def write_alignment_export(results: Results, pick: Pick, folder: Path, rank: int
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as download:
-        with quiet_downloads():
-            checkpoint = Path(results.tracker.client.download_artifacts(pick.trial_run.info.run_id, "best_checkpoint",
-                                                                        download))
+        checkpoint = download_best_checkpoint(results, pick, Path(download))
         with staged_folder(folder, replace=True) as staging:
             export_aligner_files(checkpoint, staging, origin=f"{results.experiment}, {pick.variant.training}")
             metrics = _metrics(results, pick, rank, metric)

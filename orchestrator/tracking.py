@@ -39,6 +39,8 @@ TAG_KIND = "orch.kind"  # parent | trial | variant
 TAG_DRIVER = "orch.driver"  # host:pid of the writing process, to find orphans
 TAG_REASON = "orch.failure_reason"
 MAX_PARAM_LENGTH = 6000
+BEST_CHECKPOINT = "best_checkpoint"  # a trial run's artifact folder, for trials without an MLflow model
+CAPTIONER_MODEL = "captioner"  # the logged model of a captioner trial; it holds the best checkpoint
 TRIAL_METRIC = re.compile(r"^((train|val|test)_\w+|lr|ss_rate|epoch|epoch_time_s|best_epoch)$")
 BLEU = re.compile(r"^Bleu_\d$")
 
@@ -664,11 +666,13 @@ class TrialRecorder:
             return
         samples = json.loads(str(report.get("samples_json") or "[]"))
         self.tracker.log_json(self.run_id, samples, "sample_captions.json")
-        if checkpoint is not None:
+        # A captioner's best checkpoint is stored once, inside its MLflow model (orch export reads it
+        # there); a trial that is not a captioner (alignment) keeps it as the artifact best_checkpoint/.
+        if checkpoint is not None and not self._log_model(Path(checkpoint),
+                                                          int(report.get("best_epoch") or report.get("epoch") or 0)):
             for name in ("best_model.pt", "meta.json"):
                 if (Path(checkpoint) / name).is_file():
-                    self.tracker.log_file(self.run_id, Path(checkpoint) / name, "best_checkpoint")
-            self._log_model(Path(checkpoint), int(report.get("best_epoch") or report.get("epoch") or 0))
+                    self.tracker.log_file(self.run_id, Path(checkpoint) / name, BEST_CHECKPOINT)
         for vid, run_id in self.variant_runs.items():
             path = _predictions_file(report, checkpoint, vid)
             if path is not None:
@@ -677,17 +681,18 @@ class TrialRecorder:
                                             "orch.reference_variant": report.get("reference_variant", "")})
         self.end(status, reason)
 
-    def _log_model(self, checkpoint: Path, best_epoch: int) -> None:
+    def _log_model(self, checkpoint: Path, best_epoch: int) -> bool:
         """The best weights as an MLflow pyfunc model of the trial run (the UI's Models column offers
-        Register): the checkpoint's files, and the random frozen encoder the trial stored, if any."""
+        Register): the checkpoint's files, and the random frozen encoder the trial stored, if any.
+        False when the checkpoint is not a whole captioner's."""
         import tempfile
 
         meta_path = checkpoint / "meta.json"
         if not (checkpoint / "best_model.pt").is_file() or not meta_path.is_file():
-            return
+            return False
         meta = json.loads(meta_path.read_text())
         if meta["config"].get("trainer", "captioner") != "captioner":
-            return  # an alignment model is not a captioner (orch export --metric rsum)
+            return False  # an alignment model is not a captioner (orch export --metric rsum)
         from orchestrator.pyfunc import save_captioner
 
         with tempfile.TemporaryDirectory(prefix="orch-model-") as scratch:
@@ -702,7 +707,8 @@ class TrialRecorder:
                 if stored:
                     shutil.copyfile(stored[0], files / stored[0].name)
             save_captioner(Path(scratch) / "model", files, meta["config"]["decode"])
-            self.tracker.log_model(self.run_id, Path(scratch) / "model", "captioner", best_epoch)
+            self.tracker.log_model(self.run_id, Path(scratch) / "model", CAPTIONER_MODEL, best_epoch)
+        return True
 
     def end(self, status: str, reason: str = "") -> None:
         """End the trial run and its variant runs with one status (FINISHED, FAILED or KILLED)."""

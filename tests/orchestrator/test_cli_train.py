@@ -12,6 +12,7 @@ from orchestrator.cli import app
 from orchestrator.config import load_config
 from orchestrator.single import train_refusal
 from tests.conftest import tiny_trainer_dict
+from tests.orchestrator.test_run import best_checkpoint_files
 
 
 def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_path, monkeypatch):
@@ -41,8 +42,7 @@ def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_pat
     trial = next(run for run in runs if run.data.tags["orch.kind"] == "trial")
     assert trial.data.params["model.decoder"] == "lstm" and trial.data.params["train.epochs"] == "1"
     assert [m.step for m in client.get_metric_history(trial.info.run_id, "val/CIDEr")] == [1]
-    artifacts = {a.path for a in client.list_artifacts(trial.info.run_id, "best_checkpoint")}
-    assert artifacts == {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json"}
+    assert best_checkpoint_files(client, trial.info.run_id) == {"best_model.pt", "meta.json"}
 
 
 def test_orch_train_refuses_an_ablation_grid(prepared_dir, tmp_path, monkeypatch):

@@ -53,6 +53,14 @@ def artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> set[s
     return paths
 
 
+def best_checkpoint_files(client: MlflowClient, run_id: str) -> set[str]:
+    """The best checkpoint's files in MLflow, which a captioner trial keeps in its logged model only."""
+    assert not client.list_artifacts(run_id, "best_checkpoint")  # not a second copy among the run's artifacts
+    outputs = client.get_run(run_id).outputs
+    (model_id,) = [output.model_id for output in outputs.model_outputs]
+    return {Path(item.path).name for item in client.list_logged_model_artifacts(model_id, "artifacts/checkpoint")}
+
+
 def trial_folders(storage: Path, name: str) -> list[Path]:
     """Every trial folder: the first run's (`trials/`) and each resume's (`resume-*/`)."""
     return sorted(p for p in storage.glob(f"{name}/run-*/*/c*") if p.is_dir())
@@ -116,8 +124,8 @@ def test_mlflow_holds_parent_trial_and_variant_runs_all_finished(grid_run, tmp_p
         assert not [key for key in trial.data.params if key.startswith("decode.")]  # the variant runs' params
         for metric in ("train_loss", "val/loss", "val/CIDEr"):
             assert [m.step for m in client.get_metric_history(trial.info.run_id, metric)] == [1, 2], metric
-        assert {"best_checkpoint/best_model.pt", "best_checkpoint/meta.json", "sample_captions.json"} <= \
-            artifact_paths(client, trial.info.run_id)
+        assert "sample_captions.json" in artifact_paths(client, trial.info.run_id)
+        assert {"best_model.pt", "meta.json"} <= best_checkpoint_files(client, trial.info.run_id)
     for variant in kinds["variant"]:
         assert "decode.length_penalty" in variant.data.params
         assert {"val/CIDEr", "val/bleu/Bleu_4", "test_CIDEr", "test_Bleu_4", "test_mean_caption_length"} <= \
@@ -227,7 +235,7 @@ def test_a_whole_run_lands_in_an_mlflow_server(local_ray, tiny_experiment, mlflo
     assert_tree_finished(kinds)
     (parent,), (trial,) = kinds["parent"], kinds["trial"]
     assert "config/resolved.yaml" in artifact_paths(client, parent.info.run_id)
-    assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
+    assert "best_model.pt" in best_checkpoint_files(client, trial.info.run_id)
     assert epochs_logged(client, trial) == [1]
 
 
@@ -290,7 +298,7 @@ def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_e
         for run in kinds["variant"]:  # a variant's scores are those of the kept checkpoint, logged once
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val/CIDEr")] == [4]
             assert "test_CIDEr" in run.data.metrics
-        assert "best_checkpoint/best_model.pt" in artifact_paths(client, trial.info.run_id)
+        assert "best_model.pt" in best_checkpoint_files(client, trial.info.run_id)
     finally:
         stop_server(restarted[-1])
 

@@ -1,8 +1,9 @@
 """The decoder shell: embedding, attention, a swappable recurrent core, dropout, output layer.
 
-One step (`_step`) serves training (`forward`, with scheduled sampling) and decoding (`step`, used
-by trainers.decoding), so no sampling or search code lives in a model (ImageCaptioning.pytorch's
-AttModel + cores, without copying the sampling code into each model).
+One step (`_hidden_step`) serves training (`forward`, with scheduled sampling, the output layer
+applied once to all steps) and decoding (`step`, used by trainers.decoding), so no sampling or
+search code lives in a model (ImageCaptioning.pytorch's AttModel + cores, without copying the
+sampling code into each model).
 """
 
 from __future__ import annotations
@@ -79,23 +80,22 @@ class Decoder(nn.Module):
         previous output. `ss_rate` 0 draws no coins, so it is exactly teacher forcing.
         """
         batch, length = captions.shape
+        steps = length - 1
         lengths = lengths.cpu()  # a no-op for the training loaders' batches, whose lengths stay on the host
         # Sorted longest first, the captions still running at step t are a prefix of the batch. The
         # training loaders sort their batches already (trainers.data.loaders.longest_first): no copy then.
         order = lengths.argsort(descending=True, stable=True)  # (B,)
-        presorted = bool((order == torch.arange(batch)).all())
-        steps_needed = lengths[order] - 1  # (B,)
-        if not presorted:
+        if not bool((order == torch.arange(batch)).all()):
             order_on_device = order.to(captions.device)
             captions, features = captions[order_on_device], features[order_on_device]  # (B, T), (B, P, C)
+        steps_needed = lengths[order] - 1  # (B,)
         memory = self.prepare(features)
         state = self.init_state(memory)
-        logits = features.new_zeros(batch, length - 1, self.vocab_size)  # (B, T-1, V)
-        alphas = features.new_zeros(batch, length - 1, features.shape[1])  # (B, T-1, P)
+        outputs, alphas, positions = [], [], []  # per step: (rows, H), (rows, P), (rows,) flat (b, t) index
         sampling = ss_rate > 0
         if sampling and ss_per == "sequence":
             caption_coins = self._coins(batch, ss_rate, captions.device, generator)  # (B,)
-        for t in range(length - 1):
+        for t in range(steps):
             rows = int((steps_needed > t).sum())
             if rows == 0:
                 break
@@ -104,16 +104,29 @@ class Decoder(nn.Module):
             if sampling and t > 0:
                 coins = (caption_coins[:rows] if ss_per == "sequence"
                          else self._coins(rows, ss_rate, captions.device, generator))  # (rows,)
-                previous = logits[:rows, t - 1].detach().softmax(dim=1)  # (rows, V)
+                with torch.no_grad():
+                    previous = self.fc(outputs[-1][:rows]).softmax(dim=1)  # (rows, V)
                 sampled = torch.multinomial(previous, 1, generator=generator).squeeze(1)  # (rows,)
                 tokens = torch.where(coins, sampled, tokens)
-            step_logits, state, alpha = self._step(tokens, state, memory)
-            logits[:rows, t] = step_logits  # (rows, V)
-            alphas[:rows, t] = alpha  # (rows, P)
-        if presorted:
-            return logits, alphas
-        inverse = order.argsort().to(logits.device)
-        return logits[inverse], alphas[inverse]
+            h, state, alpha = self._hidden_step(tokens, state, memory)
+            outputs.append(self.dropout(h))  # (rows, H)
+            alphas.append(alpha)  # (rows, P)
+            positions.append(order[:rows] * steps + t)  # where these rows go in the (B, T-1) output, unsorted
+        # The output layer runs once over every real token: one large product instead of one per step,
+        # whose weight gradients (inner size = rows) and per-step accumulation cost more than the product.
+        positions = torch.cat(positions).to(captions.device, non_blocking=True)  # (N,)
+        logits = self.fc(torch.cat(outputs))  # (N, V)
+        return (self._padded(logits, positions, batch, steps),  # (B, T-1, V)
+                self._padded(torch.cat(alphas), positions, batch, steps))  # (B, T-1, P)
+
+    @staticmethod
+    def _padded(packed: torch.Tensor, positions: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+        """Rows (N, X) of real steps -> (B, steps, X) with zeros past each caption's end.
+
+        One index_copy: its backward is one gather, where writing each step into a preallocated
+        buffer would copy the whole buffer's gradient once per step."""
+        flat = packed.new_zeros(batch * steps, packed.shape[1])  # (B*T', X)
+        return flat.index_copy(0, positions, packed).view(batch, steps, -1)
 
     @staticmethod
     def _coins(n: int, rate: float, device, generator) -> torch.Tensor:
@@ -121,6 +134,12 @@ class Decoder(nn.Module):
         return torch.rand(n, device=device, generator=generator) < rate
 
     def _step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        h, state, alpha = self._hidden_step(tokens, state, memory)
+        return self.fc(self.dropout(h)), state, alpha  # (B, V)
+
+    def _hidden_step(self, tokens: torch.Tensor, state: State,
+                     memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """Everything of a step up to the output layer: tokens (B,) -> h (B, H), next state, alpha (B, P)."""
         hidden = self.core.hidden(state)  # (B, H)
         x = self.embedding(tokens)  # (B, E)
         if self.attention is None:
@@ -131,4 +150,4 @@ class Decoder(nn.Module):
                 context = torch.sigmoid(self.f_beta(hidden)) * context  # (B, D)
             x = torch.cat([x, context], dim=1)  # (B, E + D)
         h, state = self.core(x, state)  # (B, H)
-        return self.fc(self.dropout(h)), state, alpha  # (B, V)
+        return h, state, alpha
