@@ -22,7 +22,9 @@ reaches, and what an epoch costs through a frozen ResNet-101 against the feature
     cache and through the encoder (and on a GPU in float32 and bf16), timed over `--epoch-batches`
     batches per round and scaled to the epoch; plus building the cache, in images/s.
 
-Prints one JSON object. Targets on 2 CPU threads: orch >= 6x the tutorial, >= 50 % of matmul peak.
+Like every trial and `orch train`, the process first keeps freed memory (trainers.memory;
+`--glibc-default` leaves glibc's thresholds). Prints one JSON object. Targets on 2 CPU threads:
+orch >= 6x the tutorial, >= 50 % of matmul peak.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from timing import environment, interleaved, matmul_peak_gflops, ratio, summary 
 
 from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E402
 from trainers.loop import CaptionRecipe, caption_loss, make_optimizer, pick_device  # noqa: E402
+from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 
 PAD, START, END = 0, 1, 2
@@ -253,6 +256,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: checks that it runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap/trim thresholds as they are")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps, args.batch, args.pixels, args.channels, args.dim = 2, 1, 8, 16, 64, 32
@@ -262,8 +266,10 @@ def main() -> None:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    malloc_reuse = not args.glibc_default and reuse_freed_memory()  # as every trial and `orch train` run
     started = environment(device)
-    result = {"environment": started, "quick": args.quick, "decoder_step": decoder_arms(args, device)}
+    result = {"environment": started, "quick": args.quick, "malloc_reuse": malloc_reuse,
+              "decoder_step": decoder_arms(args, device)}
     if args.epochs_part:
         with tempfile.TemporaryDirectory(prefix="bench_train.") as folder:
             result["epoch"] = epoch_arms(args, device, Path(folder))
