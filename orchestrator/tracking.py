@@ -683,8 +683,11 @@ class TrialRecorder:
 
     def _log_model(self, checkpoint: Path, best_epoch: int) -> bool:
         """The best weights as an MLflow pyfunc model of the trial run (the UI's Models column offers
-        Register): the checkpoint's files, and the random frozen encoder the trial stored, if any.
-        False when the checkpoint is not a whole captioner's."""
+        Register): the checkpoint's files. False when the checkpoint is not a whole captioner's.
+
+        A frozen encoder is not in them: loading rebuilds it (torchvision's weights, or a random one
+        from its seed) and checks its hash. A random one is stored once per run, in the study's
+        folder, not once per trial here: a torch that draws another init fails that check, saying so."""
         import tempfile
 
         meta_path = checkpoint / "meta.json"
@@ -700,12 +703,6 @@ class TrialRecorder:
             files.mkdir()
             for name in ("best_model.pt", "meta.json"):
                 shutil.copyfile(checkpoint / name, files / name)
-            if meta.get("frozen_encoder"):
-                from trainers.checkpoint import stored_random_encoder_files
-
-                stored = stored_random_encoder_files(checkpoint, meta["frozen_encoder"])
-                if stored:
-                    shutil.copyfile(stored[0], files / stored[0].name)
             save_captioner(Path(scratch) / "model", files, meta["config"]["decode"])
             self.tracker.log_model(self.run_id, Path(scratch) / "model", CAPTIONER_MODEL, best_epoch)
         return True
