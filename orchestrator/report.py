@@ -305,7 +305,7 @@ def figures(collected: Collected) -> dict[str, tuple[str, Figure]]:
         runs = max(count for _, count in curves.values())
         spread = f"mean ± 95 % CI over {runs} trainings per cell" if runs > 1 else "one training per cell"
         made["learning"] = ("learning_curves.png", learning_curves(
-            f"Validation {HEADLINE} per epoch, best decode variant\n{spread}", _header(HEADLINE, "val "),
+            f"Validation {HEADLINE} per epoch, reference decode\n{spread}", _header(HEADLINE, "val "),
             {label: points for label, (points, _) in curves.items()}))
     picks = _search_picks(collected.results)
     if len(picks) >= 2:
@@ -438,7 +438,9 @@ def _sections(collected: Collected, saved: dict[str, Path]) -> list[str]:
     for key in factors:
         lines += _factor_section(collected, key, saved.get(key))
     if "learning" in saved:
-        lines += ["", "## Learning curves", "", f"![Learning curves]({saved['learning'].name})"]
+        lines += ["", "## Learning curves", "", "Each training's validation score per epoch, decoded with its own "
+                  "decode section (the reference decode, which picks its checkpoint).", "",
+                  f"![Learning curves]({saved['learning'].name})"]
     lines += _truncated(results)
     lines += cost_section(results)
     lines += _unfinished(results)
