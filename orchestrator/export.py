@@ -320,7 +320,8 @@ def register_export(results: Results, pick: Pick, folder: Path, rank: int = 1, m
         except MlflowException:
             client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
         tags = {"cell": pick.variant.params.get("orch.cell", ""), "trial": pick.trial, "variant": pick.variant.variant,
-                "beta": decode["length_penalty"], "metric": mlflow_metric(f"val_{metric}"), "value": f"{pick.score:.4f}", "rank": rank}
+                "beta": decode["length_penalty"], "metric": mlflow_metric(f"val_{metric}"), "value": f"{pick.score:.4f}",
+                "rank": rank}
         version = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
                                               tags=tags, description=f"trial {pick.trial}, decode variant "
                                                                      f"{pick.variant.variant}: rank {rank} by val {metric}")

@@ -49,8 +49,8 @@ def mlflow_metric(name: str) -> str:
     """The MLflow key of a metric a trainer reports: validation scores go in the sections the UI
     shows first.
 
-    The MLflow UI groups a run's charts by the key's prefix before its last `/`, shows named groups
-    alphabetically before the unnamed one, and sorts charts inside a group. So `val_CIDEr` is logged
+    The MLflow UI groups a run's charts by the key's prefix before its last `/`, shows named groups,
+    sorted, before the unnamed one, and sorts charts inside a group. So `val_CIDEr` is logged
     as `val/CIDEr`, the first chart of the first group; the BLEU n-grams as `val/bleu/Bleu_4`, the
     next group (in `val/` they would sort before CIDEr); every other metric keeps its name."""
     if not name.startswith("val_"):
