@@ -199,6 +199,9 @@ class CaptionRecipe:
             raise InputError(f"{folder}: trained with another frozen encoder than this config builds "
                              f"({checkpoint.meta['frozen_encoder']['weights']})")
         state = checkpoint.training_state(map_location=self.device)
+        if "optimizer" not in state:
+            raise InputError(f"{folder}: the checkpoint of a training's last epoch ({state['epoch']}) keeps no "
+                             f"optimizer state to train on from")
         load_trainable(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
@@ -436,12 +439,18 @@ class CaptionRecipe:
         result.metrics.update({f"test_constant_caption_{k}": v for k, v in baseline.items()})
 
     def _save(self, epoch: int, extra_files: Optional[dict[str, Path]] = None) -> None:
-        """The checkpoint; the final one also carries the test predictions, so they reach storage."""
+        """The checkpoint; the final one also carries the test predictions, so they reach storage.
+
+        The last epoch's leaves out the optimizer's state (Adam's: twice the trainable weights):
+        resuming starts from a checkpoint with epochs left to train, never from that one
+        (orchestrator.trainable._resume_point, orchestrator.single._resume_point)."""
         state = {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "epoch": epoch, "best_score": self.best_score,
                  "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "start_loss": self.start_loss,
                  "history": self.history, "rng": rng_state()}
+        if epoch >= self.config.train.epochs:  # the last epoch's checkpoint is never resumed: no optimizer to keep
+            del state["optimizer"], state["scheduler"]
         best = self.history[self.best_epoch - 1] if self.best_epoch else {}
         meta = {"config": self.config.model_dump(mode="json"), "vocab": list(self.vocab.itos), "epoch": epoch,
                 "best_epoch": self.best_epoch, "best_metrics": best,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.conftest import tiny_trainer_dict
 from trainers.checkpoint import load_checkpoint
 from trainers.config import DecodeConfig, TrainerConfig
 from trainers.evaluation import DecodeVariant
-from trainers.errors import TrainingDiverged
+from trainers.errors import InputError, TrainingDiverged
 from trainers.loop import CaptionRecipe, run_training
 
 
@@ -46,10 +47,14 @@ def test_every_epoch_reports_metrics_and_the_last_one_test_metrics(prepared_dir,
 
 def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(prepared_dir, tmp_path):
     straight = _config(prepared_dir, train={"epochs": 2})
-    run_training(straight, tmp_path / "straight")
+    at_epoch_1 = tmp_path / "at_epoch_1"
 
-    run_training(_config(prepared_dir, train={"epochs": 1}), tmp_path / "first")
-    run_training(straight, tmp_path / "resumed", resume_from=tmp_path / "first" / "checkpoint")
+    def keep_epoch_1(result) -> None:  # the checkpoint a run killed during epoch 2 leaves
+        if result.epoch == 1:
+            shutil.copytree(result.checkpoint, at_epoch_1)
+
+    run_training(straight, tmp_path / "straight", on_epoch=keep_epoch_1)
+    run_training(straight, tmp_path / "resumed", resume_from=at_epoch_1)
 
     expected, resumed = _history(tmp_path / "straight"), _history(tmp_path / "resumed")
     assert len(resumed) == 2
@@ -83,6 +88,22 @@ def test_divergence_guard_names_the_reason(prepared_dir, tmp_path, loss):
     recipe.start_loss = 1.0
     with pytest.raises(TrainingDiverged, match="diverged"):
         recipe._guard_divergence(loss, epoch=3, batch=7)
+
+
+def test_only_the_last_epochs_checkpoint_leaves_out_the_optimizer(prepared_dir, tmp_path):
+    """Resuming never starts from the last epoch's checkpoint, so it keeps no Adam state (twice the
+    trainable weights); one that is handed to a training anyway is refused in one line."""
+    kept = {}
+
+    def keys(result) -> None:
+        kept[result.epoch] = set(load_checkpoint(result.checkpoint).training_state())
+
+    run_training(_config(prepared_dir, train={"epochs": 2}), tmp_path / "run", on_epoch=keys)
+    assert "optimizer" in kept[1] and "optimizer" not in kept[2]
+    assert {"model", "history", "epoch", "rng"} <= kept[2]
+    with pytest.raises(InputError, match="last epoch .* no optimizer state"):
+        run_training(_config(prepared_dir, train={"epochs": 3}), tmp_path / "more",
+                     resume_from=tmp_path / "run" / "checkpoint")
 
 
 def test_checkpoint_holds_config_vocabulary_and_best_weights(prepared_dir, tmp_path):
