@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -42,10 +43,14 @@ def test_every_epoch_reports_retrieval_and_the_last_one_test_retrieval(prepared_
 
 
 def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(prepared_dir, tmp_path):
-    straight = run_training(_config(prepared_dir, epochs=2), tmp_path / "straight")
-    run_training(_config(prepared_dir, epochs=1), tmp_path / "first")
-    resumed = run_training(_config(prepared_dir, epochs=2), tmp_path / "resumed",
-                           resume_from=tmp_path / "first" / "checkpoint")
+    at_epoch_1 = tmp_path / "at_epoch_1"
+
+    def keep_epoch_1(result) -> None:  # the checkpoint a run killed during epoch 2 leaves
+        if result.epoch == 1:
+            shutil.copytree(result.checkpoint, at_epoch_1)
+
+    straight = run_training(_config(prepared_dir, epochs=2), tmp_path / "straight", on_epoch=keep_epoch_1)
+    resumed = run_training(_config(prepared_dir, epochs=2), tmp_path / "resumed", resume_from=at_epoch_1)
     for key in ("train_loss", "val_loss", "val_rsum", "test_rsum"):
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-5, abs=1e-6), key
 
