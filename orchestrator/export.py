@@ -94,8 +94,7 @@ def download_best_checkpoint(results: Results, pick: Pick, into: Path) -> Path:
     from orchestrator.pyfunc import ARTIFACT  # the checkpoint's folder inside the model
 
     client = results.tracker.client
-    run_id = pick.trial_run.info.run_id
-    outputs = client.get_run(run_id).outputs
+    outputs = pick.trial_run.outputs  # the run as the search returned it: its logged models are there
     models = [client.get_logged_model(output.model_id) for output in (outputs.model_outputs if outputs else [])]
     captioners = [model for model in models if model.name == CAPTIONER_MODEL]
     with quiet_downloads():
@@ -110,7 +109,7 @@ def download_best_checkpoint(results: Results, pick: Pick, into: Path) -> Path:
             files = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
             mlmodel.unlink()
             return download(files)
-        return Path(client.download_artifacts(run_id, BEST_CHECKPOINT, str(into)))
+        return Path(client.download_artifacts(pick.trial_run.info.run_id, BEST_CHECKPOINT, str(into)))
 
 
 def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
