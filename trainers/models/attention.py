@@ -41,17 +41,22 @@ class SoftAttention(nn.Module):
         batch, pixels, width = prepared.shape
         att_h = self.decoder_att(hidden).view(batch, -1, 1, width)  # (B, K, 1, A)
         weight = self.full_att.weight.view(width)  # (A,)
-        scores = torch.cat([torch.matmul((prepared[i:i + n].unsqueeze(1) + att_h[i:i + n]).relu_(), weight)
-                            for i, n in _image_chunks(prepared, att_h.shape[1])])  # (B, K, P)
+        scores = torch.cat([torch.matmul(self.energies(prepared[i:i + n], att_h[i:i + n]), weight)
+                            for i, n in image_chunks(prepared, att_h.shape[1])])  # (B, K, P)
         alpha = (scores + self.full_att.bias).softmax(dim=2)  # (B, K, P)
         context = torch.bmm(alpha, features)  # (B, K, C)
         return context.view(-1, self.context_dim), alpha.view(-1, pixels)
+
+    @staticmethod
+    def energies(prepared: torch.Tensor, att_h: torch.Tensor) -> torch.Tensor:
+        """relu(W_e f + W_d h) for n images: prepared (n, P, A), att_h (n, K, 1, A) -> (n, K, P, A)."""
+        return (prepared.unsqueeze(1) + att_h).relu_()
 
 
 CHUNK_ELEMENTS = 1 << 20  # energies per chunk on a CPU: 4 MB, which stays in cache
 
 
-def _image_chunks(prepared: torch.Tensor, rows_per_image: int) -> list[tuple[int, int]]:
+def image_chunks(prepared: torch.Tensor, rows_per_image: int) -> list[tuple[int, int]]:
     """(first image, images) chunks for the (B, K, P, A) energies. On a CPU a few images at a time:
     beam search's energies are tens of MB per step, and going through memory three times (add, ReLU,
     score) cost a batched search a fifth of its time. A GPU takes them whole."""

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from trainers.config import ModelConfig
-from trainers.models.attention import ATTENTIONS, uniform_weights
-from trainers.models.cores import DECODERS, State
+from trainers.models.attention import ATTENTIONS, SoftAttention, uniform_weights
+from trainers.models.cores import DECODERS, LSTMCore, State
+from trainers.models.recurrence import attend_and_tell
 
 
 class Memory(NamedTuple):
@@ -89,36 +90,51 @@ class Decoder(nn.Module):
             order_on_device = order.to(captions.device)
             captions, features = captions[order_on_device], features[order_on_device]  # (B, T), (B, P, C)
         steps_needed = lengths[order] - 1  # (B,)
+        rows = [int((steps_needed > t).sum()) for t in range(min(steps, int(steps_needed.max())))]  # running at t
         memory = self.prepare(features)
         state = self.init_state(memory)
         embedded = self.embedding(captions)  # (B, T, E): one lookup, and one gradient, for every step
-        outputs, alphas, positions = [], [], []  # per step: (rows, H), (rows, P), (rows,) flat (b, t) index
+        if self._runs_as_one_function(features, ss_rate):
+            hidden, alphas = attend_and_tell(self, embedded, memory, state, rows)  # (N, H), (N, P)
+            outputs = [self.dropout(part) for part in hidden.split(rows)]  # per step, as stepping draws them
+        else:
+            outputs, alphas = self._stepwise(embedded, memory, state, rows, ss_rate, ss_per, generator)
+        # The output layer runs once over every real token: one large product instead of one per step,
+        # whose weight gradients (inner size = rows) and per-step accumulation cost more than the product.
+        positions = torch.cat([order[:count] * steps + t for t, count in enumerate(rows)])  # (N,) flat (b, t), unsorted
+        logits = self.fc(torch.cat(outputs))  # (N, V)
+        positions = positions.to(captions.device, non_blocking=True)
+        return (self._padded(logits, positions, batch, steps),  # (B, T-1, V)
+                self._padded(alphas, positions, batch, steps))  # (B, T-1, P)
+
+    def _runs_as_one_function(self, features: torch.Tensor, ss_rate: float) -> bool:
+        """Whether the steps run as trainers.models.recurrence's one autograd function: an LSTM with soft
+        attention, teacher-forced, on a CPU without autocast, where stepping through autograd is
+        memory-bound. A GPU steps through `_hidden_step`, which `train.compile` compiles."""
+        return (isinstance(self.core, LSTMCore) and isinstance(self.attention, SoftAttention) and ss_rate == 0
+                and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
+
+    def _stepwise(self, embedded: torch.Tensor, memory: Memory, state: State, rows: list[int], ss_rate: float,
+                  ss_per: str, generator: torch.Generator | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Step by step through `_hidden_step`: each step's dropped-out h (rows, H), and alphas (N, P)."""
+        outputs, alphas = [], []
         sampling = ss_rate > 0
         if sampling and ss_per == "sequence":
-            caption_coins = self._coins(batch, ss_rate, captions.device, generator)  # (B,)
-        for t in range(steps):
-            rows = int((steps_needed > t).sum())
-            if rows == 0:
-                break
-            state, memory = self.reorder_state(state, slice(rows)), memory.select(slice(rows))
-            x = embedded[:rows, t]  # (rows, E)
+            caption_coins = self._coins(embedded.shape[0], ss_rate, embedded.device, generator)  # (B,)
+        for t, count in enumerate(rows):
+            state, memory = self.reorder_state(state, slice(count)), memory.select(slice(count))
+            x = embedded[:count, t]  # (rows, E)
             if sampling and t > 0:
-                coins = (caption_coins[:rows] if ss_per == "sequence"
-                         else self._coins(rows, ss_rate, captions.device, generator))  # (rows,)
+                coins = (caption_coins[:count] if ss_per == "sequence"
+                         else self._coins(count, ss_rate, embedded.device, generator))  # (rows,)
                 with torch.no_grad():
-                    previous = self.fc(outputs[-1][:rows]).softmax(dim=1)  # (rows, V)
+                    previous = self.fc(outputs[-1][:count]).softmax(dim=1)  # (rows, V)
                 sampled = torch.multinomial(previous, 1, generator=generator).squeeze(1)  # (rows,)
                 x = torch.where(coins.unsqueeze(1), self.embedding(sampled), x)  # (rows, E)
             h, state, alpha = self._hidden_step(x, state, memory)
             outputs.append(self.dropout(h))  # (rows, H)
             alphas.append(alpha)  # (rows, P)
-            positions.append(order[:rows] * steps + t)  # where these rows go in the (B, T-1) output, unsorted
-        # The output layer runs once over every real token: one large product instead of one per step,
-        # whose weight gradients (inner size = rows) and per-step accumulation cost more than the product.
-        positions = torch.cat(positions).to(captions.device, non_blocking=True)  # (N,)
-        logits = self.fc(torch.cat(outputs))  # (N, V)
-        return (self._padded(logits, positions, batch, steps),  # (B, T-1, V)
-                self._padded(torch.cat(alphas), positions, batch, steps))  # (B, T-1, P)
+        return outputs, torch.cat(alphas)
 
     @staticmethod
     def _padded(packed: torch.Tensor, positions: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
