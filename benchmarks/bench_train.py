@@ -11,7 +11,9 @@ reaches, and what an epoch costs through a frozen ResNet-101 against the feature
     - `tutorial`: sgrvinod's Show-Attend-Tell decoder as its tutorial trains it, written here: the
       batch sorted by length, and at every step the attention re-projects the whole encoder grid
       (`encoder_att(encoder_out[:batch_size_t])`);
-    - `orch`: trainers.models.Decoder with trainers.loop.caption_loss, as the recipe runs it.
+    - `orch`: trainers.models.Decoder with trainers.loop.caption_loss, as the recipe runs it (on a CPU
+      the steps run as one autograd function, trainers.models.recurrence);
+    - `orch_stepwise` (CPU only): the same decoder stepping through autograd, `_hidden_step` by step.
     The arms alternate over `--rounds` rounds (each warmed first); medians, min/max and the
     speed-up are reported, with the FLOPs of one step (torch's FlopCounterMode: the matmuls) and
     the fraction of the machine's matmul peak, measured in the same run with a large sgemm.
@@ -155,6 +157,10 @@ def decoder_arms(args, device: torch.device) -> dict:
                     step()
                 flops[name] = counter.get_total_flops()
     default_amp = list(amps)[-1]  # what train.amp: auto picks here: bf16 on a GPU, fp32 on the CPU
+    if device.type == "cpu":  # orch's step through autograd step by step, as before trainers.models.recurrence
+        stepwise = copy.deepcopy(orch)
+        stepwise._runs_as_one_function = lambda features, ss_rate: False
+        arms["orch_stepwise-fp32"] = step_of(stepwise, orch_loss(stepwise), None)[1]
     if args.compile:  # train.compile as the recipe does it, under the default amp only: compiling takes minutes
         compiled = copy.deepcopy(orch)
         compiled._hidden_step = torch.compile(compiled._hidden_step, dynamic=True)
@@ -171,6 +177,8 @@ def decoder_arms(args, device: torch.device) -> dict:
         result[arm]["steps_per_s"] = round(args.steps / summary(times)["median_s"], 3)
     for amp_name in amps:
         result[f"orch_over_tutorial-{amp_name}"] = ratio(seconds[f"tutorial-{amp_name}"], seconds[f"orch-{amp_name}"])
+    if "orch_stepwise-fp32" in seconds:
+        result["one_function_over_stepwise-fp32"] = ratio(seconds["orch_stepwise-fp32"], seconds["orch-fp32"])
     if args.compile:
         result[f"compiled_over_eager-{default_amp}"] = ratio(seconds[f"orch-{default_amp}"],
                                                              seconds[f"orch_compiled-{default_amp}"])
