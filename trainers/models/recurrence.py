@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainers.models.attention import SoftAttention, image_chunks
+from trainers.models.attention import image_chunks
 
 
 def attend_and_tell(decoder, embedded: torch.Tensor, memory, state: tuple[torch.Tensor, torch.Tensor],
@@ -53,6 +53,8 @@ def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_ih, bias
 
 
 class _Recurrence(torch.autograd.Function):
+    """attend_and_tell's function: its inputs are the decoder's tensors that take a gradient."""
+
     @staticmethod
     def forward(ctx, decoder, rows, embedded, features, prepared, h, c,
                 att_weight, att_bias, score_weight, score_bias, gate_weight, gate_bias,
@@ -117,8 +119,7 @@ class _Recurrence(torch.autograd.Function):
             d_context = d_gated * gate  # (rows, C)
             alpha = tape.alpha[at]  # (rows, P)
             d_alpha = torch.bmm(d_context.unsqueeze(1), features[:count].transpose(1, 2)).squeeze(1)  # (rows, P)
-            if grad_alpha_out is not None:
-                d_alpha += grad_alpha_out[at]
+            d_alpha += grad_alpha_out[at]  # the regulariser's (autograd passes zeros when there is none)
             if grad_features is not None:
                 grad_features[:count].baddbmm_(alpha.unsqueeze(2), d_context.unsqueeze(1))
             d_scores = alpha * (d_alpha - (d_alpha * alpha).sum(dim=1, keepdim=True))  # (rows, P)
@@ -133,7 +134,8 @@ class _Recurrence(torch.autograd.Function):
                 torch.sum(d_energies, dim=1, out=grad_att_h[at][chunk])
             grad_h.addmm_(grad_att_h[at], att_weight)
         bias_grad = grad_gates.sum(dim=0)  # (4H,): the same for bias_ih and bias_hh
-        return (None, None, grad_embedded, grad_features, grad_prepared, _padded(grad_h, ctx.batch), _padded(grad_c, ctx.batch),
+        return (None, None, grad_embedded, grad_features, grad_prepared,
+                _padded(grad_h, ctx.batch), _padded(grad_c, ctx.batch),
                 grad_att_h.t() @ tape.h_in, grad_att_h.sum(dim=0), grad_score_weight.view(1, -1), grad_score_bias,
                 grad_gate.t() @ tape.h_in, grad_gate.sum(dim=0),
                 grad_gates.t() @ tape.x, bias_grad, grad_gates.t() @ tape.h_in, bias_grad.clone())
