@@ -6,6 +6,8 @@ step by step), unsorted, with the attention energies split into several chunks.
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainers.config import ModelConfig
 from trainers.loop import caption_loss
@@ -78,6 +80,32 @@ def test_gradients_equal_steppings(monkeypatch, fine_tune):
     assert (feature_grad is None) == (not fine_tune)
     if fine_tune:
         assert torch.allclose(feature_grad, expected_feature_grad, atol=1e-12, rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(2, 7), min_size=1, max_size=6), images_per_chunk=st.integers(1, 4))
+def test_any_lengths_give_steppings_outputs_and_gradients(lengths, images_per_chunk):
+    """Any batch: one caption, equal lengths, captions that end at the first word, any chunking."""
+    attention.CHUNK_ELEMENTS = images_per_chunk * PIXELS * 8
+    generator = torch.Generator().manual_seed(len(lengths))
+    captions = torch.randint(4, VOCAB, (len(lengths), max(lengths)), generator=generator)
+    captions[:, 0] = 1
+    features = torch.randn(len(lengths), PIXELS, FEATURES, generator=generator, dtype=torch.float64)
+    model = decoder(dtype=torch.float64)
+
+    def run(as_one_function: bool):
+        model._runs_as_one_function = lambda features, ss_rate: as_one_function
+        loss, _ = caption_loss(model, features, captions, torch.tensor(lengths), ss_rate=0.0, ss_per="token",
+                               alpha_c=1.0)
+        model.zero_grad()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = run(True)
+    expected_loss, expected = run(False)
+    assert loss == pytest.approx(expected_loss, abs=1e-12)
+    for grad, expected_grad in zip(grads, expected):
+        assert torch.allclose(grad, expected_grad, atol=1e-12, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name,attention_kind,ss_rate,autocast,expected", [
