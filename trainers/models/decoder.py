@@ -15,7 +15,7 @@ from torch import nn
 
 from trainers.config import ModelConfig
 from trainers.models.attention import ATTENTIONS, SoftAttention, uniform_weights
-from trainers.models.cores import DECODERS, LSTMCore, State
+from trainers.models.cores import DECODERS, GRUCore, LSTMCore, State
 from trainers.models.recurrence import attend_and_tell
 
 
@@ -108,11 +108,11 @@ class Decoder(nn.Module):
                 self._padded(alphas, positions, batch, steps))  # (B, T-1, P)
 
     def _runs_as_one_function(self, features: torch.Tensor, ss_rate: float) -> bool:
-        """Whether the steps run as trainers.models.recurrence's one autograd function: an LSTM with soft
-        attention, teacher-forced, on a CPU without autocast, where stepping through autograd is
+        """Whether the steps run as trainers.models.recurrence's one autograd function: an LSTM or GRU with
+        soft attention, teacher-forced, on a CPU without autocast, where stepping through autograd is
         memory-bound. A GPU steps through `_hidden_step`, which `train.compile` compiles."""
-        return (isinstance(self.core, LSTMCore) and isinstance(self.attention, SoftAttention) and ss_rate == 0
-                and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
+        return (isinstance(self.core, (LSTMCore, GRUCore)) and isinstance(self.attention, SoftAttention)
+                and ss_rate == 0 and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
 
     def _stepwise(self, embedded: torch.Tensor, memory: Memory, state: State, rows: list[int], ss_rate: float,
                   ss_per: str, generator: torch.Generator | None) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -4,27 +4,30 @@ At the coursework's sizes (batch 32, a 14x14x2048 grid) a teacher-forced step th
 memory-bound. Every step writes the LSTM's 21 MB weight gradient and adds it to the running sum. It
 stores the (rows, P, A) attention energies, and its slices of the projected grid each send back a
 zero-filled gradient of the whole grid. This function runs the same steps forward with the decoder's
-own modules. Its backward walks the steps in reverse:
+own modules and its cell's arithmetic. Its backward walks the steps in reverse:
 
 - each weight's gradient is one product over all steps at the end, as cuDNN's RNNs do;
 - the energies are recomputed a few images at a time, in chunks that stay in cache;
 - the grid's gradient is summed in place.
 
-`Decoder.forward` uses it for an LSTM core with soft attention and its f_beta gate, on a CPU, without
-autocast or scheduled sampling. Every other case steps through `Decoder._hidden_step`.
-tests/trainers/models/test_recurrence.py checks its outputs against the stepwise path bit for bit, and
-its gradients in float64.
+`Decoder.forward` uses it for an LSTM or GRU core with soft attention and its f_beta gate, on a
+CPU, without autocast or scheduled sampling. Every other case steps through `Decoder._hidden_step`.
+tests/trainers/models/test_recurrence.py checks its outputs against the stepwise path bit for bit,
+and its gradients in float64.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from trainers.models.attention import image_chunks
 
 
-def attend_and_tell(decoder, embedded: torch.Tensor, memory, state: tuple[torch.Tensor, torch.Tensor],
+def attend_and_tell(decoder, embedded: torch.Tensor, memory, state: tuple[torch.Tensor, ...],
                     rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states (N, H) and attention weights (N, P) of every real step, step after step.
 
@@ -32,51 +35,131 @@ def attend_and_tell(decoder, embedded: torch.Tensor, memory, state: tuple[torch.
     (a prefix of the batch, longest first), N = sum(rows).
     """
     cell, attention, gate = decoder.core.cell, decoder.attention, decoder.f_beta
-    return _Recurrence.apply(decoder, rows, embedded, memory.features, memory.prepared, *state,
+    return _Recurrence.apply(decoder, CELLS[type(cell)], rows, embedded, memory.features, memory.prepared,
                              attention.decoder_att.weight, attention.decoder_att.bias, attention.full_att.weight,
                              attention.full_att.bias, gate.weight, gate.bias,
-                             cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh)
+                             cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh, *state)
 
 
-def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_ih, bias_ih, weight_hh, bias_hh,
-              gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """nn.LSTMCell's CPU arithmetic, in its order (aten's LSTMCell), keeping what backward needs.
+class _LSTM:
+    """nn.LSTMCell's CPU arithmetic in aten's order (so a step's outputs are equal bit for bit), and
+    its backward. Gates i, f, g, o; the state (h, c)."""
 
-    Writes the activated gates i, f, g, o into `gates` (rows, 4H); returns h' (rows, H), c' and tanh(c').
-    """
-    torch.add(F.linear(h, weight_hh, bias_hh), F.linear(x, weight_ih, bias_ih), out=gates)  # (rows, 4H)
-    i, f, g, o = gates.chunk(4, dim=1)  # (rows, H) views
-    i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()
-    c = (f * c).add_(i * g)  # (rows, H)
-    tanh_c = c.tanh()  # (rows, H)
-    return o * tanh_c, c, tanh_c
+    gates = 4
+
+    @staticmethod
+    def keep(tape, new, n: int, hidden: int) -> None:
+        tape.c_in, tape.tanh_c = new(n, hidden), new(n, hidden)
+        tape.gates = new(n, 4 * hidden)  # i, f, g, o after their activations
+
+    @staticmethod
+    def forward(x, state, weight_ih, bias_ih, weight_hh, bias_hh, tape, at) -> tuple[torch.Tensor, ...]:
+        h, c = state  # (rows, H)
+        tape.c_in[at] = c
+        gates = tape.gates[at]  # (rows, 4H)
+        torch.add(F.linear(h, weight_hh, bias_hh), F.linear(x, weight_ih, bias_ih), out=gates)
+        i, f, g, o = gates.chunk(4, dim=1)  # (rows, H) views
+        i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()
+        c = (f * c).add_(i * g)  # (rows, H)
+        tape.tanh_c[at] = tanh_c = c.tanh()
+        return o * tanh_c, c
+
+    @staticmethod
+    def gradient_buffers(new, n: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4H) gradients of the gates' pre-activations from the input and from h: the same here."""
+        both = new(n, 4 * hidden)
+        return both, both
+
+    @staticmethod
+    def backward(dh, carried, tape, at, d_input, d_hidden) -> tuple[torch.Tensor | None, tuple]:
+        """Writes the gates' gradients at `at`; returns h's gradient that skips the gates (none) and c's."""
+        (dc,) = carried  # (rows, H)
+        i, f, g, o = tape.gates[at].chunk(4, dim=1)
+        di, df, dg, do = d_input[at].chunk(4, dim=1)
+        tanh_c = tape.tanh_c[at]
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        torch.mul(dh * tanh_c, o * (1 - o), out=do)
+        torch.mul(dc * g, i * (1 - i), out=di)
+        torch.mul(dc * tape.c_in[at], f * (1 - f), out=df)
+        torch.mul(dc * i, 1 - g * g, out=dg)
+        return None, (dc * f,)
+
+
+class _GRU:
+    """nn.GRUCell's CPU arithmetic in aten's order, and its backward. Gates r, z, n; the state (h,)."""
+
+    gates = 3
+
+    @staticmethod
+    def keep(tape, new, n: int, hidden: int) -> None:
+        tape.gates = new(n, 3 * hidden)  # r, z, n after their activations
+        tape.hidden_new = new(n, hidden)  # W_hn h + b_hn, which r scales
+
+    @staticmethod
+    def forward(x, state, weight_ih, bias_ih, weight_hh, bias_hh, tape, at) -> tuple[torch.Tensor, ...]:
+        (h,) = state  # (rows, H)
+        input_r, input_z, input_n = F.linear(x, weight_ih, bias_ih).chunk(3, dim=1)  # (rows, H)
+        hidden_r, hidden_z, hidden_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=1)
+        r = hidden_r.add_(input_r).sigmoid_()
+        z = hidden_z.add_(input_z).sigmoid_()
+        tape.hidden_new[at] = hidden_n
+        n = input_n.add(hidden_n.mul_(r)).tanh_()
+        torch.cat([r, z, n], dim=1, out=tape.gates[at])
+        return ((h - n).mul_(z).add_(n),)
+
+    @staticmethod
+    def gradient_buffers(new, n: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3H) gradients of the input's and h's gate products: they differ in n's third."""
+        return new(n, 3 * hidden), new(n, 3 * hidden)
+
+    @staticmethod
+    def backward(dh, carried, tape, at, d_input, d_hidden) -> tuple[torch.Tensor | None, tuple]:
+        """Writes both products' gradients at `at`; returns h's gradient that skips the gates."""
+        r, z, n = tape.gates[at].chunk(3, dim=1)
+        dr, dz, dn = d_input[at].chunk(3, dim=1)
+        dhr, dhz, dhn = d_hidden[at].chunk(3, dim=1)
+        torch.mul(dh * (1 - z), 1 - n * n, out=dn)
+        torch.mul(dh * (tape.h_in[at] - n), z * (1 - z), out=dz)
+        torch.mul(dn * tape.hidden_new[at], r * (1 - r), out=dr)
+        dhr.copy_(dr), dhz.copy_(dz)
+        torch.mul(dn, r, out=dhn)
+        return dh * z, ()
+
+
+CELLS = {nn.LSTMCell: _LSTM, nn.GRUCell: _GRU}
 
 
 class _Recurrence(torch.autograd.Function):
     """attend_and_tell's function: its inputs are the decoder's tensors that take a gradient."""
 
     @staticmethod
-    def forward(ctx, decoder, rows, embedded, features, prepared, h, c,
+    def forward(ctx, decoder, cell, rows, embedded, features, prepared,
                 att_weight, att_bias, score_weight, score_bias, gate_weight, gate_bias,
-                weight_ih, bias_ih, weight_hh, bias_hh):
+                weight_ih, bias_ih, weight_hh, bias_hh, *state):
         # Detached: the decoder's modules run on them here, and no autograd view may leak out of the function.
-        embedded, features, prepared, h, c = (part.detach() for part in (embedded, features, prepared, h, c))
-        n, embed, (hidden_dim, channels) = sum(rows), embedded.shape[2], (h.shape[1], features.shape[2])
-        ctx.batch, ctx.embedded_shape = h.shape[0], embedded.shape
-        tape = _Tape(embedded, n, embed + channels, hidden_dim, channels, features.shape[1])
+        embedded, features, prepared = embedded.detach(), features.detach(), prepared.detach()
+        state = tuple(part.detach() for part in state)
+        ctx.initial_shapes, ctx.embedded_shape = [part.shape for part in state], embedded.shape
+        n, embed, (hidden_dim, channels) = sum(rows), embedded.shape[2], (state[0].shape[1], features.shape[2])
+        new = embedded.new_empty
+        tape = SimpleNamespace(
+            x=new(n, embed + channels),  # the cell's input [embedding, gated context]
+            h_in=new(n, hidden_dim), h_out=new(n, hidden_dim),
+            gate=new(n, channels), context=new(n, channels),  # sigmoid(f_beta(h)), sum_p alpha_p f_p
+            alpha=new(n, features.shape[1]))
+        cell.keep(tape, new, n, hidden_dim)
         for t, (start, count) in enumerate(_spans(rows)):
-            h, c = h[:count], c[:count]  # (rows, H)
+            state = tuple(part[:count] for part in state)  # (rows, H) each
             at = slice(start, start + count)
-            tape.h_in[at], tape.c_in[at] = h, c
+            tape.h_in[at] = h = state[0]
             context, alpha = decoder.attention(features[:count], h, prepared[:count])  # (rows, C), (rows, P)
             torch.sigmoid(F.linear(h, gate_weight, gate_bias), out=tape.gate[at])  # (rows, C)
             tape.context[at], tape.alpha[at] = context, alpha
             # A fresh tensor, as a step makes it: MKL's sums can depend on where an operand starts in memory.
             tape.x[at] = x = torch.cat([embedded[:count, t], tape.gate[at] * context], dim=1)  # (rows, E + C)
-            h, c, tape.tanh_c[at] = lstm_cell(x, h, c, weight_ih, bias_ih, weight_hh, bias_hh, tape.gates[at])
-            tape.h_out[at] = h
-        ctx.rows, ctx.embed, ctx.attention = rows, embed, decoder.attention
-        ctx.tape = tape
+            state = cell.forward(x, state, weight_ih, bias_ih, weight_hh, bias_hh, tape, at)
+            tape.h_out[at] = state[0]
+        ctx.cell, ctx.rows, ctx.embed, ctx.attention, ctx.tape = cell, rows, embed, decoder.attention, tape
         ctx.save_for_backward(features, prepared, att_weight, att_bias, score_weight, gate_weight, weight_ih,
                               weight_hh)
         return tape.h_out, tape.alpha
@@ -84,33 +167,27 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h_out, grad_alpha_out):  # (N, H), (N, P)
         features, prepared, att_weight, att_bias, score_weight, gate_weight, weight_ih, weight_hh = ctx.saved_tensors
-        tape, rows, embed = ctx.tape, ctx.rows, ctx.embed
+        cell, tape, rows, embed = ctx.cell, ctx.tape, ctx.rows, ctx.embed
         score_weight = score_weight.view(-1)  # (A,)
-        grad_gates = torch.empty_like(tape.gates)  # (N, 4H): LSTM pre-activations
+        n, hidden_dim = tape.h_out.shape
+        d_input, d_hidden = cell.gradient_buffers(prepared.new_empty, n, hidden_dim)  # (N, G*H) each
         grad_gate = torch.empty_like(tape.gate)  # (N, C): f_beta's pre-activation
-        grad_att_h = torch.empty(tape.gates.shape[0], prepared.shape[2], dtype=prepared.dtype)  # (N, A)
+        grad_att_h = prepared.new_empty(n, prepared.shape[2])  # (N, A)
         grad_embedded = prepared.new_zeros(ctx.embedded_shape)  # (B, T, E)
         grad_prepared = torch.zeros_like(prepared)  # (B, P, A)
-        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[3] else None  # (B, P, C)
+        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[4] else None  # (B, P, C)
         grad_score_weight, grad_score_bias = torch.zeros_like(score_weight), prepared.new_zeros(1)
-        grad_h = grad_c = prepared.new_zeros(0, tape.h_out.shape[1])  # carried from the step after
+        grad_h = prepared.new_zeros(0, hidden_dim)  # carried from the step after, for its rows
+        carried = tuple(prepared.new_zeros(0, hidden_dim) for _ in range(len(ctx.initial_shapes) - 1))
         for t, (start, count) in reversed(list(enumerate(_spans(rows)))):
             at = slice(start, start + count)
-            dh = grad_h_out[at].clone()  # (rows, H)
-            dh[:grad_h.shape[0]] += grad_h
-            dc = torch.zeros_like(dh)
-            dc[:grad_c.shape[0]] = grad_c
-            i, f, g, o = tape.gates[at].chunk(4, dim=1)  # (rows, H)
-            di, df, dg, do = grad_gates[at].chunk(4, dim=1)
-            tanh_c = tape.tanh_c[at]
-            dc += dh * o * (1 - tanh_c * tanh_c)
-            torch.mul(dh * tanh_c, o * (1 - o), out=do)
-            torch.mul(dc * g, i * (1 - i), out=di)
-            torch.mul(dc * tape.c_in[at], f * (1 - f), out=df)
-            torch.mul(dc * i, 1 - g * g, out=dg)
-            grad_c = dc * f  # (rows, H)
-            dx = grad_gates[at] @ weight_ih  # (rows, E + C)
-            grad_h = grad_gates[at] @ weight_hh  # (rows, H)
+            dh = grad_h_out[at] + _rows(grad_h, count)  # (rows, H)
+            direct, carried = cell.backward(dh, tuple(_rows(part, count) for part in carried), tape, at,
+                                            d_input, d_hidden)
+            dx = d_input[at] @ weight_ih  # (rows, E + C)
+            grad_h = d_hidden[at] @ weight_hh  # (rows, H)
+            if direct is not None:
+                grad_h += direct
             grad_embedded[:count, t] = dx[:, :embed]
             d_gated = dx[:, embed:]  # (rows, C)
             gate, context = tape.gate[at], tape.context[at]
@@ -133,30 +210,19 @@ class _Recurrence(torch.autograd.Function):
                 grad_prepared[chunk] += d_energies
                 torch.sum(d_energies, dim=1, out=grad_att_h[at][chunk])
             grad_h.addmm_(grad_att_h[at], att_weight)
-        bias_grad = grad_gates.sum(dim=0)  # (4H,): the same for bias_ih and bias_hh
-        return (None, None, grad_embedded, grad_features, grad_prepared,
-                _padded(grad_h, ctx.batch), _padded(grad_c, ctx.batch),
+        batch = ctx.initial_shapes[0][0]
+        return (None, None, None, grad_embedded, grad_features, grad_prepared,
                 grad_att_h.t() @ tape.h_in, grad_att_h.sum(dim=0), grad_score_weight.view(1, -1), grad_score_bias,
                 grad_gate.t() @ tape.h_in, grad_gate.sum(dim=0),
-                grad_gates.t() @ tape.x, bias_grad, grad_gates.t() @ tape.h_in, bias_grad.clone())
+                d_input.t() @ tape.x, d_input.sum(dim=0), d_hidden.t() @ tape.h_in, d_hidden.sum(dim=0),
+                *(_rows(part, batch) for part in (grad_h, *carried)))
 
 
-class _Tape:
-    """What the forward pass keeps for backward, every step's rows one after another (N rows)."""
-
-    def __init__(self, like: torch.Tensor, n: int, input_dim: int, hidden_dim: int, channels: int, pixels: int):
-        new = like.new_empty
-        self.x = new(n, input_dim)  # the LSTM's input [embedding, gated context]
-        self.h_in, self.c_in = new(n, hidden_dim), new(n, hidden_dim)  # the state each step starts from
-        self.gates = new(n, 4 * hidden_dim)  # i, f, g, o after their activations
-        self.tanh_c, self.h_out = new(n, hidden_dim), new(n, hidden_dim)
-        self.gate, self.context = new(n, channels), new(n, channels)  # sigmoid(f_beta(h)), sum_p alpha_p f_p
-        self.alpha = new(n, pixels)
-
-
-def _padded(grad: torch.Tensor, batch: int) -> torch.Tensor:
-    """The gradient of a (batch, H) initial state from that of its first `len(grad)` rows."""
-    return torch.cat([grad, grad.new_zeros(batch - grad.shape[0], grad.shape[1])])
+def _rows(grad: torch.Tensor, count: int) -> torch.Tensor:
+    """A gradient of the first rows of a (count, H) tensor, as one for all of it: zeros below."""
+    if grad.shape[0] == count:
+        return grad
+    return torch.cat([grad, grad.new_zeros(count - grad.shape[0], grad.shape[1])])
 
 
 def _spans(rows: list[int]) -> list[tuple[int, int]]:

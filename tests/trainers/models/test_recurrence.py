@@ -1,4 +1,4 @@
-"""The LSTM + soft-attention recurrence as one autograd function against stepping through autograd.
+"""The LSTM or GRU + soft-attention recurrence as one autograd function against stepping through autograd.
 
 Both paths run the same decoder on the same batch: captions of uneven lengths (so rows drop out
 step by step), unsorted, with the attention energies split into several chunks.
@@ -43,8 +43,9 @@ def stepwise(monkeypatch, model: Decoder):
     monkeypatch.setattr(model, "_runs_as_one_function", lambda features, ss_rate: False)
 
 
-def test_outputs_equal_stepping_bit_for_bit_with_dropout_on(monkeypatch):
-    model = decoder(dropout=0.5).train()
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_outputs_equal_stepping_bit_for_bit_with_dropout_on(monkeypatch, core):
+    model = decoder(core, dropout=0.5).train()
     features, captions, lengths = a_batch()
     torch.manual_seed(5)
     logits, alphas = model(features, captions, lengths)
@@ -56,7 +57,8 @@ def test_outputs_equal_stepping_bit_for_bit_with_dropout_on(monkeypatch):
 
 
 @pytest.mark.parametrize("fine_tune", [False, True])
-def test_gradients_equal_steppings(monkeypatch, fine_tune):
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_gradients_equal_steppings(monkeypatch, core, fine_tune):
     """In float64, every parameter's gradient (and the features', when the encoder is fine-tuned), with
     the attention regulariser on so the attention weights' own gradient flows back too."""
     def gradients(model):
@@ -68,7 +70,7 @@ def test_gradients_equal_steppings(monkeypatch, fine_tune):
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
         return loss.item(), grads, features.grad
 
-    model = decoder(dtype=torch.float64)
+    model = decoder(core, dtype=torch.float64)
     loss, grads, feature_grad = gradients(model)
     stepwise(monkeypatch, model)
     expected_loss, expected, expected_feature_grad = gradients(model)
@@ -83,15 +85,16 @@ def test_gradients_equal_steppings(monkeypatch, fine_tune):
 
 
 @settings(max_examples=25, deadline=None)
-@given(lengths=st.lists(st.integers(2, 7), min_size=1, max_size=6), images_per_chunk=st.integers(1, 4))
-def test_any_lengths_give_steppings_outputs_and_gradients(lengths, images_per_chunk):
+@given(lengths=st.lists(st.integers(2, 7), min_size=1, max_size=6), images_per_chunk=st.integers(1, 4),
+       core=st.sampled_from(["lstm", "gru"]))
+def test_any_lengths_give_steppings_outputs_and_gradients(lengths, images_per_chunk, core):
     """Any batch: one caption, equal lengths, captions that end at the first word, any chunking."""
     attention.CHUNK_ELEMENTS = images_per_chunk * PIXELS * 8
     generator = torch.Generator().manual_seed(len(lengths))
     captions = torch.randint(4, VOCAB, (len(lengths), max(lengths)), generator=generator)
     captions[:, 0] = 1
     features = torch.randn(len(lengths), PIXELS, FEATURES, generator=generator, dtype=torch.float64)
-    model = decoder(dtype=torch.float64)
+    model = decoder(core, dtype=torch.float64)
 
     def run(as_one_function: bool):
         model._runs_as_one_function = lambda features, ss_rate: as_one_function
@@ -110,12 +113,14 @@ def test_any_lengths_give_steppings_outputs_and_gradients(lengths, images_per_ch
 
 @pytest.mark.parametrize("name,attention_kind,ss_rate,autocast,expected", [
     ("lstm", "soft", 0.0, False, True),
+    ("gru", "soft", 0.0, False, True),
     ("lstm", "soft", 0.25, False, False),  # scheduled sampling feeds back each step's own output
     ("lstm", "soft", 0.0, True, False),  # autocast picks each op's dtype: autograd's business
-    ("gru", "soft", 0.0, False, False),
+    ("rnn", "soft", 0.0, False, False),
+    ("mrnn", "none", 0.0, False, False),
     ("lstm", "dot", 0.0, False, False),
 ])
-def test_only_teacher_forced_lstm_with_soft_attention_runs_as_one_function(name, attention_kind, ss_rate, autocast,
+def test_only_teacher_forced_lstm_or_gru_with_soft_attention_runs_as_one_function(name, attention_kind, ss_rate, autocast,
                                                                            expected):
     model = decoder(name, attention_kind)
     features, _, _ = a_batch()
