@@ -142,11 +142,13 @@ class _Recurrence(torch.autograd.Function):
         ctx.initial_shapes, ctx.embedded_shape = [part.shape for part in state], embedded.shape
         n, embed, (hidden_dim, channels) = sum(rows), embedded.shape[2], (state[0].shape[1], features.shape[2])
         new = embedded.new_empty
+        h_out, alpha_out = new(n, hidden_dim), new(n, features.shape[1])  # the outputs
+        # What backward reads besides its saved tensors. Never the outputs: a context that holds its own
+        # outputs is a reference cycle that Python's collector cannot see, and every batch would leak.
         tape = SimpleNamespace(
             x=new(n, embed + channels),  # the cell's input [embedding, gated context]
-            h_in=new(n, hidden_dim), h_out=new(n, hidden_dim),
-            gate=new(n, channels), context=new(n, channels),  # sigmoid(f_beta(h)), sum_p alpha_p f_p
-            alpha=new(n, features.shape[1]))
+            h_in=new(n, hidden_dim),
+            gate=new(n, channels), context=new(n, channels))  # sigmoid(f_beta(h)), sum_p alpha_p f_p
         cell.keep(tape, new, n, hidden_dim)
         for t, (start, count) in enumerate(_spans(rows)):
             state = tuple(part[:count] for part in state)  # (rows, H) each
@@ -154,22 +156,23 @@ class _Recurrence(torch.autograd.Function):
             tape.h_in[at] = h = state[0]
             context, alpha = decoder.attention(features[:count], h, prepared[:count])  # (rows, C), (rows, P)
             torch.sigmoid(F.linear(h, gate_weight, gate_bias), out=tape.gate[at])  # (rows, C)
-            tape.context[at], tape.alpha[at] = context, alpha
+            tape.context[at], alpha_out[at] = context, alpha
             # A fresh tensor, as a step makes it: MKL's sums can depend on where an operand starts in memory.
             tape.x[at] = x = torch.cat([embedded[:count, t], tape.gate[at] * context], dim=1)  # (rows, E + C)
             state = cell.forward(x, state, weight_ih, bias_ih, weight_hh, bias_hh, tape, at)
-            tape.h_out[at] = state[0]
+            h_out[at] = state[0]
         ctx.cell, ctx.rows, ctx.embed, ctx.attention, ctx.tape = cell, rows, embed, decoder.attention, tape
         ctx.save_for_backward(features, prepared, att_weight, att_bias, score_weight, gate_weight, weight_ih,
-                              weight_hh)
-        return tape.h_out, tape.alpha
+                              weight_hh, alpha_out)
+        return h_out, alpha_out
 
     @staticmethod
     def backward(ctx, grad_h_out, grad_alpha_out):  # (N, H), (N, P)
-        features, prepared, att_weight, att_bias, score_weight, gate_weight, weight_ih, weight_hh = ctx.saved_tensors
+        (features, prepared, att_weight, att_bias, score_weight, gate_weight, weight_ih, weight_hh,
+         alpha_out) = ctx.saved_tensors
         cell, tape, rows, embed = ctx.cell, ctx.tape, ctx.rows, ctx.embed
         score_weight = score_weight.view(-1)  # (A,)
-        n, hidden_dim = tape.h_out.shape
+        n, hidden_dim = tape.h_in.shape
         d_input, d_hidden = cell.gradient_buffers(prepared.new_empty, n, hidden_dim)  # (N, G*H) each
         grad_gate = torch.empty_like(tape.gate)  # (N, C): f_beta's pre-activation
         grad_att_h = prepared.new_empty(n, prepared.shape[2])  # (N, A)
@@ -194,7 +197,7 @@ class _Recurrence(torch.autograd.Function):
             torch.mul(d_gated * context, gate * (1 - gate), out=grad_gate[at])
             grad_h.addmm_(grad_gate[at], gate_weight)
             d_context = d_gated * gate  # (rows, C)
-            alpha = tape.alpha[at]  # (rows, P)
+            alpha = alpha_out[at]  # (rows, P)
             d_alpha = torch.bmm(d_context.unsqueeze(1), features[:count].transpose(1, 2)).squeeze(1)  # (rows, P)
             d_alpha += grad_alpha_out[at]  # the regulariser's (autograd passes zeros when there is none)
             if grad_features is not None:

@@ -4,6 +4,9 @@ Both paths run the same decoder on the same batch: captions of uneven lengths (s
 step by step), unsorted, with the attention energies split into several chunks.
 """
 
+import gc
+import weakref
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -82,6 +85,27 @@ def test_gradients_equal_steppings(monkeypatch, core, fine_tune):
     assert (feature_grad is None) == (not fine_tune)
     if fine_tune:
         assert torch.allclose(feature_grad, expected_feature_grad, atol=1e-12, rtol=1e-9)
+
+
+def test_a_batch_frees_what_its_backward_kept_once_the_graph_is_gone():
+    """The function's context must not hold its own outputs: Python's collector cannot see that cycle,
+    and every training batch would leak what it kept for backward (20 MB at the coursework's sizes)."""
+    model = decoder()
+    features, captions, lengths = a_batch()
+    loss, ce = caption_loss(model, features, captions, lengths, ss_rate=0.0, ss_per="token", alpha_c=1.0)
+    nodes, seen = [loss.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_RecurrenceBackward":
+            kept = weakref.ref(node.tape.x)
+        nodes.extend(next_node for next_node, _ in node.next_functions)
+    loss.backward()
+    del loss, ce, nodes, seen, node
+    gc.collect()
+    assert kept() is None
 
 
 @settings(max_examples=25, deadline=None)
