@@ -15,8 +15,8 @@ from torch import nn
 
 from trainers.config import ModelConfig
 from trainers.models.attention import ATTENTIONS, SoftAttention, uniform_weights
-from trainers.models.cores import DECODERS, GRUCore, LSTMCore, State
-from trainers.models.recurrence import attend_and_tell
+from trainers.models.cores import DECODERS, State
+from trainers.models.recurrence import CELLS, attend_and_tell
 
 
 class Memory(NamedTuple):
@@ -111,7 +111,8 @@ class Decoder(nn.Module):
         """Whether the steps run as trainers.models.recurrence's one autograd function: an LSTM or GRU with
         soft attention, teacher-forced, on a CPU without autocast, where stepping through autograd is
         memory-bound. A GPU steps through `_hidden_step`, which `train.compile` compiles."""
-        return (isinstance(self.core, (LSTMCore, GRUCore)) and isinstance(self.attention, SoftAttention)
+        cell = getattr(self.core, "cell", None)  # the torch cell of an rnn, lstm or gru core; mrnn has none
+        return (type(cell) in CELLS and isinstance(self.attention, SoftAttention)
                 and ss_rate == 0 and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
 
     def _stepwise(self, embedded: torch.Tensor, memory: Memory, state: State, rows: list[int], ss_rate: float,
