@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from trainers.config import ModelConfig, TrainerConfig, without_retired_keys
-from trainers.errors import InputError
+from trainers.errors import InputError, reading
 from trainers.staging import staged_folder
 
 TRAINING_STATE = "training_state.pt"
@@ -199,11 +199,18 @@ class Checkpoint:
     meta: dict
 
     def training_state(self, map_location="cpu") -> dict:
-        return torch.load(self.folder / TRAINING_STATE, map_location=map_location, weights_only=True)
+        return self._load(TRAINING_STATE, map_location)
 
     def best_model(self, map_location="cpu") -> dict:
         """The best epoch's trainable weights (the frozen encoder blocks left out)."""
-        return torch.load(self.folder / BEST_MODEL, map_location=map_location, weights_only=True)
+        return self._load(BEST_MODEL, map_location)
+
+    def _load(self, name: str, map_location) -> dict:
+        with reading(self.folder / name, DAMAGED):
+            return torch.load(self.folder / name, map_location=map_location, weights_only=True)
+
+
+DAMAGED = "a damaged checkpoint: nothing can continue from it; train the configuration again"
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
@@ -211,4 +218,5 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     missing = [name for name in (TRAINING_STATE, BEST_MODEL, META) if not (folder / name).is_file()]
     if missing:
         raise InputError(f"{folder}: not a checkpoint (missing {', '.join(missing)})")
-    return Checkpoint(folder, json.loads((folder / META).read_text()))
+    with reading(folder / META, DAMAGED):
+        return Checkpoint(folder, json.loads((folder / META).read_text()))

@@ -79,6 +79,19 @@ def test_resuming_checks_the_frozen_encoder(prepared_dir, frozen_run, tmp_path):
         CaptionRecipe(config, tmp_path / "resumed").setup(resume_from=other)
 
 
+@pytest.mark.parametrize("name", ["training_state.pt", "best_model.pt", META])
+def test_a_damaged_checkpoint_file_is_named_in_one_error(frozen_run, tmp_path, name):
+    """A truncated file (a disk that failed, a copy cut short) says which file, not a torch traceback."""
+    _, checkpoint = frozen_run
+    other = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint.folder, other)
+    data = (other / name).read_bytes()
+    (other / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match=f"{name}: .*damaged checkpoint"):
+        damaged = load_checkpoint(other)
+        damaged.training_state(), damaged.best_model()
+
+
 def test_best_weights_are_kept_on_the_cpu_without_the_frozen_encoder(prepared_dir, tmp_path):
     recipe = CaptionRecipe(TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir)), tmp_path)
     recipe.setup()
