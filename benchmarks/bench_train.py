@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import environment, interleaved, matmul_peak_gflops, ratio, summary  # noqa: E402
 
 from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E402
-from trainers.loop import CaptionRecipe, caption_loss, make_optimizer, pick_device  # noqa: E402
+from trainers.devices import pick_device  # noqa: E402
+from trainers.loop import CaptionRecipe, caption_loss, make_optimizer  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 

@@ -96,7 +96,7 @@ def add_search_options(parser) -> None:
 def search_decoder(args):
     """(device, a seeded LSTM soft-attention decoder in eval mode) at the sizes `args` name."""
     from trainers.config import ModelConfig
-    from trainers.loop import pick_device
+    from trainers.devices import pick_device
     from trainers.models import Decoder
 
     device = pick_device(args.device)

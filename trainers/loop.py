@@ -31,6 +31,7 @@ from trainers.config import REFERENCE_DECODE_ID, TrainConfig, TrainerConfig
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
+from trainers.devices import pick_device
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
 from trainers.errors import InputError, TrainingDiverged
@@ -81,14 +82,6 @@ def reference_variant(config: TrainerConfig, variants: list[DecodeVariant]) -> D
     """The decode setting that drives a training: its own `decode:` section, never the grid's decode
     keys. Named as the variant it equals, or `ref` when no variant does."""
     return next((v for v in variants if v.config == config.decode), DecodeVariant(REFERENCE_DECODE_ID, config.decode))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
-    return torch.device(name)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:

@@ -43,8 +43,8 @@ from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.features import cached_features, resize_batch
 from trainers.evaluation import DecodeVariant
-from trainers.loop import (CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, caption_loss, pick_device,
-                           seed_everything)
+from trainers.devices import pick_device
+from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, caption_loss, seed_everything
 
 SPLITS = ("train", "val", "test")
 IMAGE_CHUNK, SENTENCE_CHUNK = 16, 512  # score matrices are computed in blocks of this many
