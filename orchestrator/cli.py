@@ -95,13 +95,14 @@ OVERRIDES_HELP = ("Overrides as KEY=VALUE, e.g. train.lr=1e-3 (the same as --set
 SET_HELP = "Override a key: --set train.lr=1e-3 (repeatable)."
 
 
-def _load_experiment(config: Path, set_: Optional[List[str]], overrides: Optional[List[str]], smoke: bool):
+def _load_experiment(config: Path, set_: Optional[List[str]], overrides: Optional[List[str]], smoke: bool,
+                     trials: bool = True):
     """The experiment file with its overrides (--set ones, then the positional ones), in its smoke profile
-    when asked."""
+    when asked. `trials=False`: for `orch train`, which reserves nothing (orchestrator.config.load_config)."""
     from orchestrator.config import load_config
     from orchestrator.smoke import load_smoke_config
 
-    return (load_smoke_config if smoke else load_config)(config, [*(set_ or []), *(overrides or [])])
+    return (load_smoke_config if smoke else load_config)(config, [*(set_ or []), *(overrides or [])], trials=trials)
 
 
 @app.command(epilog=EXAMPLES["synth"])
@@ -187,7 +188,7 @@ def train(
     """Train one configuration in this process (no Ray), tracked in MLflow."""
     from orchestrator.single import train_one
 
-    summary = train_one(_load_experiment(config, set_, overrides, smoke), console)
+    summary = train_one(_load_experiment(config, set_, overrides, smoke, trials=False), console)
     if as_json:
         print(json.dumps(summary))
 

@@ -125,7 +125,10 @@ class SchedulerConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    """What Ray reserves for each trial. A fraction of a GPU packs trials: 0.25 runs 4 per GPU."""
+    """What Ray reserves for each trial. A fraction of a GPU packs trials: 0.25 runs 4 per GPU.
+
+    A trial trains on the device it reserved (orchestrator.trainable): on its GPU when `gpu` > 0,
+    else on the CPU with CUDA hidden. It trains on one device, so it never reserves more than one GPU."""
 
     cpu: float = Field(1.0, ge=0.0)
     gpu: float = Field(0.0, ge=0.0)
@@ -133,9 +136,10 @@ class ResourcesConfig(Strict):
 
     @field_validator("gpu")
     @classmethod
-    def _whole_above_one(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError("a trial takes a fraction of one GPU or whole GPUs: use a value <= 1 or a whole number")
+    def _one_gpu_at_most(cls, v: float) -> float:
+        if v > 1:
+            raise ValueError("a trial trains on one device and there is no multi-GPU trainer: use 1 (a whole GPU) "
+                             "or a fraction such as 0.5 (2 trials share a GPU)")
         return v
 
 
@@ -168,6 +172,7 @@ class RayConfig(Strict):
     storage: str = "results"  # a local folder, a shared mount, or a URI such as s3://bucket/prefix
     max_failures: int = Field(2, ge=-1)  # retries of a failed trial; -1 retries forever
     keep_checkpoints: int = Field(1, ge=1)  # the newest; each holds the best weights too
+    autoscaling: bool = False  # the cluster adds GPU nodes on demand: its GPUs are not counted before the run
 
     @field_validator("address")
     @classmethod
@@ -199,6 +204,8 @@ class ExperimentConfig(TrainerConfig):
         self._check_search_metric()
         if (info.context or {}).get("check_files", True):
             self._check_weights_files()
+        if (info.context or {}).get("trials", True):
+            self._check_device_reservation()
         self._fill_max_t()
         return self
 
@@ -293,6 +300,28 @@ class ExperimentConfig(TrainerConfig):
                               f"{self.trainer} reports{hint} (choose one of {', '.join(valid)}: eval.select_by "
                               "names, where neg_loss ranks by val_loss)")
 
+    def _check_device_reservation(self) -> None:
+        """A trial trains where its reservation says (orchestrator.trainable): `cuda` when it reserves a
+        GPU, `cpu` when it reserves none. A train.device that says otherwise, in the file, the grid or
+        the search, would be overruled unseen: refused, naming both keys."""
+        gpu = self.resources.gpu
+        reserved, other = ("cuda", "cpu") if gpu > 0 else ("cpu", "cuda")
+        why = (f"train.device is 'cuda' but resources.gpu is 0: a trial that reserves no GPU trains with CUDA "
+               f"hidden (set resources.gpu: 1, or a fraction such as 0.5 to share a GPU; or train.device: auto)"
+               if reserved == "cpu" else
+               f"train.device is 'cpu' but resources.gpu is {gpu:g}: each trial would hold a GPU it never uses "
+               f"(set resources.gpu: 0 to train on CPUs, or train.device: auto)")
+        if self.train.device == other:
+            raise ConfigError(("train", "device"), why)
+        for index, value in enumerate(self.ablation.get("train.device", [])):
+            if value == other:
+                raise ConfigError(("ablation", "train.device", index),
+                                  f"ablation value {_shown(value)} is invalid: {why}")
+        dimension = self.search.space.get("train.device") if self.search is not None else None
+        if dimension is not None and other in dimension.probe_values():
+            raise ConfigError(("search", "space", "train.device"), f"search.space train.device reaches "
+                              f"{_shown(other)}, which is invalid: {why}")
+
     def _check_weights_files(self) -> None:
         """A weights file must exist before anything starts (a relative path is relative to where orch
         runs, like data.prepared); it is then named by its absolute path, for trials run elsewhere."""
@@ -328,20 +357,22 @@ class ExperimentConfig(TrainerConfig):
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check_files: bool = True,
-                saved: bool = False) -> ExperimentConfig:
+                saved: bool = False, trials: bool = True) -> ExperimentConfig:
     """Read an experiment YAML (with its bases), apply `--set key=value` overrides and validate it all.
     Raises InputError naming the file and line (or the --set) of what is wrong.
 
     `check_files=False` leaves out the check that weights files exist (for a config whose weights
     settings are about to be overridden, as `--smoke` does). `saved=True` reads a config orch wrote
-    itself (a run's orch.yaml), dropping the keys older versions wrote that nothing reads now."""
+    itself (a run's orch.yaml), dropping the keys older versions wrote that nothing reads now.
+    `trials=False` is for `orch train` (one process, no Ray): nothing is reserved, so train.device is
+    not held to resources.gpu."""
     written, written_origins = _read_with_bases(Path(path), str(path), chain=())
     if saved:
         written = without_retired_keys(written)
     parsed = [(override, *_parse_override(override)) for override in overrides]
     raw, origins = _with_overrides(written, written_origins, parsed)
     _refuse_overridden_factors(raw, parsed, origins, str(path))
-    problems = _problems(raw, check_files)
+    problems = _problems(raw, check_files, trials)
     if isinstance(problems, ExperimentConfig):
         return problems
     blamed: dict[int, list] = {}  # index of a --set -> the problems without it (computed when needed)
@@ -356,7 +387,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *, check
         for index in range(len(parsed)):
             if index not in blamed:
                 others = parsed[:index] + parsed[index + 1:]
-                without = _problems(_with_overrides(written, written_origins, others)[0], check_files)
+                without = _problems(_with_overrides(written, written_origins, others)[0], check_files, trials)
                 blamed[index] = [] if isinstance(without, ExperimentConfig) else without
         culprits = [f"--set {parsed[index][0]}" for index, without in blamed.items() if problem not in without]
         return ", ".join(culprits) or where
@@ -404,10 +435,10 @@ def _with_overrides(written: dict, origins: dict[KeyPath, str], parsed: Sequence
     return raw, origins
 
 
-def _problems(raw: dict, check_files: bool) -> ExperimentConfig | list[tuple[KeyPath, str]]:
+def _problems(raw: dict, check_files: bool, trials: bool = True) -> ExperimentConfig | list[tuple[KeyPath, str]]:
     """The validated experiment, or what is wrong with it: (key path, sentence naming the key)."""
     try:
-        return ExperimentConfig.model_validate(raw, context={"check_files": check_files})
+        return ExperimentConfig.model_validate(raw, context={"check_files": check_files, "trials": trials})
     except ValidationError as error:
         return _explain(error)
     except ConfigError as error:

@@ -434,7 +434,8 @@ def resume_invocation(name_or_run: str, storage_setting: str, console: Console) 
 
     storage, name, invocation = find_invocation(name_or_run, storage_setting)
     with tempfile.TemporaryDirectory() as scratch:
-        config = load_config(storage.local(f"{name}/{invocation}/{CONFIG_FILE}", Path(scratch)), saved=True)
+        config = load_config(storage.local(f"{name}/{invocation}/{CONFIG_FILE}", Path(scratch)), saved=True,
+                             trials=not invocation.startswith("train-"))  # a killed `orch train` reserved nothing
     config.ray.storage = storage.setting
     if invocation.startswith("train-"):  # a killed `orch train`: continued in this process, no Ray
         from orchestrator.single import train_one

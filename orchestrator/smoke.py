@@ -67,7 +67,9 @@ def smoke_overrides(config: ExperimentConfig) -> list[str]:
             if not any(overlaps(key, factor) for factor in factors)]
 
 
-def load_smoke_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The experiment at `path` in its smoke profile; the user's `overrides` apply last."""
-    full = load_config(path, overrides, check_files=False)  # the smoke profile replaces model.weights
-    return load_config(path, [*smoke_overrides(full), *overrides])
+def load_smoke_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
+                      trials: bool = True) -> ExperimentConfig:
+    """The experiment at `path` in its smoke profile; the user's `overrides` apply last. `trials`: as
+    load_config's (False for `orch train`)."""
+    full = load_config(path, overrides, check_files=False, trials=trials)  # the smoke profile replaces model.weights
+    return load_config(path, [*smoke_overrides(full), *overrides], trials=trials)

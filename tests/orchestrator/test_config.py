@@ -367,7 +367,8 @@ def test_remote_storage_needs_an_explicit_tracking_uri(tmp_path):
 
 @pytest.mark.parametrize("yaml_text, fragment", [
     ("ray: {address: 'my cluster'}", "ray.address: must be null"),
-    ("resources: {gpu: 1.5}", "resources.gpu: a trial takes a fraction of one GPU or whole GPUs"),
+    ("resources: {gpu: 1.5}", "resources.gpu: a trial trains on one device and there is no multi-GPU trainer"),
+    ("resources: {gpu: 2}", "resources.gpu: a trial trains on one device and there is no multi-GPU trainer: use 1"),
     ("scheduler: {kind: asha, grace_period: 30}", "scheduler.grace_period 30 is more than scheduler.max_t 20"),
     ("search: {num_samples: 4}", "search.space: Field required"),
     ("trainer: aligner", "trainer: Input should be 'captioner'"),
@@ -376,6 +377,43 @@ def test_orchestrator_sections_are_validated(tmp_path, yaml_text, fragment):
     path = write(tmp_path, "x.yaml", yaml_text + "\n")
     message = load_error(path)
     assert message.startswith(f"{path}:1: ") and fragment in message
+
+
+# --- a trial trains where its reservation says ------------------------------------------------------------
+
+def test_cuda_without_a_reserved_gpu_is_refused_naming_both_keys(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\ntrain: {device: cuda}\n")
+    assert load_error(path) == (f"{path}:2: train.device is 'cuda' but resources.gpu is 0: a trial that reserves "
+                                "no GPU trains with CUDA hidden (set resources.gpu: 1, or a fraction such as 0.5 to "
+                                "share a GPU; or train.device: auto)")
+    assert load_config(path, ["resources.gpu=0.5"]).train.device == "cuda"
+
+
+def test_cpu_with_a_reserved_gpu_is_refused_and_a_set_is_blamed(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\nresources: {gpu: 0.5}\n")
+    assert load_error(path, ["train.device=cpu"]) == (
+        "--set train.device=cpu: train.device is 'cpu' but resources.gpu is 0.5: each trial would hold a GPU it "
+        "never uses (set resources.gpu: 0 to train on CPUs, or train.device: auto)")
+
+
+def test_a_grid_or_a_search_reaching_the_other_device_is_refused(tmp_path):
+    grid = write(tmp_path, "grid.yaml", "name: g\nablation:\n  train.device: [auto, cuda]\n")
+    assert load_error(grid).startswith(f"{grid}:3: ablation value \"cuda\" is invalid: train.device is 'cuda' but "
+                                       "resources.gpu is 0")
+    search = write(tmp_path, "search.yaml", "name: s\nresources: {gpu: 1}\nsearch:\n  space:\n"
+                                             "    train.device: {choice: [cpu, auto]}\n")
+    assert "search.space train.device reaches \"cpu\", which is invalid: train.device is 'cpu' but resources.gpu " \
+           "is 1" in load_error(search)
+
+
+def test_orch_train_reserves_nothing_so_cuda_stands_alone(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\ntrain: {device: cuda}\n")
+    assert load_config(path, trials=False).train.device == "cuda"
+
+
+def test_ray_autoscaling_is_off_unless_said(tmp_path):
+    assert load_config(write(tmp_path, "x.yaml", "name: x\n")).ray.autoscaling is False
+    assert load_config(write(tmp_path, "y.yaml", "name: y\nray: {autoscaling: true}\n")).ray.autoscaling is True
 
 
 @pytest.mark.parametrize("address", [None, "auto", "head-node:6379", "ray://10.0.0.1:10001"])

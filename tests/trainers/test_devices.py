@@ -57,7 +57,8 @@ def test_cuda_without_a_driver_is_one_line_naming_torch_its_cuda_build_and_the_f
     built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
     assert f"torch {torch.__version__} ({built})" in message
     assert "no NVIDIA driver answers (nvidia-smi not found)" in message
-    assert f"pip install torch=={TORCH} torchvision==" in message and "--index-url https://download.pytorch.org/whl/" in message
+    assert f"pip install torch=={TORCH} torchvision==" in message
+    assert "--index-url https://download.pytorch.org/whl/" in message
 
 
 def test_an_old_driver_is_named_with_the_torch_build_made_for_it(driver, monkeypatch):
