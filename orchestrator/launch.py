@@ -136,8 +136,10 @@ def studies_of(config: ExperimentConfig, plan: Plan) -> list[Study]:
 
 
 def trainer_base(config: ExperimentConfig) -> dict:
-    """The trainer config every trial starts from, with paths made absolute (trials run elsewhere)."""
+    """The trainer config every trial starts from, with paths made absolute (trials run elsewhere) and
+    train.device the one its reservation gives it (orchestrator.trainable.reserved_device), as MLflow records it."""
     base = config.trainer_config({}).model_dump(mode="json")
+    base["train"]["device"] = "cuda" if config.resources.gpu > 0 else "cpu"
     base["data"]["prepared"] = str(Path(base["data"]["prepared"]).resolve())
     if base["data"]["cache_dir"]:
         base["data"]["cache_dir"] = str(Path(base["data"]["cache_dir"]).resolve())
@@ -234,7 +236,29 @@ def run_plan(config: ExperimentConfig, plan: Plan, console: Console, *, address:
     launch = Launch.resolve(config, plan, address, invocation, storage)  # resolved once, read by all below
     preflight.check_launch(launch)  # an unreachable tracking server, bucket or cluster fails before any trial
     check_data(config, plan)
+    check_gpus(launch)
     return _run(launch, console)
+
+
+def check_gpus(launch: Launch) -> None:
+    """The Ray cluster holds one trial's GPU: asked of Ray itself, once it is up (joined, or started
+    here), and before the invocation's folder or any MLflow run exists. A Ray started here for a
+    check that fails is shut down again. Skipped when nothing reserves a GPU, and for an autoscaling
+    cluster (`ray.autoscaling`), whose GPU nodes arrive only once trials ask for them."""
+    config = launch.config
+    if config.resources.gpu <= 0 or config.ray.autoscaling:
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    _init_ray(launch)
+    try:
+        preflight.check_cluster_gpus(config.resources.gpu, ray.cluster_resources(), launch.ray_address,
+                                     launch.ray_source)
+    except InputError:
+        if started:
+            ray.shutdown()
+        raise
 
 
 def _run(launch: Launch, console: Console) -> int:

@@ -127,8 +127,9 @@ def render_plan(plan: Plan, config: ExperimentConfig) -> Group:
         Text(f"search: {_describe_search(config)}"),
         Text(f"scheduler: {_describe_scheduler(config)}"),
         Text(f"resources: {_describe_resources(plan.resources)}"),
-        Text(f"ray: {config.ray.address or 'a local Ray started for this run'}, storage {config.ray.storage}, "
-             f"max_failures {config.ray.max_failures}; tracking: {config.tracking.uri}, "
+        Text(f"ray: {config.ray.address or 'a local Ray started for this run'}"
+             f"{' (autoscaling: its GPUs are not counted before the run)' if config.ray.autoscaling else ''}, "
+             f"storage {config.ray.storage}, max_failures {config.ray.max_failures}; tracking: {config.tracking.uri}, "
              f"experiment {config.tracking.experiment!r}"),
     ]
     return Group(*lines)
@@ -207,14 +208,13 @@ def _describe_scheduler(config: ExperimentConfig) -> str:
 
 
 def _describe_resources(resources: dict[str, Any]) -> str:
+    """The per-trial reservation and the device it gives each trial (orchestrator.trainable)."""
     cpu, gpu = resources["cpu_per_trial"], resources["gpu_per_trial"]
     if gpu == 0:
-        gpus = "no GPU"
-    elif gpu <= 1:
-        n = resources["trials_per_gpu"]
-        gpus = f"gpu {gpu:g}/trial: up to {_count(n, 'trial')} per GPU"
+        gpus = "no GPU (each trial trains on the CPU, CUDA hidden)"
     else:
-        gpus = f"gpu {gpu:g}/trial: {int(gpu)} whole GPUs each"
+        n = resources["trials_per_gpu"]
+        gpus = f"gpu {gpu:g}/trial: up to {_count(n, 'trial')} per GPU (each trains on cuda)"
     cap = resources["max_concurrent"]
     at_once = f"at most {cap} trials at once" if cap else "as many at once as the cluster's CPUs and GPUs hold"
     return f"cpu {cpu:g}/trial, {gpus}; {at_once}"

@@ -162,6 +162,29 @@ def check_ray_address(address: Optional[str], source: str = "ray.address", timeo
                              f"(`ray start --head`), or fix the address. Nothing was started.") from None
 
 
+def check_cluster_gpus(need: float, resources: dict, address: str, source: str = "") -> None:
+    """The Ray cluster holds one trial's GPU (`resources`: ray.cluster_resources()); a plan whose trials
+    reserve GPUs no node has would wait for them forever. `address` "local": a local Ray on this
+    machine, whose trials also need a torch that can use its GPU (trainers.devices says why not)."""
+    if need <= 0:
+        return
+    have, local = float(resources.get("GPU", 0.0)), address == "local"  # orchestrator.launch.LOCAL_RAY
+    if local and have < need:
+        raise PreflightError(f"resources.gpu: {need:g} per trial, but the local Ray on this machine (ray.address: "
+                             f"null) has {have:g} GPUs: run on a machine with a GPU, join a GPU cluster (--address "
+                             f"or ray.address), or set resources.gpu: 0 to train on CPUs. Nothing was started.")
+    if have < need:
+        raise PreflightError(f"resources.gpu: {need:g} per trial, but the Ray cluster at {address} ({source}) has "
+                             f"{have:g} GPUs: join a cluster with GPU nodes, set resources.gpu: 0 to train on CPUs, "
+                             f"or set ray.autoscaling: true if its autoscaler adds GPU nodes on demand. "
+                             f"Nothing was started.")
+    if local:  # the trials run here, on this torch
+        from trainers.devices import cuda_diagnosis, torch_cuda_usable
+
+        if not torch_cuda_usable():
+            raise PreflightError(f"resources.gpu: {need:g} per trial, but {cuda_diagnosis()}. Nothing was started.")
+
+
 # ------------------------------------------------------------------------------------ messages
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()

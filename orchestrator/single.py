@@ -74,6 +74,10 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
         raise InputError(refusal)
     trainer_config = config.trainer_config({})
     check_prepared(trainer_config.model_dump(mode="json")["data"])  # refused before any store or folder is made
+    if trainer_config.train.device == "cuda":  # no usable CUDA: refused as early, in one line (trainers.devices)
+        from trainers.devices import pick_device
+
+        pick_device("cuda")
     launch = Launch.resolve(config, make_plan(config), invocation=invocation, storage=storage, command="train")
     storage, folder = launch.storage, launch.folder
     # The store first: one that cannot be opened is refused before the run folder is made.

@@ -53,18 +53,22 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     """Tune's saved state can lag a SIGKILLed driver by seconds, so the driver of `orch resume` says
     what the storage holds: `finished`, the trials MLflow saw finish (not trained again), and
     `stored`, each trial's checkpoint folders on `storage` (relative to it), newest first.
-    `fail_at`: the driver's FAIL_ONCE_ENV."""
+    `fail_at`: the driver's FAIL_ONCE_ENV.
+
+    The trial trains on what Ray reserved for it: its GPU (`cuda`), or the CPU with CUDA hidden."""
+    assigned = _assigned_resources()
+    hide_unreserved_gpus(assigned)  # before any trainer code touches CUDA
     from trainers.loop import run_training
 
     trial_id = trial_key(params, tune.get_context().get_trial_id())
     params = trial_params(params)
     if trial_id in finished:
         return
-    overrides = {**cells[params["cell"]], **params.get("search", {})}
+    overrides = {**cells[params["cell"]], **params.get("search", {}), "train.device": reserved_device(assigned)}
     config = TrainerConfig.model_validate(apply_overrides(base, overrides))
     decode_variants = decode_variants_of(config, variants)
     run_dir = Path(tune.get_context().get_trial_dir())
-    meter = _meter()
+    meter = _meter(assigned)
 
     def report(result) -> None:
         if result.final:  # before the driver hears of the end: it logs the trial's model with this encoder
@@ -94,13 +98,30 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _meter():
-    """The trial's cost meter, with the devices Ray allocated to it."""
+def _assigned_resources() -> dict[str, float]:
+    """What Ray reserved for this trial: {"CPU": 4.0, "GPU": 0.5}; no "GPU" key when it reserved none."""
     import ray
 
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+def hide_unreserved_gpus(assigned: dict[str, float]) -> None:
+    """A trial that reserved no GPU sees none: Ray sets CUDA_VISIBLE_DEVICES only for a task that has
+    GPUs, so a 0-GPU trial would see every GPU of its node, and `train.device: auto` would put all of
+    them on GPU 0, unreserved, beside the trials that did reserve it."""
+    if assigned.get("GPU", 0.0) <= 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def reserved_device(assigned: dict[str, float]) -> str:
+    """The trial's train.device: `cuda` when it reserved a GPU (a fraction or one), `cpu` when none."""
+    return "cuda" if assigned.get("GPU", 0.0) > 0 else "cpu"
+
+
+def _meter(assigned: dict[str, float]):
+    """The trial's cost meter, with the devices Ray allocated to it."""
     from orchestrator.cost import TrialMeter
 
-    assigned = ray.get_runtime_context().get_assigned_resources()
     return TrialMeter(gpus=assigned.get("GPU", 0.0), cpus=assigned.get("CPU", 1.0))
 
 

@@ -51,6 +51,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def torch_cuda_usable() -> bool:
+    """Whether torch can run CUDA here (the GPUs CUDA_VISIBLE_DEVICES leaves, a driver new enough for its build)."""
+    return torch.cuda.is_available()
+
+
 def driver_version(timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> Optional[str]:
     """The NVIDIA driver's version as nvidia-smi reports it (e.g. 535.104.05); None when none answers."""
     return _nvidia_smi(timeout_s)[0]
