@@ -161,12 +161,16 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """The generators `rng_state` saved, whichever device their tensors were loaded onto: torch's
+    setters take CPU byte tensors only. CUDA states are restored for the devices visible now (a trial
+    sees the one it reserved)."""
+    torch.set_rng_state(state["torch"].cpu())
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), *rest))
     random.setstate(_as_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, device_state in zip(range(torch.cuda.device_count()), state["cuda"]):
+            torch.cuda.set_rng_state(device_state.cpu(), index)
 
 
 def _as_tuples(value):
@@ -198,16 +202,22 @@ class Checkpoint:
     folder: Path
     meta: dict
 
-    def training_state(self, map_location="cpu") -> dict:
-        return self._load(TRAINING_STATE, map_location)
+    def training_state(self, device: torch.device | str = "cpu") -> dict:
+        """What resuming needs, by the device contract (docs/architecture.md): the model's weights on
+        `device`; everything else on the CPU. RNG states, counters and history are read there (torch's
+        generators take CPU byte tensors only), and the optimizer's state goes where
+        `Optimizer.load_state_dict` puts it (its step counts stay on the CPU unless it is fused)."""
+        state = self._load(TRAINING_STATE)
+        state["model"] = {name: tensor.to(device) for name, tensor in state["model"].items()}
+        return state
 
-    def best_model(self, map_location="cpu") -> dict:
-        """The best epoch's trainable weights (the frozen encoder blocks left out)."""
-        return self._load(BEST_MODEL, map_location)
+    def best_model(self) -> dict:
+        """The best epoch's trainable weights (the frozen encoder blocks left out), on the CPU."""
+        return self._load(BEST_MODEL)
 
-    def _load(self, name: str, map_location) -> dict:
+    def _load(self, name: str) -> dict:
         with reading(self.folder / name, DAMAGED):
-            return torch.load(self.folder / name, map_location=map_location, weights_only=True)
+            return torch.load(self.folder / name, map_location="cpu", weights_only=True)
 
 
 DAMAGED = "a damaged checkpoint: nothing can continue from it; train the configuration again"

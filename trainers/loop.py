@@ -191,7 +191,7 @@ class CaptionRecipe:
         if checkpoint.meta.get("frozen_encoder", self.frozen_encoder) != self.frozen_encoder:
             raise InputError(f"{folder}: trained with another frozen encoder than this config builds "
                              f"({checkpoint.meta['frozen_encoder']['weights']})")
-        state = checkpoint.training_state(map_location=self.device)
+        state = checkpoint.training_state(self.device)
         if "optimizer" not in state:
             raise InputError(f"{folder}: the checkpoint of a training's last epoch ({state['epoch']}) keeps no "
                              f"optimizer state to train on from")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
+
+import numpy as np
 
 import pytest
 import torch
 
 from tests.conftest import tiny_trainer_dict
-from trainers.checkpoint import META, complete_state, frozen_encoder_file, load_checkpoint, trainable_state
+from trainers.checkpoint import (META, complete_state, frozen_encoder_file, load_checkpoint, restore_rng_state,
+                                 trainable_state)
 from trainers.config import TrainerConfig
 from trainers.errors import InputError
 from trainers.inference import load_model
@@ -98,3 +102,18 @@ def test_best_weights_are_kept_on_the_cpu_without_the_frozen_encoder(prepared_di
     assert recipe.best_state.keys() == trainable_state(recipe.model).keys()
     assert not any(k.startswith("encoder.") for k in recipe.best_state)
     assert all(v.device.type == "cpu" for v in recipe.best_state.values())
+
+
+def test_a_state_loaded_for_another_device_restores_the_generators_it_saved(frozen_run):
+    """The device contract: a resume on a GPU loads the weights there, while RNG states, counters and
+    history stay on the CPU, where torch's generators take them ("meta" stands in for the GPU)."""
+    _, checkpoint = frozen_run
+    state = checkpoint.training_state("meta")
+    assert {t.device.type for t in state["model"].values()} == {"meta"}
+    assert state["rng"]["torch"].device.type == "cpu" and isinstance(state["history"], list)
+
+    restore_rng_state(state["rng"])
+    drawn = torch.rand(4), np.random.rand(4), random.random()
+    restore_rng_state(checkpoint.training_state()["rng"])
+    again = torch.rand(4), np.random.rand(4), random.random()
+    assert torch.equal(drawn[0], again[0]) and np.array_equal(drawn[1], again[1]) and drawn[2] == again[2]
