@@ -38,6 +38,7 @@ EXAMPLES = {name: f"Example: `{example}`" for name, example in {
     "evaluate": "orch evaluate --model exports/quickstart/top1-c002-d01 --prepared data/synth/prepared --json",
     "caption": "orch caption a.jpg b.jpg --model exports/quickstart/top1-c002-d01 --attention-plot plots/",
     "align": "orch align photo.jpg \"a dog runs\" --model exports/align/top1-c001-d01 --plot figure.png",
+    "env": "orch env search_spaces/coursework.yaml --address auto",
 }.items()}
 
 
@@ -217,6 +218,29 @@ def run(
     console.print(render_plan(plan, experiment))
 
     raise typer.Exit(run_plan(experiment, plan, console, address=address))
+
+
+@app.command("env", epilog=EXAMPLES["env"])
+@_exits_cleanly
+def show_env(
+    config: Optional[Path] = typer.Argument(None, help="Experiment YAML: also check what its trials need."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help="The Ray cluster to ask (overrides ray.address)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """The environment a run would get: Python, torch and its CUDA build, cuDNN, the NVIDIA driver, the GPUs
+    torch can use, bf16, Ray, and (given a config or --address) the Ray cluster's CPUs and GPUs, the tracking
+    store and the storage. Exit 2, with the failing line, when a config's needs are not met."""
+    from orchestrator.environment import environment
+
+    experiment = _load_experiment(config, set_, overrides, smoke=False) if config is not None else None
+    report = environment(experiment, address)
+    print(json.dumps(report.as_json(), indent=1) if as_json else report.render())
+    for problem in report.problems:
+        console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+    if report.problems:
+        raise typer.Exit(2)
 
 
 @app.command(epilog=EXAMPLES["resume"])
