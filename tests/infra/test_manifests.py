@@ -105,6 +105,31 @@ def test_the_image_is_cuda_based_installs_orch_and_runs_it():
     assert {"orchestrator", "trainers", "search_spaces", "pyproject.toml"} <= copied
 
 
+def test_the_images_cuda_is_the_pinned_torchs_and_the_docs_name_its_driver():
+    """The base image's CUDA is the one PyPI's pinned torch is built for (trainers.devices says which, and
+    the driver it needs), the build installs that torch, and docs/cluster.md names the same image and driver."""
+    from trainers.devices import DRIVER_FOR_CUDA, TORCH_CUDA_BUILDS
+
+    dockerfile = INFRA / "docker" / "Dockerfile"
+    instructions = dockerfile_instructions(dockerfile)
+    image = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)["CUDA_IMAGE"]
+    cuda = ".".join(re.match(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-", image).groups())
+    pypi_cuda, driver, _, _ = TORCH_CUDA_BUILDS[0]
+    assert cuda == pypi_cuda and driver == DRIVER_FOR_CUDA[cuda.split(".")[0]]
+    pins = [pin for pin in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+            if pin.startswith(("torch==", "torchvision=="))]
+    runs = " ".join(a for i, a in instructions if i == "RUN")
+    assert len(pins) == 2 and all(f'"{pin}"' in runs for pin in pins)  # the build with TORCH_INDEX pins the same pair
+    said = dockerfile.read_text()
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    assert f"built for CUDA {cuda}" in said and f"R{driver} or newer" in said
+    assert f"`{image}`" in docs and f"built for CUDA {cuda}, which needs driver **R{driver} or newer**" in docs
+    for legacy_cuda, legacy_driver, tag, drivers in TORCH_CUDA_BUILDS[1:]:  # the build for an older driver
+        index = f"TORCH_INDEX=https://download.pytorch.org/whl/{tag}"
+        assert index in said and index in docs and f"nvidia/cuda:{legacy_cuda}." in said
+        assert f"| R{legacy_driver}–R{drivers.split('-R')[-1]} |" in docs
+
+
 def test_the_build_context_leaves_out_everything_but_the_package():
     rules = [line for line in (INFRA / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
              if line and not line.startswith("#")]
@@ -153,6 +178,8 @@ def test_the_rayjob_runs_the_coursework_on_that_cluster_with_shared_results():
     config = config_of(command)  # a real, valid orch config
     assert config.ray.storage == "/mnt/results" and config.tracking.uri.startswith("http")
     assert 0 < config.resources.gpu <= 1
+    # The GPU group autoscales from 0 pods: the run must not count its GPUs before its trials ask for them.
+    assert cluster["spec"]["workerGroupSpecs"][0]["minReplicas"] > 0 or config.ray.autoscaling
 
 
 # -------------------------------------------------------------------------------- cluster launcher
@@ -167,6 +194,8 @@ def test_the_aws_launcher_file_has_spot_gpu_workers_in_the_orch_image():
     assert gpu and all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in gpu)
     assert all(t["max_workers"] <= launcher["max_workers"] for t in gpu)
     assert launcher["setup_commands"]
+    if any(t["min_workers"] == 0 for t in gpu):  # GPU nodes arrive with the trials: not counted before them
+        assert "--set ray.autoscaling=true" in (INFRA / "ray-cluster" / "aws.yaml").read_text()
     assert any("ray start --head" in c for c in launcher["head_start_ray_commands"])
     assert any("ray start --address" in c for c in launcher["worker_start_ray_commands"])
 
