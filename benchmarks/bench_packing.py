@@ -39,7 +39,7 @@ def measure_step(decoder_kind: str, batch: int, vocab: int, tokens: int, answer)
     from torch.utils.flop_counter import FlopCounterMode
 
     from trainers.config import ModelConfig
-    from trainers.loop import caption_loss
+    from trainers.losses import caption_loss
     from trainers.memory import reuse_freed_memory
     from trainers.models.decoder import Decoder
 

@@ -48,7 +48,8 @@ from timing import environment, interleaved, matmul_peak_gflops, ratio, summary 
 
 from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E402
 from trainers.devices import pick_device  # noqa: E402
-from trainers.loop import CaptionRecipe, caption_loss, make_optimizer  # noqa: E402
+from trainers.loop import CaptionRecipe, make_optimizer  # noqa: E402
+from trainers.losses import caption_loss  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from trainers.config import DecodeConfig
-from trainers.models.decoder import Decoder, Memory
+from trainers.models.decoder import Decoder, Memory, sample_tokens
 
 START, END, UNK = 1, 2, 3
 
@@ -93,7 +93,7 @@ def _one_token_at_a_time(decoder: Decoder, memory: Memory, cfg: DecodeConfig,
             tokens = allowed.argmax(dim=1)  # (B,)
         else:
             probs = (allowed / cfg.temperature).softmax(dim=1)  # (B, V)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            tokens = sample_tokens(probs, generator)  # (B,)
         step_log_prob = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
         log_prob = log_prob + step_log_prob.masked_fill(finished, 0.0)
         ends_now = ~finished & (tokens == END)  # (B,)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 
 from trainers.config import DecodeConfig
 from trainers.data.prepared import PreparedSplit
@@ -48,10 +49,13 @@ def searches_of(variants: list[DecodeVariant]) -> list[tuple[DecodeConfig, list[
 
 
 def caption_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], to_features: Callable,
-                    decoder, vocab: Vocab, variants: list[DecodeVariant], seed: int = 0) -> dict[str, Captions]:
+                    decoder, vocab: Vocab, variants: list[DecodeVariant], seed: int = 0,
+                    rows: int | None = None) -> dict[str, Captions]:
     """Captions per variant for (inputs, rows) batches; inputs become features via `to_features`.
 
     Sampling draws from its own generator, seeded by `seed`, never from the training's random stream.
+    `rows`: every batch is padded with blank images to this many, whose captions are dropped, so a
+    compiled decoding step sees one shape (trainers.compiled).
     """
     captions = {v.id: Captions() for v in variants}
     searches = searches_of(variants)
@@ -59,12 +63,15 @@ def caption_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], to_fea
     with torch.no_grad():
         for inputs, _rows in batches:
             features = to_features(inputs)  # (B, P, C)
+            images = features.shape[0]
+            if rows is not None and images < rows:
+                features = F.pad(features, (0, 0, 0, 0, 0, rows - images))  # (rows, P, C)
             if not generators:
                 generators = [torch.Generator(features.device).manual_seed(seed) for _ in searches]
             for (search, members), generator in zip(searches, generators):
                 found = decode_for_betas(decoder, features, search, [v.config.length_penalty for v in members],
                                          generator)
-                for variant, hypotheses in zip(members, found):
+                for variant, hypotheses in zip(members, (per_image[:images] for per_image in found)):
                     captions[variant.id].texts.extend(vocab.decode(h.tokens) for h in hypotheses)
                     captions[variant.id].truncated.extend(not h.finished for h in hypotheses)
     return captions

@@ -19,12 +19,12 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import track
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
 from trainers.batching import ImageGroupedBatches, encode_distinct
+from trainers.compiled import Backend, CompiledSteps
 from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trainable, restore_rng_state, rng_state,
                                  save_checkpoint, store_random_encoder, trainable_state)
 from trainers.config import REFERENCE_DECODE_ID, TrainConfig, TrainerConfig
@@ -37,10 +37,10 @@ from trainers.evaluation import (Captions, DecodeVariant, caption_batches, const
 from trainers.errors import InputError, TrainingDiverged
 from trainers.features import cached_features, resize_batch
 from trainers.memory import reuse_freed_memory
-from trainers.models import attention_regularisation, build_captioner
+from trainers.losses import caption_loss
+from trainers.models import build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
 
-PAD = 0
 ACCELERATOR_CHECK_EVERY = 25  # batches between reads of the loss on an accelerator (each read syncs)
 
 
@@ -97,19 +97,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def caption_loss(decoder, features, captions, lengths, *, ss_rate: float, ss_per: str,
-                 alpha_c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over real tokens (pads ignored) plus, for learned attention, the doubly stochastic
-    attention regularisation (Xu et al. 2015, with the tutorial's mean over pixels)."""
-    logits, alphas = decoder(features, captions, lengths, ss_rate=ss_rate, ss_per=ss_per)  # (B, T-1, V), (B, T-1, P)
-    targets = captions[:, 1:]  # (B, T-1)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)
-    loss = ce
-    if alpha_c > 0 and decoder.learns_attention:
-        loss = loss + alpha_c * attention_regularisation(alphas, targets != PAD)
-    return loss, ce
-
-
 def make_optimizer(t: TrainConfig, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     """`train.optimizer` over the parameter groups. Adam and SGD run fused where torch has the kernel
     (CPU and CUDA): one pass over each weight per update instead of one per arithmetic operation."""
@@ -125,8 +112,11 @@ class CaptionRecipe:
     """Holds the state of one run; `run()` reads top to bottom: setup, epochs, finish."""
 
     def __init__(self, config: TrainerConfig, run_dir: Path, variants: Optional[list[DecodeVariant]] = None,
-                 on_epoch: Optional[EpochCallback] = None, progress: bool = False):
+                 on_epoch: Optional[EpochCallback] = None, progress: bool = False, compile_backend: Backend = "inductor"):
+        """`compile_backend`: torch.compile's backend under `train.compile` (tests and benchmarks count graphs)."""
         self.config = config
+        self.compile_backend = compile_backend
+        self.compiled: Optional[CompiledSteps] = None
         self.run_dir = Path(run_dir)
         self.variants = variants or default_variants(config)
         self.reference = reference_variant(config, self.variants)
@@ -145,8 +135,9 @@ class CaptionRecipe:
         self.model = build_captioner(cfg.model, len(self.vocab)).to(self.device)
         if self.device.type == "cuda":
             self.model.encoder.to(memory_format=torch.channels_last)
-        if cfg.train.compile:  # the step training and decoding share; the state dict is unchanged
-            self.model.decoder._hidden_step = torch.compile(self.model.decoder._hidden_step, dynamic=True)
+        # train.compile: the loss and the decoding step at fixed shapes (trainers.compiled)
+        self.compiled = (CompiledSteps(self.model.decoder, self.device, cfg.train.batch_size, self.compile_backend)
+                         if cfg.train.compile else None)
         self.use_cache = cfg.data.feature_cache and not self.model.encoder.trainable_parameters()
         self.inputs = self._input_arrays()
         self._loaders: dict[str, DataLoader] = {}
@@ -274,6 +265,7 @@ class CaptionRecipe:
         t = self.config.train
         self.model.train()
         rate = ss_rate_at(epoch - 1, t.scheduled_sampling)
+        compiled_rate = torch.tensor(rate, device=self.device) if t.scheduled_sampling.max_rate > 0 else None
         total = torch.zeros((), device=self.device)
         peak, count = torch.full((), -math.inf, device=self.device), 0
         check_every = 1 if self.device.type == "cpu" else ACCELERATOR_CHECK_EVERY
@@ -287,8 +279,13 @@ class CaptionRecipe:
                 break
             captions = captions.to(self.device, non_blocking=True)  # lengths stay on the host
             with self._autocast():
-                loss, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
-                                        ss_rate=rate, ss_per=t.scheduled_sampling.per, alpha_c=t.alpha_c)
+                features = self._to_features(inputs, rows)
+                if self.compiled is not None:
+                    loss, ce = self.compiled.loss(features, captions, compiled_rate, ss_per=t.scheduled_sampling.per,
+                                                  alpha_c=t.alpha_c)
+                else:
+                    loss, ce = caption_loss(self.model.decoder, features, captions, lengths, ss_rate=rate,
+                                            ss_per=t.scheduled_sampling.per, alpha_c=t.alpha_c)
             peak = torch.maximum(peak, loss.detach())  # NaN stays NaN
             if self.start_loss is None or batch_index % check_every == 0:
                 self._guard_divergence(peak.item(), epoch, batch_index)
@@ -329,8 +326,12 @@ class CaptionRecipe:
         for inputs, captions, lengths, rows in self._batches("val_pairs"):
             captions = captions.to(self.device, non_blocking=True)
             with self._autocast():
-                _, ce = caption_loss(self.model.decoder, self._to_features(inputs, rows), captions, lengths,
-                                     ss_rate=0.0, ss_per="token", alpha_c=0.0)
+                features = self._to_features(inputs, rows)
+                if self.compiled is not None:
+                    _, ce = self.compiled.loss(features, captions, None, ss_per="token", alpha_c=0.0)
+                else:
+                    _, ce = caption_loss(self.model.decoder, features, captions, lengths, ss_rate=0.0, ss_per="token",
+                                         alpha_c=0.0)
             total, count = total + ce.float() * captions.shape[0], count + captions.shape[0]
         return total.item() / max(count, 1)
 
@@ -340,7 +341,8 @@ class CaptionRecipe:
         self.model.eval()
         with self._autocast():
             captions = caption_batches(self._batches(split_name), self._to_features, self.model.decoder,
-                                       self.vocab, variants, seed=self.config.train.seed)
+                                       self.vocab, variants, seed=self.config.train.seed,
+                                       rows=self.compiled.rows if self.compiled is not None else None)
         metrics = list(self.config.eval.metrics)
         split = self.dataset.split(split_name)
         return {vid: (caps, score_split(split, caps, metrics)) for vid, caps in captions.items()}

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from trainers.config import DecodeConfig, ModelConfig
 from trainers.decoding import decode
-from trainers.loop import caption_loss
+from trainers.losses import caption_loss
 from trainers.models import Decoder
 
 START, END, PAD = 1, 2, 0

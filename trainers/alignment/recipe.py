@@ -44,7 +44,8 @@ from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.features import cached_features, resize_batch
 from trainers.evaluation import DecodeVariant
 from trainers.devices import pick_device
-from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, caption_loss, seed_everything
+from trainers.losses import caption_loss
+from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, seed_everything
 
 SPLITS = ("train", "val", "test")
 IMAGE_CHUNK, SENTENCE_CHUNK = 16, 512  # score matrices are computed in blocks of this many

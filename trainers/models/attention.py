@@ -126,7 +126,11 @@ def attention_regularisation(alphas: torch.Tensor, mask: torch.Tensor) -> torch.
 
     alphas (B, T, P), mask (B, T) true at real (non-pad) steps -> the mean over images and pixels of
     (1 - sum_t alpha_tp)^2, the sum over t running over real steps only. The mean over P is the
-    tutorial's `((1 - alphas.sum(dim=1)) ** 2).mean()`, so `alpha_c` = the paper's λ times P.
+    tutorial's `((1 - alphas.sum(dim=1)) ** 2).mean()`, so `alpha_c` = the paper's λ times P. Rows
+    without a real step (those that pad a batch to a fixed size, trainers.compiled) are left out of
+    the mean; with none, it is that mean bit for bit.
     """
     attended = (alphas * mask.unsqueeze(2).to(alphas.dtype)).sum(dim=1)  # (B, P)
-    return ((1.0 - attended) ** 2).mean()
+    captioned = mask.any(dim=1)  # (B,)
+    squared = ((1.0 - attended) ** 2) * captioned.unsqueeze(1).to(attended.dtype)  # (B, P)
+    return squared.sum() / (captioned.sum() * attended.shape[1])

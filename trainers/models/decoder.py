@@ -4,6 +4,15 @@ One step (`_hidden_step`) serves training (`forward`, with scheduled sampling, t
 applied once to all steps) and decoding (`step`, used by trainers.decoding), so no sampling or
 search code lives in a model (ImageCaptioning.pytorch's AttModel + cores, without copying the
 sampling code into each model).
+
+Which path runs where (docs/architecture.md, "The training step"):
+- `forward` on a CPU, LSTM or GRU with soft attention, teacher-forced: the steps as one autograd
+  function (trainers.models.recurrence), which re-implements `_hidden_step`'s arithmetic for speed
+  and is tested bit for bit against it;
+- `forward` otherwise (a GPU without `train.compile`, scheduled sampling, the other cores): step by
+  step through `_hidden_step`, the rows shrinking as captions end;
+- `teacher_forced` under `train.compile` (trainers.compiled): step by step through `_hidden_step`
+  with every row at every step, so its shapes never change and it compiles once.
 """
 
 from __future__ import annotations
@@ -98,7 +107,8 @@ class Decoder(nn.Module):
             hidden, alphas = attend_and_tell(self, embedded, memory, state, rows)  # (N, H), (N, P)
             outputs = [self.dropout(part) for part in hidden.split(rows)]  # per step, as stepping draws them
         else:
-            outputs, alphas = self._stepwise(embedded, memory, state, rows, ss_rate, ss_per, generator)
+            outputs, alphas = self._stepwise(embedded, memory, state, rows, ss_rate if ss_rate > 0 else None, ss_per,
+                                             generator)
         # The output layer runs once over every real token: one large product instead of one per step,
         # whose weight gradients (inner size = rows) and per-step accumulation cost more than the product.
         positions = torch.cat([order[:count] * steps + t for t, count in enumerate(rows)])  # (N,) flat (b, t), unsorted
@@ -106,6 +116,23 @@ class Decoder(nn.Module):
         positions = positions.to(captions.device, non_blocking=True)
         return (self._padded(logits, positions, batch, steps),  # (B, T-1, V)
                 self._padded(alphas, positions, batch, steps))  # (B, T-1, P)
+
+    def teacher_forced(self, features: torch.Tensor, captions: torch.Tensor, ss_rate: torch.Tensor | None = None,
+                       ss_per: Literal["token", "sequence"] = "token") -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with fixed shapes, for the compiled path: logits (B, T-1, V) and alphas (B, T-1, P).
+
+        Every row runs every step, steps past a caption's end included: their outputs are computed
+        and left for the loss to mask (targets are pads there), so the shapes depend only on (B, T)
+        and one compiled graph serves every batch of that shape. `ss_rate` is a 0-dim tensor, so a
+        rate that changes each epoch does not recompile; None is teacher forcing, which draws nothing.
+        """
+        batch, length = captions.shape
+        memory = self.prepare(features)
+        state = self.init_state(memory)
+        embedded = self.embedding(captions)  # (B, T, E)
+        outputs, alphas = self._stepwise(embedded, memory, state, [batch] * (length - 1), ss_rate, ss_per, None)
+        logits = self.fc(torch.stack(outputs, dim=1))  # (B, T-1, V)
+        return logits, alphas.view(length - 1, batch, -1).transpose(0, 1)  # (B, T-1, V), (B, T-1, P)
 
     def _runs_as_one_function(self, features: torch.Tensor, ss_rate: float) -> bool:
         """Whether the steps run as trainers.models.recurrence's one autograd function: an LSTM or GRU with
@@ -115,11 +142,13 @@ class Decoder(nn.Module):
         return (type(cell) in CELLS and isinstance(self.attention, SoftAttention)
                 and ss_rate == 0 and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
 
-    def _stepwise(self, embedded: torch.Tensor, memory: Memory, state: State, rows: list[int], ss_rate: float,
-                  ss_per: str, generator: torch.Generator | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Step by step through `_hidden_step`: each step's dropped-out h (rows, H), and alphas (N, P)."""
+    def _stepwise(self, embedded: torch.Tensor, memory: Memory, state: State, rows: list[int],
+                  ss_rate: float | torch.Tensor | None, ss_per: str,
+                  generator: torch.Generator | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Step by step through `_hidden_step`: each step's dropped-out h (rows, H), and alphas (N, P).
+        `ss_rate` None: teacher forcing, no coins drawn."""
         outputs, alphas = [], []
-        sampling = ss_rate > 0
+        sampling = ss_rate is not None
         if sampling and ss_per == "sequence":
             caption_coins = self._coins(embedded.shape[0], ss_rate, embedded.device, generator)  # (B,)
         for t, count in enumerate(rows):
@@ -130,7 +159,7 @@ class Decoder(nn.Module):
                          else self._coins(count, ss_rate, embedded.device, generator))  # (rows,)
                 with torch.no_grad():
                     previous = self.fc(outputs[-1][:count]).softmax(dim=1)  # (rows, V)
-                sampled = torch.multinomial(previous, 1, generator=generator).squeeze(1)  # (rows,)
+                sampled = sample_tokens(previous, generator)  # (rows,)
                 x = torch.where(coins.unsqueeze(1), self.embedding(sampled), x)  # (rows, E)
             h, state, alpha = self._hidden_step(x, state, memory)
             outputs.append(self.dropout(h))  # (rows, H)
@@ -147,7 +176,7 @@ class Decoder(nn.Module):
         return flat.index_copy(0, positions, packed).view(batch, steps, -1)
 
     @staticmethod
-    def _coins(n: int, rate: float, device, generator) -> torch.Tensor:
+    def _coins(n: int, rate: float | torch.Tensor, device, generator) -> torch.Tensor:
         """(n,) booleans, true with probability `rate`: feed the model's own token."""
         return torch.rand(n, device=device, generator=generator) < rate
 
@@ -168,3 +197,11 @@ class Decoder(nn.Module):
             x = torch.cat([x, context], dim=1)  # (B, E + D)
         h, state = self.core(x, state)  # (B, H)
         return h, state, alpha
+
+
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of probs (rows, V), drawn as torch.multinomial(probs, 1) draws it (the same
+    tokens for the same generator state): the argmax of probs / Exp(1) noise. Written out, it never
+    waits for the device, which multinomial's input checks do, and it compiles."""
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (rows, V)
+    return (probs / noise).argmax(dim=1)  # (rows,)

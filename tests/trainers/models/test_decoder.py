@@ -133,7 +133,7 @@ def test_without_attention_the_image_only_starts_the_state(name):
 
 @pytest.mark.parametrize("attention", ["none", "mean"])
 def test_alpha_c_regularises_learned_attention_only(attention):
-    from trainers.loop import caption_loss
+    from trainers.losses import caption_loss
 
     features, captions, lengths = batch()
     model = decoder("lstm", attention)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainers.config import ModelConfig
-from trainers.loop import caption_loss
+from trainers.losses import caption_loss
 from trainers.models import Decoder, attention
 
 VOCAB, FEATURES, PIXELS = 17, 12, 9
