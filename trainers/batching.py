@@ -45,8 +45,10 @@ def encode_distinct(encode: Callable[[torch.Tensor], torch.Tensor], images: torc
                     rows: torch.Tensor) -> torch.Tensor:
     """`encode` each distinct image row of the batch once; features (B, P, C) in batch order.
 
-    images (B, ...) with rows (B,) naming the image each item shows (equal rows, equal images).
+    images (B, ...), on any device, with rows (B,) on the host naming the image each item shows (equal
+    rows, equal images). The distinct rows are found on the host: `unique` on a GPU waits for it.
     """
-    distinct, inverse = rows.unique(return_inverse=True)  # (U,), (B,)
-    first = torch.empty_like(distinct).scatter_(0, inverse, torch.arange(len(rows), device=rows.device))  # (U,)
+    distinct, inverse = rows.cpu().unique(return_inverse=True)  # (U,), (B,)
+    first = torch.empty_like(distinct).scatter_(0, inverse, torch.arange(len(rows)))  # (U,)
+    first, inverse = first.to(images.device, non_blocking=True), inverse.to(images.device, non_blocking=True)
     return encode(images[first])[inverse]  # (B, P, C)

@@ -66,7 +66,7 @@ def decode_for_betas(decoder: Decoder, features: torch.Tensor, cfg: DecodeConfig
     with _eval_mode(decoder):
         memory = decoder.prepare(features)
         if cfg.strategy == "beam":
-            return _beam_search(decoder, memory, cfg, betas)
+            return [_hypotheses(*found) for found in _beam_search(decoder, memory, cfg, betas)]
         found = _one_token_at_a_time(decoder, memory, cfg, generator)
         return [_hypotheses(*found, beta) for beta in betas]
 
@@ -106,11 +106,12 @@ def _one_token_at_a_time(decoder: Decoder, memory: Memory, cfg: DecodeConfig,
     return torch.stack(chosen, dim=1), words, log_prob, torch.stack(alphas, dim=1), finished
 
 
-def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig, betas: Sequence[float]) -> list[list[Hypothesis]]:
+def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig, betas: Sequence[float]) -> list[tuple]:
     """Beam search over the whole batch at once: B images x K beams are B*K rows of one step.
 
     Each step keeps its chosen tokens, the rows they extend (back-pointers) and their attention;
     every β keeps its own best caption so far as a pointer into those, traced back at the end.
+    Per β, on the device: tokens (B, L), words (B,), log_prob (B,), alphas (B, L, P), finished (B,), β.
     """
     batch, pixels = memory.features.shape[:2]
     device = memory.features.device
@@ -149,7 +150,7 @@ def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig, betas: Seq
     found = []
     for b in best:
         tokens_traced, alphas_traced = trail.trace(b.row, b.last_step, pixels)
-        found.append(_hypotheses(tokens_traced, b.words, b.log_prob, alphas_traced, b.finished, b.beta))
+        found.append((tokens_traced, b.words, b.log_prob, alphas_traced, b.finished, b.beta))
     return found
 
 
@@ -204,10 +205,13 @@ class _BestSoFar:
         self.last_step = self.last_step.masked_fill(better, last_step)
 
 
+ACCELERATOR_CHECK_EVERY = 4  # steps between "has every caption ended?" reads on an accelerator
+
+
 def _time_to_check(t: int, device: torch.device) -> bool:
     """Whether step t asks if every caption has ended: each step on the CPU, where asking is free;
     every 4th on an accelerator, where each answer stalls the queue (extra steps change nothing)."""
-    return device.type == "cpu" or t % 4 == 3
+    return device.type == "cpu" or t % ACCELERATOR_CHECK_EVERY == ACCELERATOR_CHECK_EVERY - 1
 
 
 def _unk_index(cfg: DecodeConfig, device: torch.device) -> torch.Tensor | None:

@@ -208,7 +208,7 @@ class CaptionRecipe:
             return inputs.float()
         if rows is None:
             return self._encode_images(inputs)
-        return encode_distinct(self._encode_images, inputs, rows.to(self.device))
+        return encode_distinct(self._encode_images, inputs, rows)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         images = resize_batch(images, self.config.data.image_size)  # (B, 3, H, W)
