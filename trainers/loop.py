@@ -29,13 +29,13 @@ from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trai
                                  save_checkpoint, store_random_encoder, trainable_state)
 from trainers.config import REFERENCE_DECODE_ID, TrainConfig, TrainerConfig
 from trainers.data.auto import ensure_prepared
-from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages, longest_first
+from trainers.data.loaders import CaptionPairs, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
 from trainers.devices import pick_device
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
 from trainers.errors import InputError, TrainingDiverged
-from trainers.features import cached_features, resize_batch
+from trainers.features import FeatureStore, cached_features, resize_batch
 from trainers.memory import reuse_freed_memory
 from trainers.losses import caption_loss
 from trainers.models import build_captioner
@@ -153,16 +153,19 @@ class CaptionRecipe:
         if resume_from is not None:
             self._resume(resume_from)
 
-    def _input_arrays(self) -> dict[str, Optional[LazyArray]]:
-        """Per split: cached features (N, P, C) float16 when the encoder is frozen, else None (images)."""
+    def _input_arrays(self) -> dict[str, object]:
+        """Per split, what its DataLoader reads per row: None (the images), or, when the encoder is
+        frozen, the cached features' source; `self.stores` then holds each split's `FeatureStore`."""
         cfg = self.config
+        self.stores: dict[str, FeatureStore] = {}
         if not self.use_cache:
             return {s: None for s in ("train", "val", "test")}
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.prepared) / "features"
         paths = cached_features(self.dataset, self.model.encoder, encoder_name=cfg.model.encoder,
                                 image_size=cfg.data.image_size, encoded_size=cfg.model.encoded_size,
                                 cache_dir=cache_dir, device=self.device, autocast=self.autocast_dtype)
-        return {s: LazyArray(path) for s, path in paths.items()}
+        self.stores = {s: FeatureStore(path, self.device) for s, path in paths.items()}
+        return {s: store.loader_source() for s, store in self.stores.items()}
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.config.train
@@ -199,13 +202,16 @@ class CaptionRecipe:
 
     # -------------------------------------------------------------------------------- batches
     def _to_features(self, inputs: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """A batch of cached features (B, P, C) or uint8 images (B, 3, S, S) -> float features (B, P, C).
+        """A batch of cached features (B, P, C) on the device (`_batches` gathered them) or uint8 images
+        (B, 3, S, S) -> features (B, P, C) in the dtype the model computes in.
 
         rows (B,), when given, name each item's image: an image in the batch more than once is encoded once.
+        Cached float16 features are cast once per batch, to the autocast dtype when autocast is on
+        (where every product would cast them again) and to float32 otherwise.
         """
-        inputs = inputs.to(self.device, non_blocking=True)
         if self.use_cache:
-            return inputs.float()
+            return inputs.to(self.autocast_dtype or torch.float32)
+        inputs = inputs.to(self.device, non_blocking=True)
         if rows is None:
             return self._encode_images(inputs)
         return encode_distinct(self._encode_images, inputs, rows)
@@ -227,7 +233,8 @@ class CaptionRecipe:
             self._loaders[purpose] = self._make_loader(purpose)
         if purpose == "train":
             self._shuffle.manual_seed(self.config.train.seed * 1000 + epoch)
-        return self._loaders[purpose]
+        store = self.stores.get("val" if purpose == "val_pairs" else purpose)
+        return self._loaders[purpose] if store is None else GatheredBatches(self._loaders[purpose], store)
 
     def _make_loader(self, purpose: str) -> DataLoader:
         cfg = self.config
@@ -458,6 +465,21 @@ class CaptionRecipe:
     def frozen_encoder(self) -> Optional[dict]:
         """What identifies the frozen encoder blocks checkpoints leave out (trainers.checkpoint)."""
         return frozen_encoder_meta(self.model, self.config.model)
+
+
+class GatheredBatches:
+    """A DataLoader's batches with their first item, the inputs, replaced by the cached features of
+    their rows (the last item) on the device, gathered where a `FeatureStore` holds them."""
+
+    def __init__(self, loader: DataLoader, store: FeatureStore):
+        self.loader, self.store = loader, store
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for inputs, *rest in self.loader:
+            yield (self.store.batch(inputs, rest[-1]), *rest)
 
 
 def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,

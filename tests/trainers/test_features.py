@@ -1,5 +1,7 @@
-"""The feature cache refuses features float16 cannot hold, and leaves nothing half-written behind."""
+"""The feature cache refuses features float16 cannot hold, leaves nothing half-written behind, and
+gives each row its own image's features wherever a run holds them."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -44,3 +46,34 @@ def test_amp_auto_is_float32_on_the_cpu():
 
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+@pytest.mark.parametrize("where", ["mapped", "host", "device"])
+def test_a_store_gives_each_row_its_own_images_features_wherever_it_holds_them(prepared_dir, tmp_path, where):
+    """Row by row, a batch from the store equals the encoder's features of that row's image (float16),
+    whether the loader read them (mapped) or the store gathered them (host, device)."""
+    from trainers.data.loaders import LazyArray
+    from trainers.features import FeatureStore, resize_batch
+
+    dataset = PreparedDataset(prepared_dir)
+    encoder = Linear()
+    paths = cached_features(dataset, encoder, encoder_name="linear", image_size=32, encoded_size=2,
+                            cache_dir=tmp_path, device=torch.device("cpu"))
+    store = FeatureStore(paths["train"], torch.device("cpu"), where=where)
+    rows = torch.tensor([5, 0, 17, 5, 3])
+    source = store.loader_source()
+    inputs = torch.stack([torch.from_numpy(np.array(source[int(r)])) for r in rows])  # as the loader collates
+    batch = store.batch(inputs, rows)
+    images = torch.from_numpy(np.array(LazyArray(dataset.split("train").images_path)[rows.numpy()]))
+    expected = encoder(resize_batch(images, 32)).half()  # (B, P, C)
+    assert batch.dtype == torch.float16 and torch.equal(batch, expected)
+
+
+def test_features_are_placed_by_the_memory_they_would_take():
+    from trainers.features import placement
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert placement(4 << 30, cpu, 0, 1 << 40) == "mapped"
+    assert placement(4 << 30, gpu, 80 << 30, 100 << 30) == "device"  # 4.8 GB Flickr8k cache, an idle H100
+    assert placement(4 << 30, gpu, 8 << 30, 100 << 30) == "host"
+    assert placement(40 << 30, gpu, 8 << 30, 100 << 30) == "mapped"

@@ -149,3 +149,20 @@ def test_every_variant_decodes_the_checkpoint_the_reference_selected(prepared_di
     assert len(reference) == len(json.loads((tmp_path / "predictions" / "test_d01.json").read_text()))
     assert all("val_CIDEr" in m and "test_CIDEr" in m and "test_truncated_fraction" in m
                for m in final.variant_metrics.values())
+
+
+def test_an_epoch_is_the_same_whether_the_loader_reads_the_cached_features_or_a_store_gathers_them(
+        prepared_dir, tmp_path):
+    """On a GPU a split's cache is held whole (on the GPU or in pinned memory) and gathered a batch at a
+    time; here the CPU stands in for both places. The same batches, the same losses, bit for bit."""
+    from trainers.features import FeatureStore
+
+    losses = {}
+    for where in ("mapped", "device", "host"):
+        recipe = CaptionRecipe(_config(prepared_dir, train={"epochs": 1}), tmp_path / where)
+        recipe.setup()
+        recipe.stores = {split: FeatureStore(store.path, store.device, where=where)
+                         for split, store in recipe.stores.items()}
+        recipe.inputs = {split: store.loader_source() for split, store in recipe.stores.items()}
+        losses[where] = (recipe.train_epoch(1), recipe.validation_loss())
+    assert losses["device"] == losses["mapped"] == losses["host"]

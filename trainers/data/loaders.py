@@ -40,6 +40,20 @@ class LazyArray:
         return {"path": self.path, "_array": None}
 
 
+class RowsOnly:
+    """A per-row source that holds nothing: each row reads as an empty array. For features gathered a
+    batch at a time from where they are held (trainers.features.FeatureStore): the loader carries rows."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.empty(0, dtype=np.float16)
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _row_tensor(rows: Sequence, index: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rows[index]))  # copied out of the memory map
 
