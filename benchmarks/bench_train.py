@@ -44,8 +44,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launches import ceiling, dispatched, profiled  # noqa: E402
 from timing import environment, interleaved, matmul_peak_gflops, ratio, summary  # noqa: E402
 
+from trainers.compiled import CompiledSteps  # noqa: E402
 from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E402
 from trainers.devices import pick_device  # noqa: E402
 from trainers.loop import CaptionRecipe, make_optimizer  # noqa: E402
@@ -146,6 +148,9 @@ def decoder_arms(args, device: torch.device) -> dict:
         return lambda: caption_loss(decoder, features, captions, host_lengths, ss_rate=0.0, ss_per="token",
                                     alpha_c=1.0)[0]
 
+    def compiled_loss(steps: CompiledSteps):
+        return lambda: steps.loss(features, captions, None, ss_per="token", alpha_c=1.0)[0]
+
     losses = {"tutorial": (tutorial, lambda: tutorial_loss(tutorial, features, captions, lengths, 1.0)),
               "orch": (orch, orch_loss(orch))}
     amps = {"fp32": None, **({"bf16": torch.bfloat16} if device.type == "cuda" else {})}
@@ -163,17 +168,20 @@ def decoder_arms(args, device: torch.device) -> dict:
         stepwise = copy.deepcopy(orch)
         stepwise._runs_as_one_function = lambda features, ss_rate: False
         arms["orch_stepwise-fp32"] = step_of(stepwise, orch_loss(stepwise), None)[1]
+    launches = launch_counts(args, device, orch, orch_loss, amps[default_amp], step_of)
     if args.compile:  # train.compile as the recipe does it, under the default amp only: compiling takes minutes
         compiled = copy.deepcopy(orch)
-        compiled._hidden_step = torch.compile(compiled._hidden_step, dynamic=True)
-        arms[f"orch_compiled-{default_amp}"] = step_of(compiled, orch_loss(compiled), amps[default_amp])[1]
+        steps = CompiledSteps(compiled, device, rows=args.batch)
+        compiled_step, compiled_steps = step_of(compiled, compiled_loss(steps), amps[default_amp])
+        launches["compiled"] = compiled_launches(compiled_step, device, args.batch)
+        arms[f"orch_compiled-{default_amp}"] = compiled_steps
     seconds = interleaved(arms, args.rounds, device)
     peak = matmul_peak_gflops(device)
     result = {"sizes": {"batch": args.batch, "grid": [args.pixels, args.channels], "dims": args.dim,
                         "vocab": args.vocab, "caption_tokens": [args.tokens // 2, args.tokens],
                         "steps_per_round": args.steps},
               "gflop_per_step": {name: round(f / 1e9, 3) for name, f in flops.items()},
-              "matmul_peak_gflops": round(peak, 1)}
+              "matmul_peak_gflops": round(peak, 1), "launches_per_batch": launches}
     for arm, times in seconds.items():
         result[arm] = summary(times, args.steps * args.batch, "captions_per_s")
         result[arm]["steps_per_s"] = round(args.steps / summary(times)["median_s"], 3)
@@ -189,6 +197,34 @@ def decoder_arms(args, device: torch.device) -> dict:
     tutorial_rate = flops["tutorial"] * result["tutorial-fp32"]["steps_per_s"] / 1e9
     result["tutorial_fraction_of_peak"] = round(tutorial_rate / peak, 3)
     return result
+
+
+def launch_counts(args, device: torch.device, orch: Decoder, orch_loss, amp, step_of) -> dict:
+    """Launches of one training step of the GPU path (stepping through `_hidden_step`, under the default
+    amp: bf16 on a GPU; emulated on a CPU with bf16 autocast, as the issue counting it did), counted by
+    the dispatcher, and the launch-bound ceilings they imply."""
+    stepping = copy.deepcopy(orch)
+    stepping._runs_as_one_function = lambda features, ss_rate: False  # the CPU's one-function path is not the GPU's
+    emulated = amp if device.type == "cuda" else torch.bfloat16
+    step = step_of(stepping, orch_loss(stepping), emulated)[0]
+    step()  # warm: the optimizer's state exists, as in every step but the first
+    ops = dispatched(step)
+    eager = {"dispatched_ops": ops, "amp": str(emulated).removeprefix("torch."),
+             "ceiling_captions_per_s": {f"{us}us": ceiling(ops, args.batch, us) for us in (5, 10)}}
+    if device.type == "cuda":
+        eager["profiled"] = profiled(step, device)
+    return {"eager": eager}
+
+
+def compiled_launches(step, device: torch.device, batch: int) -> dict:
+    """The compiled step (`train.compile`) after its compile: kernels inside and outside its graphs, the
+    graphs it calls, what it launches with and without CUDA graphs, and the ceilings."""
+    step()  # compiles forward and backward
+    counted = profiled(step, device)
+    with_graphs = counted["launches"] if device.type == "cuda" else counted["launches_with_cuda_graphs"]
+    counted["ceiling_captions_per_s"] = {f"{us}us": ceiling(with_graphs, batch, us) for us in (5, 10)}
+    counted["graphs_compiled"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    return counted
 
 
 def epoch_arms(args, device: torch.device, workdir: Path) -> dict:
