@@ -10,7 +10,9 @@ The scorers run unchanged; only the plumbing around them differs from COCOEvalCa
   seconds and training scores every epoch (`stop_meteor` frees its 1 GB sooner);
 - METEOR's lines are streamed to it instead of one round trip per image, and it scores in a
   thread while Python computes the other metrics.
-Scores are identical (to 1e-7) to COCOEvalCap's.
+Scores are identical (to 1e-7) to COCOEvalCap's. pycocoevalcap is imported when captions are
+scored, not when this module is: training and decoding import it through trainers.evaluation, and
+need nothing of it until they score (a bare GPU machine may lack it).
 
 Without Java (or with ORCH_NO_JAVA=1) scoring still works, so a training run never dies at its
 first validation: a warning is issued, captions are tokenized by `trainers.text.tokenize`, and
@@ -20,6 +22,7 @@ METEOR is left out of the result (its key is absent, never NaN, so JSON and MLfl
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -31,12 +34,6 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
-
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
-from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer import ptbtokenizer
 
 from trainers.errors import InputError
 from trainers.text import tokenize
@@ -51,11 +48,17 @@ SCORE_NAMES = {
 NO_JAVA_ENV = "ORCH_NO_JAVA"  # set to 1 to score as if Java were missing
 Tokenizer = Literal["ptb", "python", "none"]
 
-_PTB_JAR = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
 # Characters the PTB tokenizer and METEOR treat as line ends; a caption holding one would shift
 # every later caption onto the wrong image, so they become spaces first.
 _LINE_BREAKS = str.maketrans({ch: " " for ch in "\n\r\x0b\x0c\x85\u2028\u2029"})
 _SHOWN_KEYS = 10
+
+
+def _ptb_jar() -> Path:
+    """The Stanford CoreNLP jar pycocoevalcap's PTB tokenizer runs."""
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    return Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
 
 
 def java_available() -> bool:
@@ -194,6 +197,8 @@ def _ptb_tokenize(*batches: list[str]) -> list[list[str]]:
                                  encoding="utf-8")
         with ThreadPoolExecutor(max_workers=len(batches)) as pool:
             outputs = list(pool.map(_run_ptb, files))
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
     dropped = set(ptbtokenizer.PUNCTUATIONS)
     tokenized = []
     for sentences, output in zip(batches, outputs):
@@ -206,7 +211,7 @@ def _ptb_tokenize(*batches: list[str]) -> list[list[str]]:
 
 
 def _run_ptb(text_file: Path) -> str:
-    command = ["java", "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
+    command = ["java", "-cp", str(_ptb_jar()), "edu.stanford.nlp.process.PTBTokenizer",
                "-preserveLines", "-lowerCase", str(text_file)]
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
@@ -215,6 +220,10 @@ def _run_ptb(text_file: Path) -> str:
 
 
 def _python_scores(families: list[str], refs: dict, preds: dict) -> dict[str, float]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
     scores: dict[str, float] = {}
     if "Bleu" in families:
         bleu, _ = Bleu(4).compute_score(refs, preds, verbose=0)
@@ -226,8 +235,9 @@ def _python_scores(families: list[str], refs: dict, preds: dict) -> dict[str, fl
     return scores
 
 
-class _StreamingMeteor(Meteor):
-    """pycocoevalcap's Meteor (same jar, same command, same lines), with its input streamed.
+class _StreamingMeteor:
+    """pycocoevalcap's Meteor (same jar, same command, same lines), with its input streamed: a mixin
+    that `_streaming_meteor_class` puts before Meteor when METEOR first scores.
 
     Meteor.compute_score waits for each image's answer before sending the next line; here a
     thread writes every SCORE line while this one reads the answers, then the EVAL line goes as
@@ -275,6 +285,14 @@ class _StreamingMeteor(Meteor):
         return line
 
 
+@functools.cache
+def _streaming_meteor_class() -> type:
+    """_StreamingMeteor over pycocoevalcap's Meteor, whose __init__ starts the JVM."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return type("_StreamingMeteor", (_StreamingMeteor, Meteor), {})
+
+
 _meteor_lock = threading.Lock()
 _meteor: _StreamingMeteor | None = None
 
@@ -293,7 +311,7 @@ def _shared_meteor() -> _StreamingMeteor:
     global _meteor
     with _meteor_lock:
         if _meteor is None or not _meteor.is_running():
-            _meteor = _StreamingMeteor()
+            _meteor = _streaming_meteor_class()()
             atexit.register(_meteor.close)
         return _meteor
 

@@ -1,24 +1,35 @@
 """The GPU path as orch runs it there: bf16 autocast, channels_last encoders, batched beam search.
 
 Marked `gpu` and skipped without CUDA: `python -m pytest -m gpu` (benchmarks/gpu.sh runs them).
+A GPU machine may have PyTorch and pytest and little else: the tests that train a whole run score
+its captions (pycocoevalcap, and Java for its tokenizer), and are skipped, saying so, without them.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+
 import pytest
 import torch
-
-import math
 
 from tests.conftest import tiny_trainer_dict
 from tests.trainers.models.test_all_models import COMBINATIONS, VOCAB, tiny_config
 from trainers.config import DecodeConfig, ModelConfig, TrainerConfig
 from trainers.decoding import decode
 from trainers.loop import run_training
+from trainers.metrics import java_available
 from trainers.models import ENCODERS, Captioner, Decoder, build_encoder
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+_SCORING_MISSING = [name for name, here in (("pycocoevalcap", importlib.util.find_spec("pycocoevalcap") is not None),
+                                            ("Java", java_available())) if not here]
+# Only where CUDA is: without it the module's own skip says why (the closest skipif's reason is the one shown).
+scores_captions = pytest.mark.skipif(
+    torch.cuda.is_available() and bool(_SCORING_MISSING),
+    reason=f"scores captions: needs pycocoevalcap and Java ({', '.join(_SCORING_MISSING)} missing here)")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +89,7 @@ def test_beam_search_on_the_gpu_gives_the_cpu_captions():
     assert all(a.score == pytest.approx(b.score, abs=1e-3) for a, b in zip(on_cpu, on_gpu))
 
 
+@scores_captions
 @pytest.mark.parametrize("compile_step", [False, True])
 def test_a_run_trains_on_the_gpu_in_bf16_by_default(prepared_dir, tmp_path, compile_step):
     config = TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir, train={"epochs": 1, "compile": compile_step}))
