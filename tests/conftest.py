@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import atexit
+import shutil
+import tempfile
+
 import pytest
+from hypothesis import configuration, settings
+from hypothesis.database import InMemoryExampleDatabase
 
 from trainers.data.synthetic import write_synthetic_dataset
+
+# Hypothesis keeps what it finds in memory and its caches in a temporary folder, not in a
+# `.hypothesis/` folder of the checkout: tests write only under temporary folders.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="orch-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+configuration.set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile("orch", database=InMemoryExampleDatabase())
+settings.load_profile("orch")
 
 
 @pytest.fixture(scope="session", autouse=True)

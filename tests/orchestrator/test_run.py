@@ -535,7 +535,7 @@ def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(t
 def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_alone(tmp_path):
     from orchestrator.tracking import Tracker, TrialRecorder
 
-    tracker = Tracker(sqlite_uri(tmp_path), "bookkeeping")
+    tracker = Tracker(sqlite_uri(tmp_path), "bookkeeping", artifact_root=str(tmp_path / "artifacts"))
     parent = tracker.parent_run("bookkeeping/run-1", "orch run run-1")
 
     def recorder(trial: str) -> TrialRecorder:
