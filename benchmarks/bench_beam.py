@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import add_search_options, environment, interleaved, ratio, search_decoder, summary  # noqa: E402
 
 from trainers.config import DecodeConfig  # noqa: E402
-from trainers.decoding import END, START, decode, length_penalised  # noqa: E402
+from trainers.data.vocab import END_ID, START_ID  # noqa: E402
+from trainers.decoding import decode, length_penalised  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 
@@ -46,7 +47,7 @@ def tutorial_beam_search(decoder: Decoder, features: torch.Tensor, k: int, max_l
     rows = torch.zeros(k, dtype=torch.long, device=features.device)  # (k,)
     memory = decoder.prepare(features).select(rows)  # the grid expanded to k rows
     state = decoder.init_state(memory)
-    words = torch.full((k,), START, dtype=torch.long, device=features.device)  # (k,)
+    words = torch.full((k,), START_ID, dtype=torch.long, device=features.device)  # (k,)
     seqs = torch.zeros(k, 0, dtype=torch.long, device=features.device)  # (k, t)
     top_scores = torch.zeros(k, device=features.device)  # (k,)
     complete: list[tuple[float, list[int]]] = []  # (penalised score, words) in the order they ended
@@ -57,7 +58,7 @@ def tutorial_beam_search(decoder: Decoder, features: torch.Tensor, k: int, max_l
         top, flat = (scores[0] if t == 0 else scores.view(-1)).topk(k)  # (k,): all beams are alike at first
         previous, following = flat // vocab, flat % vocab  # (k,)
         seqs = torch.cat([seqs[previous], following.unsqueeze(1)], dim=1)  # (k, t+1)
-        ended = following == END  # (k,)
+        ended = following == END_ID  # (k,)
         for i in ended.nonzero().flatten().tolist():
             complete.append((length_penalised(top[i], t, beta).item(), seqs[i, :t].tolist()))
         going = (~ended).nonzero().flatten()  # (k',)

@@ -52,10 +52,10 @@ from trainers.config import ModelConfig, TrainConfig, TrainerConfig  # noqa: E40
 from trainers.devices import pick_device  # noqa: E402
 from trainers.loop import CaptionRecipe, make_optimizer  # noqa: E402
 from trainers.losses import caption_loss  # noqa: E402
+from trainers.data.vocab import END_ID, PAD_ID, START_ID  # noqa: E402
 from trainers.memory import reuse_freed_memory  # noqa: E402
 from trainers.models.decoder import Decoder  # noqa: E402
 
-PAD, START, END = 0, 1, 2
 
 
 class TutorialDecoder(nn.Module):
@@ -118,9 +118,9 @@ def decoder_arms(args, device: torch.device) -> dict:
     lengths = torch.randint(args.tokens // 2, args.tokens + 1, (args.batch,), device=device)  # (B,) with <start>, <end>
     captions = torch.randint(4, args.vocab, (args.batch, args.tokens), device=device)  # (B, T)
     positions = torch.arange(args.tokens, device=device)  # (T,)
-    captions[:, 0] = START
-    captions[positions.unsqueeze(0) == (lengths - 1).unsqueeze(1)] = END
-    captions[positions.unsqueeze(0) >= lengths.unsqueeze(1)] = PAD
+    captions[:, 0] = START_ID
+    captions[positions.unsqueeze(0) == (lengths - 1).unsqueeze(1)] = END_ID
+    captions[positions.unsqueeze(0) >= lengths.unsqueeze(1)] = PAD_ID
     order = lengths.argsort(descending=True)  # as orch's loaders batch them: longest first
     captions, lengths = captions[order], lengths[order]  # (B, T), (B,)
     host_lengths = lengths.cpu()  # orch's loaders keep lengths on the host; the tutorial's are on the device

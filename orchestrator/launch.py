@@ -39,10 +39,11 @@ from orchestrator.plan import Plan, max_concurrent_trials
 from orchestrator.cost import log_totals
 from orchestrator.provenance import log_provenance, prepared_dataset, standard_tags
 from orchestrator.single import tracking_uri
-from orchestrator.status import cell_rows, cell_table, selection_metric, sort_rows
+from orchestrator.status import cell_rows, cell_table, sort_rows
 from orchestrator.storage import CONFIG_FILE, Storage, driver_folder, find_invocation, resolve, save_invocation
 from orchestrator.tracking import JOURNAL_FILE, TAG_REASON, TAG_TRIAL, Tracker
 from orchestrator.tune_callbacks import LiveTable, MlflowRecorder, trial_id
+from trainers.config import selection_metric
 from trainers.errors import InputError
 
 INTERRUPTED = "interrupted (Ctrl-C) before this run ended"

@@ -19,6 +19,7 @@ from orchestrator.status import truncation_note
 from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
 from orchestrator.tracking import Tracker, TrialRecorder
 from orchestrator.terminal import duration
+from trainers.config import OWN_DECODE_ID
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
 from trainers.metrics import SCORE_SCALE
@@ -127,15 +128,10 @@ class RunFolderUpload:
 
 
 def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
-    """The run folder's checkpoint when it holds a whole epoch short of the last; None: start afresh
-    (no checkpoint yet, one cut short, or the last epoch: its test evaluation belongs to a new run)."""
-    from trainers.checkpoint import load_checkpoint
+    """The run folder's checkpoint when it holds a whole epoch short of the last (trainers.checkpoint)."""
+    from trainers.checkpoint import resume_point
 
-    try:
-        epoch = int(load_checkpoint(run_dir / "checkpoint").meta["epoch"])
-    except (InputError, OSError, ValueError, KeyError, TypeError):
-        return None
-    return run_dir / "checkpoint" if 0 < epoch < epochs else None
+    return resume_point([run_dir / "checkpoint"], epochs)
 
 
 def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None:
@@ -147,7 +143,7 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
 
     history = load_checkpoint(checkpoint).training_state()["history"]
     for metrics in history[int(recorder.logged_epoch):]:
-        variant = {f"d01/{k}": v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss"}
+        variant = {f"{OWN_DECODE_ID}/{k}": v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss"}
         recorder.record({**metrics, **variant})
 
 
@@ -156,7 +152,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
     import torch
 
     from trainers.evaluation import DecodeVariant
-    from trainers.loop import run_training
+    from trainers.training import run_training
 
     config, storage, folder, run_key = launch.config, launch.storage, launch.folder, launch.run_key
     stamp = launch.invocation.removeprefix("train-")
@@ -180,11 +176,11 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
     if not resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan=None, dataset=dataset,
                        description=f"`orch train`: one training of **{config.name}**, in one process (no Ray).")
-    variants = [DecodeVariant("d01", trainer_config.decode)]
+    variants = [DecodeVariant(OWN_DECODE_ID, trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, run_key, TRIAL, TRIAL,
                              params=flatten(trainer_config.model_dump(mode="json")),
-                             variants={"d01": {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}},
-                             reference="d01", dataset=dataset)
+                             variants={OWN_DECODE_ID: {f"decode.{k}": v for k, v in trainer_config.decode.model_dump().items()}},
+                             reference=OWN_DECODE_ID, dataset=dataset)
     meter = TrialMeter(gpus=1.0 if trainer_config.train.device != "cpu" else 0.0, cpus=float(torch.get_num_threads()))
     if resume_from is not None:
         _replay_unrecorded_epochs(recorder, resume_from)
@@ -244,7 +240,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
                if key in FINAL_KEYS or key.startswith("test_constant_caption_")}
     summary.update(mean_caption_length=final.metrics.get("test_mean_caption_length"),
                    distinct_captions=final.metrics.get("test_distinct_captions"),
-                   predictions=_stored_as(storage, folder, run_dir, Path(final.predictions["d01"])),
+                   predictions=_stored_as(storage, folder, run_dir, Path(final.predictions[OWN_DECODE_ID])),
                    best_epoch=final.metrics["best_epoch"], stop_reason=final.stop_reason, results=storage.uri(folder),
                    mlflow_run_id=recorder.run_id)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from orchestrator.ids import training_id, variant_id
 from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker, orch_metric
+from trainers.config import selection_metric
 from trainers.metrics import SCORE_SCALE
 
 SHOWN_METRICS = ("CIDEr", "Bleu_4", "mean_caption_length")  # the rest are in MLflow and `orch report`
@@ -86,13 +87,6 @@ def _mark_varying(rows: list[CellRow]) -> None:
     varying = sorted(k for k in keys if len({row.params.get(k) for row in rows}) > 1)
     for row in rows:
         row.varying = {k: row.params.get(k, "") for k in varying}
-
-
-def selection_metric(select_by: str, mode: str = "max") -> tuple[str, str]:
-    """The reported metric and direction that rank trials; `neg_loss` ranks by val_loss, lowest first."""
-    if select_by == "neg_loss":
-        return "val_loss", "min" if mode == "max" else "max"
-    return f"val_{select_by}", mode
 
 
 def sort_rows(rows: list[CellRow], select_by: str) -> list[CellRow]:

@@ -58,7 +58,8 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
     The trial trains on what Ray reserved for it: its GPU (`cuda`), or the CPU with CUDA hidden."""
     assigned = _assigned_resources()
     hide_unreserved_gpus(assigned)  # before any trainer code touches CUDA
-    from trainers.loop import run_training
+    from trainers.checkpoint import resume_point
+    from trainers.training import run_training
 
     trial_id = trial_key(params, tune.get_context().get_trial_id())
     params = trial_params(params)
@@ -90,7 +91,7 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
         try:
             candidates = [Path(restored) if restored else None,
                           _stored_checkpoint(storage, (stored or {}).get(trial_id, []), work_dir, config.train.epochs)]
-            resume_from = _resume_point(candidates, config.train.epochs)
+            resume_from = resume_point(candidates, config.train.epochs)
             run_training(config, work_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
         finally:
             meter.close()
@@ -144,34 +145,17 @@ def decode_variants_of(config: TrainerConfig, variants: dict[str, dict]) -> list
             for vid, dotted in variants.items()]
 
 
-def _resume_point(candidates: list[Optional[Path]], epochs: int) -> Optional[Path]:
-    """The newest whole checkpoint with epochs left to train; None: start afresh.
-
-    A checkpoint of the last epoch is passed over: nothing is left to train from it, and the test
-    evaluation that ends a training belongs to the run that trains that epoch."""
-    usable = [(epoch, folder) for folder in candidates if 0 <= (epoch := _checkpoint_epoch(folder)) < epochs]
-    return max(usable, key=lambda item: item[0])[1] if usable else None
-
-
 def _stored_checkpoint(storage: Optional[Storage], folders: list[str], run_dir: Path, epochs: int) -> Optional[Path]:
     """The newest whole checkpoint of `folders` (newest first) with epochs left to train, as a local
     folder: on a bucket, each is downloaded next to the trial until one will do."""
+    from trainers.checkpoint import checkpoint_epoch
+
     if storage is None:
         return None
     for folder in folders:
         local = storage.local(folder, run_dir / "stored_checkpoint")
-        if 0 <= _checkpoint_epoch(local) < epochs:
+        if 0 <= checkpoint_epoch(local) < epochs:
             return local
         if not storage.is_local:
             shutil.rmtree(local, ignore_errors=True)
     return None
-
-
-def _checkpoint_epoch(folder: Optional[Path]) -> int:
-    """The epoch a whole checkpoint folder holds; -1 for none, or one missing a file."""
-    from trainers.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(folder).meta["epoch"] if folder is not None else -1
-    except (InputError, OSError, ValueError):
-        return -1

@@ -230,3 +230,21 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         raise InputError(f"{folder}: not a checkpoint (missing {', '.join(missing)})")
     with reading(folder / META, DAMAGED):
         return Checkpoint(folder, json.loads((folder / META).read_text()))
+
+
+def checkpoint_epoch(folder: Optional[Path]) -> int:
+    """The epoch a whole checkpoint folder holds; -1 for none, or one missing a file."""
+    try:
+        return load_checkpoint(folder).meta["epoch"] if folder is not None else -1
+    except (InputError, OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def resume_point(candidates: list[Optional[Path]], epochs: int) -> Optional[Path]:
+    """The newest whole checkpoint among `candidates` with epochs left to train; None: start afresh.
+
+    A checkpoint of the last epoch is passed over: nothing is left to train from it (it keeps no
+    optimizer state), and the test evaluation that ends a training belongs to the run that trains
+    that epoch. One rule for `orch train` and for every trial."""
+    usable = [(epoch, folder) for folder in candidates if 0 <= (epoch := checkpoint_epoch(folder)) < epochs]
+    return max(usable, key=lambda item: item[0])[1] if usable else None

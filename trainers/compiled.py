@@ -26,7 +26,8 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from trainers.losses import PAD, fixed_shape_loss
+from trainers.data.vocab import PAD_ID
+from trainers.losses import fixed_shape_loss
 
 LENGTH_BUCKET = 8  # caption lengths, <start> and <end> included, are padded to a multiple of this
 
@@ -63,7 +64,7 @@ class CompiledSteps:
             raise ValueError(f"a batch of {batch} captions is larger than the compiled graph's {self.rows} rows")
         extra_rows, extra_steps = self.rows - batch, bucketed(length) - length
         if extra_rows or extra_steps:
-            captions = F.pad(captions, (0, extra_steps, 0, extra_rows), value=PAD)  # (R, T')
+            captions = F.pad(captions, (0, extra_steps, 0, extra_rows), value=PAD_ID)  # (R, T')
         if extra_rows:
             features = F.pad(features, (0, 0, 0, 0, 0, extra_rows))  # (R, P, C)
         return features, captions

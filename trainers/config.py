@@ -170,6 +170,9 @@ class TrainConfig(Strict):
 # The id of a training's own decode section when no decode variant equals it (trainers.loop decodes it
 # besides the variants; the plan names it so).
 REFERENCE_DECODE_ID = "ref"
+# The id of the one decode variant of a training without a grid (`orch train`, a recipe given no
+# variants): its own decode section. A plan numbers its variants d01, d02, ... the same way.
+OWN_DECODE_ID = "d01"
 
 
 class DecodeConfig(Strict):
@@ -187,6 +190,15 @@ METRIC_NAMES = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")
 SELECTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "neg_loss")
 # What ranks alignment models (trainer: alignment); rsum is the sum of the six recalls.
 RETRIEVAL_SELECTABLE = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "rsum")
+
+
+def selection_metric(select_by: str, mode: str = "max") -> tuple[str, str]:
+    """The reported metric that ranks trainings and its direction (`max` or `min`): `val_<select_by>`,
+    higher first; `neg_loss` ranks by `val_loss`, lowest first. `mode`: a search's, for search.metric.
+    The one place this rule lives: checkpoint selection, the launch, the tables, the report, export."""
+    if select_by == "neg_loss":
+        return "val_loss", "min" if mode == "max" else "max"
+    return f"val_{select_by}", mode
 
 
 def reported_metrics(trainer: str, metrics: Sequence[str]) -> tuple[str, ...]:

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from trainers.config import DecodeConfig
+from trainers.data.vocab import END_ID, START_ID, UNK_ID
 from trainers.models.decoder import Decoder, Memory, sample_tokens
-
-START, END, UNK = 1, 2, 3
 
 
 @dataclass
@@ -81,7 +80,7 @@ def _one_token_at_a_time(decoder: Decoder, memory: Memory, cfg: DecodeConfig,
     device = memory.features.device
     unk = _unk_index(cfg, device)
     state = decoder.init_state(memory)
-    tokens = torch.full((batch,), START, dtype=torch.long, device=device)  # (B,)
+    tokens = torch.full((batch,), START_ID, dtype=torch.long, device=device)  # (B,)
     log_prob = torch.zeros(batch, device=device)  # (B,)
     words = torch.full((batch,), cfg.max_len, device=device)  # (B,)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
@@ -96,7 +95,7 @@ def _one_token_at_a_time(decoder: Decoder, memory: Memory, cfg: DecodeConfig,
             tokens = sample_tokens(probs, generator)  # (B,)
         step_log_prob = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
         log_prob = log_prob + step_log_prob.masked_fill(finished, 0.0)
-        ends_now = ~finished & (tokens == END)  # (B,)
+        ends_now = ~finished & (tokens == END_ID)  # (B,)
         words = words.masked_fill(ends_now, t)
         finished = finished | ends_now
         chosen.append(tokens)
@@ -120,7 +119,7 @@ def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig, betas: Seq
     images = torch.arange(batch, device=device)  # (B,)
     # K consecutive rows per image; the memory stays one row per image (the attention broadcasts).
     state = decoder.reorder_state(decoder.init_state(memory), images.repeat_interleave(k))  # (B*K, ...)
-    tokens = torch.full((batch * k,), START, dtype=torch.long, device=device)  # (B*K,)
+    tokens = torch.full((batch * k,), START_ID, dtype=torch.long, device=device)  # (B*K,)
     beam_log_prob = torch.full((batch, k), float("-inf"), device=device)  # (B, K)
     beam_log_prob[:, 0] = 0.0  # one live beam per image at the start, so no duplicates
     width = torch.full((batch,), k, device=device)  # (B,) beams still searching per image
@@ -136,7 +135,7 @@ def _beam_search(decoder: Decoder, memory: Memory, cfg: DecodeConfig, betas: Seq
         tokens = (flat % vocab).view(-1)  # (B*K,)
         state = decoder.reorder_state(state, origin)
         trail.add(tokens, origin, alpha[origin])
-        ended = kept & (tokens.view(batch, k) == END)  # (B, K)
+        ended = kept & (tokens.view(batch, k) == END_ID)  # (B, K)
         ended_log_prob = top.masked_fill(~ended, float("-inf"))  # (B, K)
         for b in best:
             b.offer(ended_log_prob, t, t, finished=True)
@@ -215,7 +214,7 @@ def _time_to_check(t: int, device: torch.device) -> bool:
 
 
 def _unk_index(cfg: DecodeConfig, device: torch.device) -> torch.Tensor | None:
-    return torch.tensor([UNK], device=device) if cfg.block_unk else None
+    return torch.tensor([UNK_ID], device=device) if cfg.block_unk else None
 
 
 def _block_unk(logprobs: torch.Tensor, unk: torch.Tensor | None) -> torch.Tensor:

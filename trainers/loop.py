@@ -27,7 +27,7 @@ from trainers.batching import ImageGroupedBatches, encode_distinct
 from trainers.compiled import Backend, CompiledSteps
 from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trainable, restore_rng_state, rng_state,
                                  save_checkpoint, store_random_encoder, trainable_state)
-from trainers.config import REFERENCE_DECODE_ID, TrainConfig, TrainerConfig
+from trainers.config import OWN_DECODE_ID, REFERENCE_DECODE_ID, TrainConfig, TrainerConfig, selection_metric
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
@@ -36,7 +36,6 @@ from trainers.evaluation import (Captions, DecodeVariant, caption_batches, const
                                  write_predictions)
 from trainers.errors import InputError, TrainingDiverged
 from trainers.features import FeatureStore, cached_features, resize_batch
-from trainers.memory import reuse_freed_memory
 from trainers.losses import caption_loss
 from trainers.models import build_captioner
 from trainers.schedules import lr_factor_at, ss_rate_at
@@ -75,7 +74,7 @@ EpochCallback = Callable[[EpochResult], None]
 
 
 def default_variants(config: TrainerConfig) -> list[DecodeVariant]:
-    return [DecodeVariant("d01", config.decode)]
+    return [DecodeVariant(OWN_DECODE_ID, config.decode)]
 
 
 def reference_variant(config: TrainerConfig, variants: list[DecodeVariant]) -> DecodeVariant:
@@ -127,11 +126,7 @@ class CaptionRecipe:
     # ----------------------------------------------------------------------------------- setup
     def setup(self, resume_from: Optional[Path] = None) -> None:
         cfg = self.config
-        self.device = pick_device(cfg.train.device)
-        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
-        seed_everything(cfg.train.seed)
-        self.dataset: PreparedDataset = ensure_prepared(cfg.data)
-        self.vocab = self.dataset.vocab
+        self._begin()
         self.model = build_captioner(cfg.model, len(self.vocab)).to(self.device)
         if self.device.type == "cuda":
             self.model.encoder.to(memory_format=torch.channels_last)
@@ -142,6 +137,20 @@ class CaptionRecipe:
         self.inputs = self._input_arrays()
         self._loaders: dict[str, DataLoader] = {}
         self._shuffle = torch.Generator()  # reseeded every epoch (see _batches)
+        self._ready_to_train(resume_from)
+
+    def _begin(self) -> None:
+        """What every recipe sets up first: the device, autocast, the seed, the dataset and vocabulary."""
+        cfg = self.config
+        self.device = pick_device(cfg.train.device)
+        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
+        seed_everything(cfg.train.seed)
+        self.dataset: PreparedDataset = ensure_prepared(cfg.data)
+        self.vocab = self.dataset.vocab
+
+    def _ready_to_train(self, resume_from: Optional[Path]) -> None:
+        """What every recipe sets up last, its model built: the optimizer, the LR schedule, the gradient
+        scaler, the epoch counters and the best weights so far, or all of them from a checkpoint."""
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_lr_schedule()
         fp16_on_cuda = self.autocast_dtype == torch.float16 and self.device.type == "cuda"
@@ -149,7 +158,7 @@ class CaptionRecipe:
         self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
         self.start_loss: Optional[float] = None
         self.history: list[dict] = []
-        self.best_state = trainable_state(self.model)  # on the CPU, without the frozen encoder
+        self.best_state = trainable_state(self.model)  # on the CPU, without a frozen encoder
         if resume_from is not None:
             self._resume(resume_from)
 
@@ -297,20 +306,26 @@ class CaptionRecipe:
             if self.start_loss is None or batch_index % check_every == 0:
                 self._guard_divergence(peak.item(), epoch, batch_index)
                 peak.fill_(-math.inf)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if t.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                if t.grad_clip_mode == "norm":
-                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                else:
-                    torch.nn.utils.clip_grad_value_(params, t.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._optimizer_step(self.optimizer, loss)
             total, count = total + loss.detach(), count + 1
         self._guard_divergence(peak.item(), epoch, count - 1)
         return total.item() / max(count, 1)
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Backward, gradients clipped by `train.grad_clip` (by value or by their global norm), the
+        optimizer's step, through the gradient scaler (a no-op but under fp16 on a GPU)."""
+        t = self.config.train
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if t.grad_clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_value_(params, t.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def _guard_divergence(self, loss: float, epoch: int, batch: int) -> None:
         """Stop on a non-finite loss, or one above divergence_factor x the first (-inf: none seen)."""
@@ -355,8 +370,9 @@ class CaptionRecipe:
         return {vid: (caps, score_split(split, caps, metrics)) for vid, caps in captions.items()}
 
     def _selection_score(self, metrics: dict) -> float:
-        key = self.config.eval.select_by
-        return -metrics["val_loss"] if key == "neg_loss" else metrics[f"val_{key}"]
+        """The epoch's `eval.select_by`, signed so that higher is better (LR on plateau maximises it)."""
+        metric, mode = selection_metric(self.config.eval.select_by)
+        return metrics[metric] if mode == "max" else -metrics[metric]
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> EpochResult:
@@ -445,7 +461,7 @@ class CaptionRecipe:
 
         The last epoch's leaves out the optimizer's state (Adam's: twice the trainable weights):
         resuming starts from a checkpoint with epochs left to train, never from that one
-        (orchestrator.trainable._resume_point, orchestrator.single._resume_point)."""
+        (trainers.checkpoint.resume_point)."""
         state = {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "epoch": epoch, "best_score": self.best_score,
@@ -480,18 +496,3 @@ class GatheredBatches:
     def __iter__(self):
         for inputs, *rest in self.loader:
             yield (self.store.batch(inputs, rest[-1]), *rest)
-
-
-def run_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,
-                 on_epoch: Optional[EpochCallback] = None, resume_from: Optional[Path] = None,
-                 progress: bool = False) -> EpochResult:
-    """Train one configuration to the end; returns the final epoch's result (with test metrics)."""
-    reuse_freed_memory()
-    if config.trainer == "alignment":
-        from trainers.alignment.recipe import run_alignment_training  # it builds on this module
-
-        return run_alignment_training(config, run_dir, variants=variants, on_epoch=on_epoch, resume_from=resume_from,
-                                      progress=progress)
-    recipe = CaptionRecipe(config, run_dir, variants, on_epoch, progress)
-    recipe.setup(resume_from)
-    return recipe.run()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainers.data.vocab import PAD_ID
 from trainers.models.attention import attention_regularisation
 
-PAD = 0  # the vocabulary's <pad> id (trainers.data.vocab): targets there are not scored
 
 
 def caption_loss(decoder, features, captions, lengths, *, ss_rate: float, ss_per: str,
@@ -33,8 +33,8 @@ def fixed_shape_loss(decoder, features, captions, ss_rate: torch.Tensor | None, 
 def loss_of(decoder, logits: torch.Tensor, alphas: torch.Tensor, targets: torch.Tensor,
             alpha_c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, T-1, V), alphas (B, T-1, P), targets (B, T-1) -> (loss, cross-entropy)."""
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD_ID)
     loss = ce
     if alpha_c > 0 and decoder.learns_attention:
-        loss = loss + alpha_c * attention_regularisation(alphas, targets != PAD)
+        loss = loss + alpha_c * attention_regularisation(alphas, targets != PAD_ID)
     return loss, ce

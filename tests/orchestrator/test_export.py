@@ -27,7 +27,7 @@ from tests.orchestrator.conftest import sqlite_uri
 from trainers.config import DecodeConfig
 from trainers.evaluation import DecodeVariant
 from trainers.inference import caption_images, evaluate_split, load_model
-from trainers.loop import run_training
+from trainers.training import run_training
 
 EXPORT_FILES = {"model.safetensors", "config.yaml", "vocab.json", "metrics.json", "README.md"}
 

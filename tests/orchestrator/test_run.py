@@ -512,7 +512,8 @@ def _checkpoint(folder: Path, epoch: int, whole: bool = True) -> Path:
 def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(tmp_path):
     from orchestrator.launch import stored_checkpoints
     from orchestrator.storage import resolve
-    from orchestrator.trainable import _resume_point, _stored_checkpoint
+    from orchestrator.trainable import _stored_checkpoint
+    from trainers.checkpoint import resume_point
 
     storage = resolve(str(tmp_path))
     trial = tmp_path / "grid" / "run-1" / "trials" / "c002-ab12c_00001"
@@ -528,8 +529,8 @@ def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(t
     for epochs, newest_left in ((4, "checkpoint_000002"), (3, "checkpoint_000001")):  # the last epoch: not resumed
         from_storage = _stored_checkpoint(storage, stored["ab12c_00001"], tmp_path / "run", epochs)
         assert from_storage == trial / newest_left  # a local storage's own folder, not a copy
-        assert _resume_point([tune_restored, from_storage], epochs) == trial / newest_left  # beats Tune's epoch 1
-    assert _resume_point([None, _checkpoint(tmp_path / "half", 2, whole=False)], epochs=4) is None
+        assert resume_point([tune_restored, from_storage], epochs) == trial / newest_left  # beats Tune's epoch 1
+    assert resume_point([None, _checkpoint(tmp_path / "half", 2, whole=False)], epochs=4) is None
 
 
 def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_alone(tmp_path):

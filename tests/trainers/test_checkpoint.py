@@ -17,7 +17,8 @@ from trainers.checkpoint import (META, complete_state, frozen_encoder_file, load
 from trainers.config import TrainerConfig
 from trainers.errors import InputError
 from trainers.inference import load_model
-from trainers.loop import CaptionRecipe, run_training
+from trainers.loop import CaptionRecipe
+from trainers.training import run_training
 
 
 def _train(prepared, run_dir, **model):

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from trainers.config import DecodeConfig, ModelConfig
-from trainers.decoding import END, UNK, decode
+from trainers.data.vocab import END_ID, UNK_ID
+from trainers.decoding import decode
 from trainers.models import Decoder
 
 FEATURES, PIXELS = 5, 4
@@ -28,7 +29,7 @@ def random_decoder(seed, kind=("lstm", "soft"), vocab=12) -> Decoder:
     model = Decoder(cfg, FEATURES, vocab)
     with torch.no_grad():
         model.fc.weight.mul_(30.0)
-        model.fc.bias[END] = 1.0
+        model.fc.bias[END_ID] = 1.0
     return model.eval()
 
 
@@ -41,7 +42,7 @@ def replay(model, features, tokens, finished):
     memory = model.prepare(features.unsqueeze(0))
     state = model.init_state(memory)
     inputs = [1] + tokens
-    targets = tokens + ([END] if finished else [])
+    targets = tokens + ([END_ID] if finished else [])
     log_prob, alphas = 0.0, []
     with torch.no_grad():
         for previous, target in zip(inputs, targets):
@@ -64,8 +65,8 @@ def best_by_brute_force(model, features, max_len, beta):
             logprobs, state, _ = model.step(last, state, memory)  # (N, V): the attention broadcasts per image
             totals = log_probs.unsqueeze(1) + logprobs  # (N, V)
             for i, prefix in enumerate(prefixes):
-                best = max(best, (totals[i, END].item() / ((5 + t) / 6) ** beta, prefix, True))
-            keep = [(i, v) for i in range(len(prefixes)) for v in range(logprobs.shape[1]) if v != END]
+                best = max(best, (totals[i, END_ID].item() / ((5 + t) / 6) ** beta, prefix, True))
+            keep = [(i, v) for i in range(len(prefixes)) for v in range(logprobs.shape[1]) if v != END_ID]
             prefixes = [prefixes[i] + [v] for i, v in keep]
             log_probs = torch.stack([totals[i, v] for i, v in keep])
             state = model.reorder_state(state, torch.tensor([i for i, _ in keep]))
@@ -148,7 +149,7 @@ def test_larger_beta_never_picks_a_shorter_caption(seed, kind):
 def test_a_model_that_never_ends_gets_max_len_words_instead_of_a_crash(strategy):
     model, features = random_decoder(1), grid(1)
     with torch.no_grad():
-        model.fc.bias[END] = -1e4
+        model.fc.bias[END_ID] = -1e4
     for hypothesis in decode(model, features, DecodeConfig(strategy=strategy, beam_size=3, max_len=7)):
         assert len(hypothesis.tokens) == 7 and not hypothesis.finished
         assert math.isfinite(hypothesis.log_prob)
@@ -159,11 +160,11 @@ def test_a_model_that_never_ends_gets_max_len_words_instead_of_a_crash(strategy)
 def test_blocked_unk_is_never_emitted_even_by_a_model_that_loves_it(strategy):
     model, features = random_decoder(2), grid(2)
     with torch.no_grad():
-        model.fc.bias[UNK] = 50.0
+        model.fc.bias[UNK_ID] = 50.0
     blocked = decode(model, features, DecodeConfig(strategy=strategy, beam_size=3, max_len=8, block_unk=True))
     allowed = decode(model, features, DecodeConfig(strategy=strategy, beam_size=3, max_len=8, block_unk=False))
-    assert all(UNK not in h.tokens for h in blocked)
-    assert any(UNK in h.tokens for h in allowed)
+    assert all(UNK_ID not in h.tokens for h in blocked)
+    assert any(UNK_ID in h.tokens for h in allowed)
 
 
 def bigram_decoder(table: torch.Tensor) -> Decoder:
@@ -189,8 +190,8 @@ def test_beta_trades_a_likely_short_caption_for_a_longer_one():
     a, b, impossible = 4, 5, -30.0
     table = torch.full((6, 6), impossible)
     table[1, a] = 0.0
-    table[a, END], table[a, b] = math.log(0.52), math.log(0.48)
-    table[b, END] = 0.0
+    table[a, END_ID], table[a, b] = math.log(0.52), math.log(0.48)
+    table[b, END_ID] = 0.0
     model, features = bigram_decoder(table), torch.zeros(1, 1, 1)
 
     def best(**decode_cfg):

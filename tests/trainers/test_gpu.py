@@ -17,7 +17,7 @@ from tests.conftest import tiny_trainer_dict
 from tests.trainers.models.test_all_models import COMBINATIONS, VOCAB, tiny_config
 from trainers.config import DecodeConfig, ModelConfig, TrainerConfig
 from trainers.decoding import decode
-from trainers.loop import run_training
+from trainers.training import run_training
 from trainers.metrics import java_available
 from trainers.models import ENCODERS, Captioner, Decoder, build_encoder
 

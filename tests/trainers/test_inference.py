@@ -13,7 +13,7 @@ from tests.conftest import tiny_trainer_dict
 from trainers.config import DecodeConfig, TrainerConfig
 from trainers.errors import InputError
 from trainers.inference import caption_images, decode_settings, evaluate_split, load_model, plot_attention
-from trainers.loop import run_training
+from trainers.training import run_training
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from trainers.checkpoint import load_checkpoint
 from trainers.config import DecodeConfig, TrainerConfig
 from trainers.evaluation import DecodeVariant
 from trainers.errors import InputError, TrainingDiverged
-from trainers.loop import CaptionRecipe, run_training
+from trainers.loop import CaptionRecipe
+from trainers.training import run_training
 
 
 def _config(prepared, **sections) -> TrainerConfig:

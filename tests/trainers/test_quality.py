@@ -17,7 +17,7 @@ from trainers.data.prepare import prepare_dataset
 from trainers.data.prepared import PreparedDataset
 from trainers.data.synthetic import constant_caption_baseline, content_accuracy, write_synthetic_dataset
 from trainers.evaluation import DecodeVariant
-from trainers.loop import run_training
+from trainers.training import run_training
 
 pytestmark = pytest.mark.integration
 

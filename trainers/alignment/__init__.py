@@ -6,6 +6,6 @@
     retrieval.py       R@1/5/10 and median rank, image->sentence and sentence->image
     mrf.py             words -> regions by dynamic programming over the chain MRF (β)
     region_captions.py the generator trained on the region-snippet pairs
-    recipe.py          training, as `orch train` / `orch run` call it (trainers.loop.run_training)
+    recipe.py          training, as `orch train` / `orch run` call it (trainers.training.run_training)
     aligner.py         a trained model on new images and sentences (`orch align`), its export
 """

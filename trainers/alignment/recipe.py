@@ -38,14 +38,11 @@ from trainers.alignment.region_captions import RegionSnippetPairs, caption_regio
 from trainers.alignment.regions import build_regions, split_fragments
 from trainers.alignment.retrieval import RECALLS, chance_recall, retrieval_metrics
 from trainers.alignment.synthetic import alignment_scores
-from trainers.config import TrainerConfig
-from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, LazyArray, SplitImages
 from trainers.features import cached_features, resize_batch
 from trainers.evaluation import DecodeVariant
-from trainers.devices import pick_device
 from trainers.losses import caption_loss
-from trainers.loop import CaptionRecipe, EpochCallback, EpochResult, autocast_dtype, seed_everything
+from trainers.loop import CaptionRecipe, EpochResult
 
 SPLITS = ("train", "val", "test")
 IMAGE_CHUNK, SENTENCE_CHUNK = 16, 512  # score matrices are computed in blocks of this many
@@ -76,25 +73,13 @@ class AlignmentRecipe(CaptionRecipe):
     # ----------------------------------------------------------------------------------- setup
     def setup(self, resume_from: Optional[Path] = None) -> None:
         cfg = self.config
-        self.device = pick_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
-        self.dataset = ensure_prepared(cfg.data)
-        self.vocab = self.dataset.vocab
+        self._begin()
         self.regions = build_regions(cfg).to(self.device).eval()
         self.use_cache = cfg.data.feature_cache
         self.inputs = self._fragment_arrays()
         self.model = AlignmentModel(cfg, self.regions.feature_dim, len(self.vocab)).to(self.device)
         self.model.set_feature_statistics(self._train_features())
-        self.optimizer = self._make_optimizer()
-        self.scheduler = self._make_lr_schedule()
-        self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler(enabled=(self.autocast_dtype == torch.float16 and self.device.type == "cuda"))
-        self.start_epoch, self.best_score, self.best_epoch, self.stale_epochs = 1, -math.inf, 0, 0
-        self.start_loss: Optional[float] = None
-        self.history: list[dict] = []
-        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if resume_from is not None:
-            self._resume(resume_from)
+        self._ready_to_train(resume_from)
 
     def _fragment_arrays(self) -> dict[str, Optional[LazyArray]]:
         """Per split: the cached fragments (N, M, 4 + C) float16, or None (fragments computed per batch)."""
@@ -143,20 +128,6 @@ class AlignmentRecipe(CaptionRecipe):
         images = self.model.embed_images(features)  # (B, M, h)
         sentences = self.model.embed_sentences(words, counts)  # (B, T, h)
         return ranking_loss(image_sentence_scores(images, sentences, counts), self.config.alignment.margin)
-
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        t = self.config.train
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if t.grad_clip is not None:
-            self.scaler.unscale_(optimizer)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if t.grad_clip_mode == "norm":
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_value_(params, t.grad_clip)
-        self.scaler.step(optimizer)
-        self.scaler.update()
 
     # ---------------------------------------------------------------------------------- train
     def train_epoch(self, epoch: int) -> float:
@@ -356,12 +327,3 @@ class AlignmentRecipe(CaptionRecipe):
         sentences = [([self.vocab.itos[w] for w in s.words], s.snippets,
                       split_fragments(s.fragments)[0].tolist(), truths[s.row]["objects"]) for s in aligned]
         return alignment_scores(sentences, captions)
-
-
-def run_alignment_training(config: TrainerConfig, run_dir: Path, *, variants: Optional[list[DecodeVariant]] = None,
-                           on_epoch: Optional[EpochCallback] = None, resume_from: Optional[Path] = None,
-                           progress: bool = False) -> EpochResult:
-    """Train one alignment configuration to the end; returns the final epoch's result (with test metrics)."""
-    recipe = AlignmentRecipe(config, run_dir, variants, on_epoch, progress)
-    recipe.setup(resume_from)
-    return recipe.run()

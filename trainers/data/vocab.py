@@ -7,14 +7,16 @@ from typing import Iterable, Sequence
 
 from trainers.errors import InputError
 
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIALS = (PAD, START, END, UNK)
+SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
+# The special tokens' ids in every vocabulary: the one place the training loss, decoding and data
+# preparation read them from.
+PAD_ID, START_ID, END_ID, UNK_ID = range(len(SPECIALS))
 
 
 class Vocab:
     """Ids 0-3 are `<pad>`, `<start>`, `<end>`, `<unk>`; words follow, most frequent first."""
 
-    pad_id, start_id, end_id, unk_id = range(len(SPECIALS))
+    pad_id, start_id, end_id, unk_id = PAD_ID, START_ID, END_ID, UNK_ID
 
     def __init__(self, itos: Sequence[str]):
         itos = list(itos)

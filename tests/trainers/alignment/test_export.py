@@ -22,7 +22,7 @@ from orchestrator.tracking import Tracker, TrialRecorder
 from tests.conftest import tiny_trainer_dict
 from tests.orchestrator.conftest import sqlite_uri
 from trainers.alignment.aligner import Aligner
-from trainers.loop import run_training
+from trainers.training import run_training
 
 NAME = "tiny-alignment-export"
 SENTENCE = "a large red circle on the left and a small blue cross on the right"

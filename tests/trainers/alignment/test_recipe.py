@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import tiny_trainer_dict
 from trainers.checkpoint import load_checkpoint
 from trainers.config import TrainerConfig
-from trainers.loop import run_training
+from trainers.training import run_training
 
 RETRIEVAL = ["i2t_R1", "i2t_R5", "i2t_R10", "i2t_medr", "t2i_R1", "t2i_R5", "t2i_R10", "t2i_medr"]
 
