@@ -199,7 +199,7 @@ warm_packing() {
   "$PY" - "$@" <<'PY'
 import sys, tempfile
 from pathlib import Path
-from orchestrator.config import load_config
+from orchestrator.experiment.loader import load_config
 from trainers.loop import CaptionRecipe
 
 config = load_config("search_spaces/gpu_packing.yaml", [a for a in sys.argv[1:] if a != "--set"]).trainer_config({})

@@ -1,4 +1,5 @@
-"""The `orch` command line. Each command is a thin shell over one module.
+"""The `orch` command line: each command's options, and a thin shell over one module that does it
+(orchestrator.commands.<command>, or the trainers' module for the data and model commands).
 
 Exit codes: 0 done; 2 bad input (nothing started, nothing written); 1 anything else.
 Heavy imports (torch, ray, mlflow) happen inside the commands so `orch --help` stays instant.
@@ -17,6 +18,7 @@ import typer
 from rich.markup import escape
 
 from orchestrator import terminal
+from orchestrator.locations import DEFAULT_STORAGE
 from trainers.errors import InputError, TrainingDiverged
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
@@ -99,11 +101,22 @@ SET_HELP = "Override a key: --set train.lr=1e-3 (repeatable)."
 def _load_experiment(config: Path, set_: Optional[List[str]], overrides: Optional[List[str]], smoke: bool,
                      trials: bool = True):
     """The experiment file with its overrides (--set ones, then the positional ones), in its smoke profile
-    when asked. `trials=False`: for `orch train`, which reserves nothing (orchestrator.config.load_config)."""
-    from orchestrator.config import load_config
-    from orchestrator.smoke import load_smoke_config
+    when asked. `trials=False`: for `orch train`, which reserves nothing (orchestrator.experiment.loader)."""
+    from orchestrator.experiment.loader import load_config
+    from orchestrator.experiment.smoke import load_smoke_config
 
     return (load_smoke_config if smoke else load_config)(config, [*(set_ or []), *(overrides or [])], trials=trials)
+
+
+def _reading(config: Optional[Path], storage: str):
+    """A read command's settings: the store of --config's YAML, else of --storage (orchestrator.settings)."""
+    from orchestrator.experiment.loader import load_config
+    from orchestrator.settings import RunSettings
+
+    return RunSettings.for_reading(load_config(config) if config is not None else None, storage)
+
+
+STORAGE_HELP = "The ray.storage folder whose mlflow.db is the store (a bucket holds none: use --config)."
 
 
 @app.command(epilog=EXAMPLES["synth"])
@@ -168,11 +181,11 @@ def show_config(
     config: Path = typer.Argument(..., help="Experiment YAML."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
-    smoke: bool = typer.Option(False, "--smoke", help="Its smoke profile (orchestrator/smoke.py)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Its smoke profile (orchestrator/experiment/smoke.py)."),
 ):
     """Print the resolved config as YAML: bases merged, overrides applied, every default filled in
     (what `orch run` would run, and what it saves as orch.yaml; Hydra's --cfg job)."""
-    from orchestrator.config import dump_resolved
+    from orchestrator.experiment.loader import dump_resolved
 
     print(dump_resolved(_load_experiment(config, set_, overrides, smoke)), end="")
 
@@ -184,12 +197,14 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, metavar="KEY=VALUE"),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="End the output with one JSON object of test metrics."),
-    smoke: bool = typer.Option(False, "--smoke", help="Shrink it to run on synthetic data on the CPU (orchestrator/smoke.py)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Shrink it to run on synthetic data on the CPU (orchestrator/experiment/smoke.py)."),
 ):
     """Train one configuration in this process (no Ray), tracked in MLflow."""
-    from orchestrator.single import train_one
+    from orchestrator.commands.train import train_one
+    from orchestrator.settings import RunSettings
 
-    summary = train_one(_load_experiment(config, set_, overrides, smoke, trials=False), console)
+    experiment = _load_experiment(config, set_, overrides, smoke, trials=False)
+    summary = train_one(RunSettings.resolve(experiment, command="train"), console)
     if as_json:
         print(json.dumps(summary))
 
@@ -202,22 +217,13 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (overrides ray.address)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit: nothing is started."),
-    smoke: bool = typer.Option(False, "--smoke", help="The same grid on synthetic data, tiny models, CPU (orchestrator/smoke.py)."),
+    smoke: bool = typer.Option(False, "--smoke", help="The same grid on synthetic data, tiny models, CPU (orchestrator/experiment/smoke.py)."),
 ):
     """Run an ablation as Ray Tune trials, every trial and decode variant tracked in MLflow."""
-    from orchestrator.plan import make_plan, render_plan
+    from orchestrator.commands.run import run as run_experiment
 
-    experiment = _load_experiment(config, set_, overrides, smoke)
-    plan = make_plan(experiment)
-    if dry_run:
-        terminal.console().print(render_plan(plan, experiment))
-        return
-    from orchestrator.launch import check_data, run_plan
-
-    check_data(experiment, plan)  # every cell's data.prepared, before the plan is shown and Ray starts
-    console.print(render_plan(plan, experiment))
-
-    raise typer.Exit(run_plan(experiment, plan, console, address=address))
+    raise typer.Exit(run_experiment(_load_experiment(config, set_, overrides, smoke), console, address=address,
+                                    dry_run=dry_run))
 
 
 @app.command("env", epilog=EXAMPLES["env"])
@@ -232,7 +238,7 @@ def show_env(
     """The environment a run would get: Python, torch and its CUDA build, cuDNN, the NVIDIA driver, the GPUs
     torch can use, bf16, Ray, and (given a config or --address) the Ray cluster's CPUs and GPUs, the tracking
     store and the storage. Exit 2, with the failing line, when a config's needs are not met."""
-    from orchestrator.environment import environment
+    from orchestrator.commands.env import environment
 
     experiment = _load_experiment(config, set_, overrides, smoke=False) if config is not None else None
     report = environment(experiment, address)
@@ -248,11 +254,11 @@ def show_env(
 def resume(
     name_or_dir: str = typer.Argument(..., help="An experiment name (its latest run), or a run folder or URI "
                                                 "(s3://bucket/prefix/NAME/run-...)."),
-    storage: str = typer.Option("results", "--storage", help="The ray.storage the name lives in: a folder, or "
-                                                             "s3://bucket/prefix[?endpoint_override=...]."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help="The ray.storage the name lives in: a folder, "
+                                                                    "or s3://bucket/prefix[?endpoint_override=...]."),
 ):
     """Continue an interrupted `orch run`: finished trials stay, unfinished ones resume from checkpoints."""
-    from orchestrator.launch import resume_invocation
+    from orchestrator.commands.resume import resume as resume_invocation
 
     raise typer.Exit(resume_invocation(name_or_dir, storage, console))
 
@@ -262,33 +268,29 @@ def resume(
 def status(
     name: Optional[str] = typer.Argument(None, help="Experiment name (default: every experiment in the store)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
-                                                             "(a bucket holds none: use --config)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The trials and decode variants of an experiment's latest run, with metrics and statuses."""
-    from orchestrator.inspect import show_status
+    from orchestrator.commands.status import show_status
 
-    show_status(name, config, storage, as_json, console)
+    show_status(name, _reading(config, storage), as_json, console)
 
 
 @app.command(epilog=EXAMPLES["ui"])
 @_exits_cleanly
 def ui(
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
-                                                             "(a bucket holds none: use --config)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP),
     port: int = typer.Option(5000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
 ):
     """The MLflow UI on the configured tracking store."""
     import subprocess
 
-    from orchestrator.inspect import store_uri
-
-    uri = store_uri(config, storage)
+    uri = _reading(config, storage).tracking_uri
     if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
-        from orchestrator.inspect import experiment_names
+        from orchestrator.tracking.reader import experiment_names
 
         experiment_names(uri)  # a store that is not one is named here, not in the UI server's traceback
     console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
@@ -303,14 +305,12 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md and its PNGs (default reports/NAME)."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest, e.g. run-20250101-120000."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
-                                                             "(a bucket holds none: use --config)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP),
 ):
     """Ablation report: mean ± 95 % CI per cell and factor, a tested verdict and a plot per factor (Markdown + PNG)."""
-    from orchestrator.inspect import store_uri
-    from orchestrator.report import write_report
+    from orchestrator.reporting.report import write_report
 
-    path = write_report(name, store_uri(config, storage), out or Path("reports") / name, invocation)
+    path = write_report(name, _reading(config, storage).tracking_uri, out or Path("reports") / name, invocation)
     console.print(f"report: {path}", highlight=False)
 
 
@@ -326,16 +326,14 @@ def export(
                                                                "the best gets the alias champion."),
     invocation: Optional[str] = typer.Option(None, "--invocation", help="A run other than the latest."),
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
-    storage: str = typer.Option("results", "--storage", help="The ray.storage folder whose mlflow.db is the store "
-                                                             "(a bucket holds none: use --config)."),
+    storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP),
 ):
     """Export the best trials as folders of model.safetensors, config, vocab, metrics and a model card."""
-    from orchestrator.export import CHAMPION, EXPORTABLE, export_best
-    from orchestrator.inspect import store_uri
+    from orchestrator.commands.export import CHAMPION, EXPORTABLE, export_best
     from trainers.metrics import SCORE_SCALE
 
-    for rank, item in enumerate(export_best(name, store_uri(config, storage), out or Path("exports") / name, metric,
-                                            top_k, register, invocation), start=1):
+    for rank, item in enumerate(export_best(name, _reading(config, storage).tracking_uri, out or Path("exports") / name,
+                                            metric, top_k, register, invocation), start=1):
         registered = f"; registered as {name} version {item.registered_version}" if item.registered_version else ""
         registered += f" (alias {CHAMPION}: models:/{name}@{CHAMPION})" if item.registered_version and rank == 1 else ""
         console.print(f"{item.folder}: {item.pick.variant.id}, val {metric} {item.pick.score:.3f}{registered}",

@@ -11,30 +11,27 @@ role. Options pyarrow accepts as a query stay with the setting, e.g.
 `s3://orch/results?endpoint_override=minio:9000&scheme=http`.
 
 MLflow artifacts (`artifact_location`) go under the storage too, unless an MLflow server keeps them
-(see orchestrator.tracking.artifact_location). MLflow reaches a bucket with boto3, which knows
-nothing of pyarrow's query options: `share_endpoint_with_mlflow` hands it an `endpoint_override`.
+(see orchestrator.tracking.store.artifact_location). MLflow reaches a bucket with boto3, which knows
+nothing of pyarrow's query options: `orchestrator.locations.share_endpoint_with_mlflow` hands it an
+`endpoint_override`.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow
 import pyarrow.fs
 
+from orchestrator.locations import local_folder
 from trainers.errors import InputError
 
 CONFIG_FILE = "orch.yaml"  # the resolved config of one invocation: what `orch resume` re-reads
 PLAN_FILE = "plan.json"
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
-MLFLOW_ENDPOINT_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-STATE_DIR_ENV = "ORCH_STATE_DIR"  # the driver's own local folder for a bucket storage (default ~/.local/state/orch)
 
 
 @dataclass(frozen=True)
@@ -131,54 +128,6 @@ class Storage:
         return Path(self.path(relative)) if self.is_local else self.download(relative, folder)
 
 
-def local_folder(setting: str, option: str = "ray.storage") -> Optional[Path]:
-    """The absolute folder a local setting (a path, or file://) names; None for a bucket URI.
-
-    A relative folder is made absolute against the current directory: trials run elsewhere.
-    Raises InputError naming `option` for a scheme that is neither.
-    """
-    scheme = urlsplit(setting).scheme
-    if scheme in ("", "file"):
-        return Path(setting.removeprefix("file://") if scheme == "file" else setting).expanduser().resolve()
-    if scheme not in REMOTE_SCHEMES:
-        raise InputError(f"{option}: {setting!r} is neither a folder nor a storage URI "
-                         f"({', '.join(s + '://' for s in ('file',) + REMOTE_SCHEMES)})")
-    return None
-
-
-def driver_folder(setting: str, option: str = "ray.storage") -> Path:
-    """The local folder where the driver keeps, per storage, what must outlive it on this machine: the
-    journal of tracking writes a server did not take, and `orch train`'s run folder between uploads.
-
-    A local storage is its own driver folder. A bucket gets one under ORCH_STATE_DIR (default
-    ~/.local/state/orch), named after the bucket and prefix, so a killed driver's journal is found
-    again by `orch status` and `orch resume` run on the same machine."""
-    folder = local_folder(setting, option)
-    if folder is not None:
-        return folder
-    parts = urlsplit(setting)
-    home = Path(os.environ.get(STATE_DIR_ENV) or Path.home() / ".local" / "state" / "orch").expanduser()
-    return home / "storage" / parts.scheme / (parts.netloc + parts.path).strip("/")
-
-
-def default_tracking_uri(setting: str, option: str = "ray.storage",
-                         remedy: str = "set tracking.uri (an MLflow server, or sqlite:///PATH)") -> str:
-    """The store of a command whose config names none: MLFLOW_TRACKING_URI when set (MLflow users set
-    it), else the embedded default, a sqlite file in a local storage folder. A config's tracking.uri
-    comes first; this is the one place the rest is decided.
-
-    A bucket cannot hold a sqlite file (it needs a filesystem with locks): InputError naming `option` and `remedy`."""
-    from_environment = os.environ.get(TRACKING_URI_VARIABLE, "").strip()
-    if from_environment:
-        if from_environment.startswith("sqlite:///") and not from_environment.startswith("sqlite:////"):
-            return f"sqlite:///{Path(from_environment.removeprefix('sqlite:///')).resolve()}"  # trials run elsewhere
-        return from_environment
-    folder = local_folder(setting, option)
-    if folder is None:
-        raise InputError(f"{option} is {setting!r}, where no sqlite file can live: {remedy}")
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
 def resolve(setting: str, option: str = "ray.storage") -> Storage:
     """`ray.storage` as written (a folder, file://, s3://, gs://, hdfs://...) -> Storage.
 
@@ -195,20 +144,6 @@ def resolve(setting: str, option: str = "ray.storage") -> Storage:
     if not root.strip("/"):
         raise InputError(f"{option}: {setting!r} names no bucket: write {scheme}://bucket/prefix")
     return Storage(setting, filesystem, root.rstrip("/"))
-
-
-def share_endpoint_with_mlflow(setting: str) -> None:
-    """Point MLflow's S3 client (boto3) at the endpoint an s3:// setting names in its query.
-
-    pyarrow reads `endpoint_override` from the setting; boto3 reads only the environment. Without
-    this, artifacts of a MinIO storage would go to AWS. An endpoint the environment already names
-    (MLFLOW_S3_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) is left as it is."""
-    parts = urlsplit(setting)
-    endpoint = parse_qs(parts.query).get("endpoint_override")
-    if parts.scheme != "s3" or not endpoint or any(os.environ.get(v) for v in MLFLOW_ENDPOINT_VARIABLES):
-        return
-    scheme = parse_qs(parts.query).get("scheme", ["https"])[0]
-    os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint[0] if "://" in endpoint[0] else f"{scheme}://{endpoint[0]}"
 
 
 # ---------------------------------------------------------------------------- one invocation's files

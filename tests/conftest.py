@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import atexit
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import configuration, settings
@@ -25,7 +24,7 @@ settings.load_profile("orch")
 
 @pytest.fixture(scope="session", autouse=True)
 def driver_state_in_a_temporary_folder(tmp_path_factory):
-    """What a driver keeps on local disk for a bucket storage (orchestrator.storage.driver_folder) goes
+    """What a driver keeps on local disk for a bucket storage (orchestrator.locations.driver_folder) goes
     to a folder of the session, never the user's ~/.local/state; subprocesses inherit it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ORCH_STATE_DIR", str(tmp_path_factory.mktemp("orch-state")))

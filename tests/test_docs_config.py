@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from orchestrator.config import DISTRIBUTIONS, ExperimentConfig
+from orchestrator.experiment.schema import DISTRIBUTIONS, ExperimentConfig
 from trainers.config import DETECTOR_NAMES, ENCODER_NAMES, TrainerConfig
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "config.md"

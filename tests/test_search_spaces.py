@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.plan import make_plan
+from orchestrator.experiment.loader import load_config
+from orchestrator.experiment.plan import make_plan
 
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 YAMLS = sorted(SEARCH_SPACES.rglob("*.yaml"))

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import ExperimentConfig, load_config
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.experiment.loader import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

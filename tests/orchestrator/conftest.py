@@ -24,7 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator import cli
-from orchestrator.keys import deep_merge
+from orchestrator.experiment.keys import deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.orchestrator.conftest import TINY_EXPERIMENT, plant_pickle, write_yaml
+from orchestrator.storage import resolve
 
 
 def one_error_line(result, *fragments: str) -> str:
@@ -226,12 +227,13 @@ def test_score_with_a_truncated_predictions_file(orch, tmp_path):
 def test_export_of_a_trial_whose_mlflow_checkpoint_is_a_pickle(orch, export_dir, tmp_path, monkeypatch):
     """A best_checkpoint in MLflow (a shared store) that is a crafted pickle: `orch export` refuses it
     in one line and its payload never runs."""
-    from orchestrator.tracking import Tracker, TrialRecorder
+    from orchestrator.tracking.writer import Tracker
+    from orchestrator.tracking.recorder import TrialRecorder
     from tests.orchestrator.conftest import sqlite_uri
 
     monkeypatch.chdir(tmp_path)
     storage = tmp_path / "results"
-    tracker = Tracker(sqlite_uri(storage), "shared", artifact_root=str(storage))
+    tracker = Tracker(sqlite_uri(storage), "shared", artifact_root=resolve(str(storage)))
     parent = tracker.parent_run("shared/run-1", "orch run run-1")
     recorder = TrialRecorder(tracker, parent, "shared/run-1", "c001", "c001", {"orch.cell": "c001"},
                              {"d01": {"decode.beam_size": 2}})

@@ -9,8 +9,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import load_config
-from orchestrator.single import train_refusal
+from orchestrator.experiment.loader import load_config
+from orchestrator.commands.train import train_refusal
 from tests.conftest import tiny_trainer_dict
 from tests.orchestrator.test_run import best_checkpoint_files
 

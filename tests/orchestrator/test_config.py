@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.config import ExperimentConfig, dump_resolved, load_config
-from orchestrator.keys import apply_overrides, deep_merge, flatten, to_nested
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.experiment.loader import dump_resolved, load_config
+from orchestrator.experiment.keys import apply_overrides, deep_merge, flatten, to_nested
 from trainers.errors import InputError
 
 
@@ -37,7 +38,7 @@ def test_a_tiny_yaml_gets_every_default(tmp_path, monkeypatch):
     assert config.tracking.experiment == "tiny"
     assert config.tracking.uri == f"sqlite:///{tmp_path.resolve() / 'results' / 'mlflow.db'}"
     assert config.scheduler.max_t == config.train.epochs
-    assert config.ray.storage == "results" and config.ray.max_failures == 2
+    assert config.ray.storage == str(tmp_path.resolve() / "results") and config.ray.max_failures == 2
 
 
 def test_an_empty_file_is_refused_not_a_run_of_every_default(tmp_path):
@@ -105,7 +106,7 @@ def test_dump_resolved_loads_back_to_the_same_config(tmp_path):
 
 def test_the_loader_stays_free_of_heavy_imports():
     """`orch run --dry-run` and `orch --help` must start fast."""
-    code = ("import sys, orchestrator.config, orchestrator.plan; "
+    code = ("import sys, orchestrator.experiment.loader, orchestrator.experiment.plan, orchestrator.settings; "
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2], env={"PYTHONPATH": "."})

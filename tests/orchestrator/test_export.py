@@ -16,14 +16,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.cost import TrialMeter, log_totals
-from orchestrator.keys import flatten
-from orchestrator.plan import make_plan
-from orchestrator.provenance import prepared_dataset, standard_tags
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.tracking.cost import TrialMeter, log_totals
+from orchestrator.experiment.keys import flatten
+from orchestrator.experiment.plan import make_plan
+from orchestrator.tracking.provenance import prepared_dataset, standard_tags
+from orchestrator.tracking.writer import Tracker
+from orchestrator.tracking.recorder import TrialRecorder
 from tests.conftest import tiny_trainer_dict
 from tests.orchestrator.conftest import sqlite_uri
+from orchestrator.storage import resolve
 from trainers.config import DecodeConfig
 from trainers.evaluation import DecodeVariant
 from trainers.inference import caption_images, evaluate_split, load_model
@@ -44,7 +46,7 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
         **tiny_trainer_dict(prepared), "name": name, "ray": {"storage": str(storage)},
         "ablation": {"train.seed": [0, 1], "decode.length_penalty": [0.0, 1.0]}})
     plan = make_plan(config)
-    tracker = Tracker(sqlite_uri(storage), name, artifact_root=storage)
+    tracker = Tracker(sqlite_uri(storage), name, artifact_root=resolve(str(storage)))
     tracker.run_tags = standard_tags(f"orch run {name}")
     run_key = f"{name}/run-1"
     parent = tracker.parent_run(run_key, "orch run run-1")
@@ -83,7 +85,7 @@ def recorded(prepared_dir, tmp_path_factory) -> Recorded:
 @pytest.fixture(scope="module")
 def exported(recorded, tmp_path_factory) -> list[Path]:
     """`orch export tiny-grid --top-k 2`: the two trials' folders, best first."""
-    from orchestrator.export import export_best
+    from orchestrator.commands.export import export_best
 
     out = tmp_path_factory.mktemp("exports")
     return [item.folder for item in export_best("tiny-grid", recorded.uri, out, "CIDEr", top_k=2)]
@@ -144,7 +146,7 @@ def test_the_model_card_says_what_it_is_and_how_to_caption(exported):
 
 
 def test_cli_export_refuses_an_experiment_without_a_finished_trial(orch, tmp_path):
-    tracker = Tracker(sqlite_uri(tmp_path), "broken", artifact_root=tmp_path)
+    tracker = Tracker(sqlite_uri(tmp_path), "broken", artifact_root=resolve(str(tmp_path)))
     parent = tracker.parent_run("broken/run-1", "orch run run-1")
     TrialRecorder(tracker, parent, "broken/run-1", "trial0", "c001", {"train.seed": 0}, {"d01": {}}).end(
         "FAILED", "RuntimeError: out of memory")
@@ -197,8 +199,8 @@ def test_register_logs_a_pyfunc_model_that_captions_a_batch(recorded, exported, 
     import mlflow.pyfunc
     import pandas as pd
 
-    from orchestrator.export import pick_best, register_export
-    from orchestrator.results import open_results
+    from orchestrator.commands.export import pick_best, register_export
+    from orchestrator.tracking.reader import open_results
 
     results = open_results("tiny-grid", recorded.uri)
     version = register_export(results, pick_best(results, "CIDEr")[0], exported[0])

@@ -20,12 +20,13 @@ import pytest
 import ray
 import torch
 
-from orchestrator import launch as launch_module
-from orchestrator.config import ExperimentConfig
-from orchestrator.launch import Launch, check_gpus, run_plan, trainer_base
-from orchestrator.plan import make_plan
-from orchestrator.preflight import PreflightError, check_cluster_gpus
-from orchestrator.trainable import hide_unreserved_gpus, reserved_device
+from orchestrator.cluster import launcher as launch_module
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.settings import RunSettings
+from orchestrator.cluster.launcher import check_gpus, run_plan, trainer_base
+from orchestrator.experiment.plan import make_plan
+from orchestrator.cluster.preflight import PreflightError, check_cluster_gpus
+from orchestrator.cluster.trainable import hide_unreserved_gpus, reserved_device
 from tests.orchestrator.conftest import REPO_ROOT, write_yaml
 
 NO_GPU_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="torch can use CUDA on this machine")
@@ -116,7 +117,7 @@ class FakeRay:
 
 
 def experiment(tiny_experiment, tmp_path: Path, **sections) -> ExperimentConfig:
-    from orchestrator.config import load_config
+    from orchestrator.experiment.loader import load_config
 
     return load_config(write_yaml(tmp_path / "gpu.yaml", tiny_experiment("gpu", tmp_path / "results", **sections)))
 
@@ -128,7 +129,7 @@ def test_too_few_gpus_stop_the_run_before_its_folder_or_mlflow_and_the_ray_it_st
     monkeypatch.setattr(launch_module, "_run", lambda *args: pytest.fail("the run went on"))
     config = experiment(tiny_experiment, tmp_path, resources={"gpu": 1})
     with pytest.raises(PreflightError, match=r"^resources.gpu: 1 per trial, but the local Ray on this machine"):
-        run_plan(config, make_plan(config), console=None)
+        run_plan(RunSettings.resolve(config), make_plan(config), console=None)
     assert fake.calls == [("init", "local"), ("cluster_resources",), ("shutdown",)]
     assert not (tmp_path / "results").exists()  # no invocation folder, no mlflow.db
 
@@ -138,7 +139,7 @@ def test_a_ray_the_check_did_not_start_is_left_running(tiny_experiment, tmp_path
     fake.up = True  # already up (a notebook, the tests' session Ray)
     config = experiment(tiny_experiment, tmp_path, resources={"gpu": 0.5})
     with pytest.raises(PreflightError):
-        check_gpus(Launch.resolve(config, make_plan(config)))
+        check_gpus(RunSettings.resolve(config))
     assert fake.calls == [("cluster_resources",)]
 
 
@@ -147,7 +148,7 @@ def test_a_ray_the_check_did_not_start_is_left_running(tiny_experiment, tmp_path
 def test_no_gpu_reserved_or_an_autoscaling_cluster_skip_the_count(tiny_experiment, tmp_path, monkeypatch, sections):
     fake = FakeRay({"CPU": 2.0}).install(monkeypatch)
     config = experiment(tiny_experiment, tmp_path, **sections)
-    check_gpus(Launch.resolve(config, make_plan(config)))
+    check_gpus(RunSettings.resolve(config))
     assert fake.calls == []  # Ray not even started: the run starts it when its first study does
 
 
@@ -210,7 +211,7 @@ def test_ray_tasks_get_the_device_of_their_reservation(tmp_path):
     a half-GPU task keeps the GPU Ray gives it and trains on cuda."""
     seen = run_python("""
         import json, os, ray
-        from orchestrator.trainable import _assigned_resources, hide_unreserved_gpus, reserved_device
+        from orchestrator.cluster.trainable import _assigned_resources, hide_unreserved_gpus, reserved_device
 
         def trial():
             assigned = _assigned_resources()
@@ -229,14 +230,14 @@ def test_a_real_local_ray_without_gpus_refuses_a_gpu_plan_and_is_shut_down(tiny_
     config = write_yaml(tmp_path / "gpu.yaml", tiny_experiment("gpu", tmp_path / "results", resources={"gpu": 1}))
     seen = run_python(f"""
         import json, ray
-        from orchestrator.config import load_config
-        from orchestrator.launch import run_plan
-        from orchestrator.plan import make_plan
+        from orchestrator.experiment.loader import load_config
+        from orchestrator.cluster.launcher import run_plan
+        from orchestrator.experiment.plan import make_plan
         from trainers.errors import InputError
 
         config = load_config({str(config)!r})
         try:
-            run_plan(config, make_plan(config), console=None)
+            run_plan(RunSettings.resolve(config), make_plan(config), console=None)
             said = None
         except InputError as error:
             said = str(error)

@@ -5,9 +5,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from orchestrator.status import cell_rows
-from orchestrator.tracking import Tracker, TrialRecorder, mlflow_metric, orch_metric
+from orchestrator.tracking.reader import cell_rows
+from orchestrator.tracking.writer import Tracker
+from orchestrator.tracking.recorder import TrialRecorder
+from orchestrator.tracking.names import mlflow_metric, orch_metric
 from tests.orchestrator.conftest import sqlite_uri
+from orchestrator.storage import resolve
 
 # What a captioning trainer reports each epoch (the quickstart's trial, as it ran), variants' under `d01/`.
 SCORES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr", "METEOR", "ROUGE_L", "content_accuracy",
@@ -33,7 +36,7 @@ def ui_chart_order(keys: list[str]) -> list[str]:
 
 
 def test_the_first_chart_of_a_trial_run_and_of_its_variant_runs_is_val_cider(tmp_path):
-    tracker = Tracker(sqlite_uri(tmp_path), "charts", artifact_root=tmp_path)
+    tracker = Tracker(sqlite_uri(tmp_path), "charts", artifact_root=resolve(str(tmp_path)))
     parent = tracker.parent_run("charts/run-1", "orch run run-1")
     recorder = TrialRecorder(tracker, parent, "charts/run-1", "c001", "c001 lstm", {"model.decoder": "lstm"},
                              {"d01": {"decode.length_penalty": 0.0}}, reference="d01")

@@ -14,7 +14,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.cost import COST_METRICS, TrialMeter, totals, trial_cost
+from orchestrator.tracking.cost import COST_METRICS, TrialMeter, totals, trial_cost
 from tests.orchestrator.conftest import invoke_orch, write_yaml
 from tests.orchestrator.test_export import recorded  # noqa: F401 - the session's store of two tiny trainings
 
@@ -44,7 +44,7 @@ def test_a_trial_run_holds_what_it_trained_with_and_its_variants_hold_the_decode
 def test_runs_carry_mlflows_own_source_user_dataset_and_description(recorded, prepared_dir):
     import json
 
-    from orchestrator.provenance import git_commit
+    from orchestrator.tracking.provenance import git_commit
 
     kinds = _runs(recorded)
     trial = kinds["trial"][0]
@@ -59,7 +59,7 @@ def test_runs_carry_mlflows_own_source_user_dataset_and_description(recorded, pr
 
 
 def test_the_parent_describes_the_plan_in_markdown():
-    from orchestrator.provenance import plan_markdown
+    from orchestrator.tracking.provenance import plan_markdown
 
     plan = {"name": "coursework", "n_trainings": 2, "n_evaluations": 4, "samples_per_cell": 1,
             "varying_keys": ["model.decoder"], "decode_keys": ["decode.length_penalty"],
@@ -145,8 +145,11 @@ def test_register_marks_the_winner_champion_and_tags_every_version(recorded, tmp
 
 
 def test_mlflow_tracking_uri_is_honoured_below_the_config(tmp_path, monkeypatch, tiny_experiment):
-    from orchestrator.config import load_config
-    from orchestrator.inspect import store_uri
+    from orchestrator.experiment.loader import load_config
+    from orchestrator.settings import RunSettings
+
+    def store_uri(config, storage):  # what the read commands use: a config's store, else --storage's
+        return RunSettings.for_reading(load_config(config) if config else None, storage).tracking_uri
 
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from orchestrator.cost import COST_METRICS
+from orchestrator.tracking.cost import COST_METRICS
 from tests.orchestrator.conftest import free_port, invoke_orch, stop_server, write_yaml
 from tests.orchestrator.test_run import start_mlflow_server
 

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from orchestrator.config import ExperimentConfig, load_config
-from orchestrator.plan import make_plan, render_plan
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.experiment.loader import load_config
+from orchestrator.experiment.plan import make_plan, render_plan
+from orchestrator.settings import RunSettings
 
 COURSEWORK = """
     # orch run search_spaces/coursework.yaml
@@ -47,7 +49,7 @@ def coursework(tmp_path, overrides=()):
 
 def rendered(plan, config) -> str:
     console = Console(file=io.StringIO(), width=200)
-    console.print(render_plan(plan, config))
+    console.print(render_plan(plan, config, RunSettings.resolve(config).describe_ray()))
     return console.file.getvalue()
 
 
@@ -119,7 +121,8 @@ def test_render_plan_shows_trials_variants_counts_search_scheduler_and_concurren
 def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatch, overrides, cap):
     from ray import tune
 
-    from orchestrator.launch import Launch, _tuner, studies_of
+    from orchestrator.settings import RunSettings
+    from orchestrator.cluster.launcher import _tuner, studies_of
     from orchestrator.storage import resolve
 
     config = coursework(tmp_path, ["search.algorithm=random", *overrides])
@@ -128,7 +131,7 @@ def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatc
     assert (f"at most {cap} trials at once" if cap else "as many at once as the cluster") in rendered(plan, config)
     made = {}
     monkeypatch.setattr(tune, "Tuner", lambda trainable, **kwargs: made.update(kwargs))
-    launch = Launch.resolve(config, plan, storage=resolve(str(tmp_path / "results")))  # what the launcher reads
+    launch = RunSettings.resolve(config, storage=resolve(str(tmp_path / "results")))  # what the launcher reads
     _tuner(launch, studies_of(config, plan)[0], trainable=None, callbacks=[])
     assert made["tune_config"].max_concurrent_trials == cap
 

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.preflight import PreflightError, check, check_ray_address, check_storage, check_tracking
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.cluster.preflight import (PreflightError, check_ray_address, check_settings, check_storage,
+                                           check_tracking)
+from orchestrator.settings import RunSettings
 from orchestrator.storage import resolve
 from tests.orchestrator.conftest import free_port
 from trainers.errors import InputError
@@ -168,10 +170,10 @@ def test_check_reports_the_first_thing_the_run_could_not_reach(tmp_path, monkeyp
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     with pytest.raises(PreflightError, match=f"^RAY_ADDRESS: no Ray cluster answers at 127.0.0.1:{port}"):
-        check(config, timeout_s=3)
+        check_settings(RunSettings.resolve(config), timeout_s=3)
     with pytest.raises(PreflightError, match="^--address: "):
-        check(config, address=f"127.0.0.1:{port}", timeout_s=3)
+        check_settings(RunSettings.resolve(config, address=f"127.0.0.1:{port}"), timeout_s=3)
     config.tracking.uri = f"http://127.0.0.1:{port}"
     with pytest.raises(PreflightError, match="^tracking.uri: cannot reach"):
-        check(config, timeout_s=3)
+        check_settings(RunSettings.resolve(config), timeout_s=3)
     assert not (tmp_path / "results").exists()  # nothing written

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.launch import LOCAL_RAY, ray_address_of
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.settings import LOCAL_RAY, ray_address_of
 from tests.orchestrator.conftest import REPO_ROOT, free_port, sqlite_uri, write_yaml
 
 

@@ -15,12 +15,14 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.keys import flatten
-from orchestrator.plan import make_plan
-from orchestrator.report import Outcome, level_order, verdicts, write_report
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.experiment.keys import flatten
+from orchestrator.experiment.plan import make_plan
+from orchestrator.reporting.report import Outcome, level_order, verdicts, write_report
+from orchestrator.tracking.writer import Tracker
+from orchestrator.tracking.recorder import TrialRecorder
 from tests.orchestrator.conftest import sqlite_uri
+from orchestrator.storage import resolve
 
 GRID = {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"], "train.seed": [0, 1, 2],
         "decode.length_penalty": [0.0, 1.0]}
@@ -45,7 +47,7 @@ def record_experiment(storage: Path, name: str, grid: dict, cider: Callable[[dic
                                               "search": search, "ray": {"storage": str(storage)}})
     plan = make_plan(config)
     uri = sqlite_uri(storage)
-    tracker = Tracker(uri, name, artifact_root=storage)
+    tracker = Tracker(uri, name, artifact_root=resolve(str(storage)))
     run_key = f"{name}/run-1"
     parent = tracker.parent_run(run_key, "orch run run-1")
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
@@ -215,7 +217,7 @@ def test_a_search_lists_its_best_samples_first_with_their_importance_and_paralle
 def test_a_gap_that_too_few_seeds_evaluated_on_both_sides_is_left_untested():
     outcomes = [Outcome({"model.decoder": "lstm"}, seed, {"CIDEr": 0.5 + 0.01 * int(seed)}) for seed in "012"]
     outcomes.append(Outcome({"model.decoder": "gru"}, "0", {"CIDEr": 0.6}))  # its other seeds failed
-    (decoder,) = verdicts(outcomes, ["model.decoder"])
+    (decoder,) = verdicts(outcomes, ["model.decoder"], "CIDEr")
     assert decoder.sentence().endswith("gru gives the best mean CIDEr (0.600), 0.090 above lstm "
                                        "(untested: 1 seed evaluated both).")
 

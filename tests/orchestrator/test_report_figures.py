@@ -15,7 +15,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
-from orchestrator.report import collect, figures
+from orchestrator.reporting.report import collect, figures
 from tests.orchestrator.test_report import record_experiment
 
 TOLERANCE = 1.0  # pixels: anti-aliased edges may touch

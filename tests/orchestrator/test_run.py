@@ -27,6 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, plant_pickle, sqlite_uri, stop_server, write_yaml
+from orchestrator.storage import resolve
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.0]}
 
@@ -282,7 +283,7 @@ def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_e
     assert output.count(f"MLflow server {uri} is back: replayed") == 1, result.output
     assert "every ablation cell" in output  # the final table
     (journal,) = (tmp_path / "results" / "flaky").glob("run-*/mlflow-journal.jsonl")
-    from orchestrator.tracking import Journal
+    from orchestrator.tracking.journal import Journal
 
     assert Journal(journal).entries() and not Journal(journal).pending()
 
@@ -510,9 +511,9 @@ def _checkpoint(folder: Path, epoch: int, whole: bool = True) -> Path:
 
 
 def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(tmp_path):
-    from orchestrator.launch import stored_checkpoints
+    from orchestrator.cluster.resumption import stored_checkpoints
     from orchestrator.storage import resolve
-    from orchestrator.trainable import _stored_checkpoint
+    from orchestrator.cluster.trainable import _stored_checkpoint
     from trainers.checkpoint import resume_point
 
     storage = resolve(str(tmp_path))
@@ -534,9 +535,10 @@ def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(t
 
 
 def test_a_reopened_trial_run_logs_each_epoch_once_and_a_finished_one_is_left_alone(tmp_path):
-    from orchestrator.tracking import Tracker, TrialRecorder
+    from orchestrator.tracking.writer import Tracker
+    from orchestrator.tracking.recorder import TrialRecorder
 
-    tracker = Tracker(sqlite_uri(tmp_path), "bookkeeping", artifact_root=str(tmp_path / "artifacts"))
+    tracker = Tracker(sqlite_uri(tmp_path), "bookkeeping", artifact_root=resolve(str(tmp_path / "artifacts")))
     parent = tracker.parent_run("bookkeeping/run-1", "orch run run-1")
 
     def recorder(trial: str) -> TrialRecorder:
@@ -571,23 +573,25 @@ def test_resume_rebuilds_the_trials_from_mlflow_alone(tiny_experiment, tmp_path)
     """Which trials a resume starts, and as what, from MLflow's runs only (no Ray state): a search
     continues each unfinished sample with its own values and draws only what a cell is missing; a
     grid continues its unfinished cells and adds the ones never started; done trials stay done."""
-    from orchestrator.config import ExperimentConfig
-    from orchestrator.launch import Launch, resume_studies
-    from orchestrator.plan import make_plan
+    from orchestrator.experiment.schema import ExperimentConfig
+    from orchestrator.settings import RunSettings
+    from orchestrator.cluster.resumption import resume_studies
+    from orchestrator.experiment.plan import make_plan
     from orchestrator.storage import resolve
-    from orchestrator.tracking import Tracker, TrialRecorder
+    from orchestrator.tracking.writer import Tracker
+    from orchestrator.tracking.recorder import TrialRecorder
 
-    def launch_of(name: str, **sections) -> tuple[Launch, Tracker, str]:
+    def launch_of(name: str, **sections) -> tuple[RunSettings, Tracker, str, object]:
         config = ExperimentConfig.model_validate(tiny_experiment(name, tmp_path / "results", **sections))
-        launch = Launch.resolve(config, make_plan(config), invocation="run-1", storage=resolve(str(tmp_path / "r")))
+        launch = RunSettings.resolve(config, invocation="run-1", storage=resolve(str(tmp_path / "r")))
         tracker = Tracker(sqlite_uri(tmp_path), name)
-        return launch, tracker, tracker.parent_run(launch.run_key, "orch run run-1")
+        return launch, tracker, tracker.parent_run(launch.run_key, "orch run run-1"), make_plan(config)
 
     def trial(tracker, parent, launch, key: str, cell: str, status: str, reason: str = "", **params) -> None:
         recorder = TrialRecorder(tracker, parent, launch.run_key, key, key, {"orch.cell": cell, **params}, {})
         recorder.end(status, reason)
 
-    launch, tracker, parent = launch_of("searched", ablation={"model.decoder": ["lstm", "gru"]},
+    launch, tracker, parent, plan = launch_of("searched", ablation={"model.decoder": ["lstm", "gru"]},
                                         search={"algorithm": "random", "num_samples": 2,
                                                 "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}})
     trial(tracker, parent, launch, "a_00000", "c001", "FINISHED", **{"train.lr": 0.001})
@@ -595,15 +599,15 @@ def test_resume_rebuilds_the_trials_from_mlflow_alone(tiny_experiment, tmp_path)
           **{"train.lr": 0.0031622776601683794})
     trial(tracker, parent, launch, "a_00002", "c002", "KILLED", "stopped early by the scheduler after epoch 1",
           **{"train.lr": 0.002})
-    studies = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    studies = resume_studies(launch, plan, tracker.runs(invocation=launch.run_key, kind="trial"))
     assert [(study.resumed, study.samples, study.cells) for study in studies] == [
         ([{"trial": "a_00001", "cell": "c001", "search": {"train.lr": 0.0031622776601683794}}], None, ["c001"]),
         (None, 1, ["c002"])]  # the scheduler-stopped sample counts: c002 lacks one
 
-    launch, tracker, parent = launch_of("grid", ablation={"model.decoder": ["lstm", "gru", "rnn"]})
+    launch, tracker, parent, plan = launch_of("grid", ablation={"model.decoder": ["lstm", "gru", "rnn"]})
     trial(tracker, parent, launch, "c001", "c001", "FINISHED")
     trial(tracker, parent, launch, "c002", "c002", "FAILED", "RuntimeError: boom")
-    (study,) = resume_studies(launch, tracker.runs(invocation=launch.run_key, kind="trial"))
+    (study,) = resume_studies(launch, plan, tracker.runs(invocation=launch.run_key, kind="trial"))
     assert study.name.startswith("resume-")
     assert study.resumed == [{"trial": "c002", "cell": "c002"}, {"trial": "c003", "cell": "c003"}]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.plan import make_plan
-from orchestrator.smoke import SMOKE_PREPARED, load_smoke_config
+from orchestrator.experiment.loader import load_config
+from orchestrator.experiment.plan import make_plan
+from orchestrator.experiment.smoke import SMOKE_PREPARED, load_smoke_config
 from tests.orchestrator.conftest import REPO_ROOT
 
 SEARCH_SPACES = REPO_ROOT / "search_spaces"

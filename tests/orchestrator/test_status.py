@@ -9,9 +9,12 @@ import sys
 from rich.console import Console
 
 from orchestrator.ids import run_name, training_id, variant_id
-from orchestrator.status import CellRow, cell_table, truncation_note
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.tracking.reader import CellRow
+from orchestrator.reporting.tables import cell_table, truncation_note
+from orchestrator.tracking.writer import Tracker
+from orchestrator.tracking.recorder import TrialRecorder
 from tests.orchestrator.conftest import REPO_ROOT, sqlite_uri
+from orchestrator.storage import resolve
 
 
 def _row(cell: str, cut: float) -> CellRow:
@@ -40,7 +43,7 @@ def test_status_gets_a_cut_column_only_when_some_cell_is_cut():
 def test_piped_status_keeps_every_column_of_a_long_row(tmp_path):
     """`orch status | tee log` (no terminal): the row arrives whole on one line, status included,
     instead of rich's 80 columns that drop the status column and wrap mid-sentence."""
-    tracker = Tracker(sqlite_uri(tmp_path), "wide", artifact_root=tmp_path)
+    tracker = Tracker(sqlite_uri(tmp_path), "wide", artifact_root=resolve(str(tmp_path)))
     parent = tracker.parent_run("wide/run-1", "orch run run-1")
     for cell, decoder in (("c001", "lstm"), ("c002", "gru")):
         params = {"orch.cell": cell, "model.decoder": decoder, "data.prepared": f"/data/a/long/path/{cell}/prepared",

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.storage import (CONFIG_FILE, PLAN_FILE, Storage, find_invocation, invocations, resolve,
-                                  save_invocation, share_endpoint_with_mlflow)
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.storage import CONFIG_FILE, PLAN_FILE, Storage, find_invocation, invocations, resolve, save_invocation
+from orchestrator.locations import share_endpoint_with_mlflow
 from tests.orchestrator.conftest import invoke_orch, sqlite_uri, write_yaml
 from trainers.errors import InputError
 
@@ -188,12 +188,12 @@ def test_resume_finds_a_run_in_a_bucket_by_name_or_by_its_uri(s3_server):
 
 def test_a_serverless_mlflow_store_keeps_its_artifacts_in_the_bucket(s3_server, tmp_path, monkeypatch):
     """sqlite runs, artifacts in s3://.../mlartifacts; MLflow's boto3 finds moto through the setting's endpoint."""
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.writer import Tracker
 
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     setting = s3_server.bucket()
     storage = resolve(setting)
-    tracker = Tracker(sqlite_uri(tmp_path), "served-by-a-bucket", artifact_root=setting)
+    tracker = Tracker(sqlite_uri(tmp_path), "served-by-a-bucket", artifact_root=resolve(str(setting)))
     assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == f"http://{s3_server.endpoint}"
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.artifact_location == f"s3://{storage.root}/mlartifacts"
@@ -227,9 +227,8 @@ def test_orch_train_on_a_bucket_uploads_its_run_folder_when_it_ends(s3_server, t
 
 
 def test_a_driver_keeps_a_buckets_journal_on_local_disk_and_a_local_storages_in_its_folder(tmp_path, monkeypatch):
-    from orchestrator.launch import Launch
-    from orchestrator.plan import make_plan
-    from orchestrator.storage import driver_folder
+    from orchestrator.settings import RunSettings
+    from orchestrator.locations import driver_folder
 
     monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "state"))
     assert driver_folder(str(tmp_path / "results")) == tmp_path / "results"
@@ -237,19 +236,19 @@ def test_a_driver_keeps_a_buckets_journal_on_local_disk_and_a_local_storages_in_
         tmp_path / "state" / "storage" / "s3" / "team" / "results"
     config = ExperimentConfig.model_validate({"name": "cw", "ray": {"storage": "s3://team/results"},
                                               "tracking": {"uri": "http://127.0.0.1:5000"}})
-    launch = Launch.resolve(config, make_plan(config), storage=Storage("s3://team/results", None, "team/results"))
+    launch = RunSettings.resolve(config, storage=Storage("s3://team/results", None, "team/results"))
     assert launch.journal == tmp_path / "state" / "storage" / "s3" / "team" / "results" / launch.folder / \
         "mlflow-journal.jsonl"
 
 
 def test_a_tracking_server_keeps_its_own_artifacts_and_a_local_storage_its_folder(tmp_path):
-    from orchestrator.tracking import artifact_location
+    from orchestrator.tracking.store import artifact_location
 
     bucket = "s3://orch/results?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
-    assert artifact_location("https://mlflow.example.org", bucket) is None  # --serve-artifacts decides
-    assert artifact_location("http://127.0.0.1:5000", str(tmp_path)) is None
-    assert artifact_location("postgresql://mlflow@db/mlflow", bucket) == "s3://orch/results/mlartifacts"
-    assert artifact_location(sqlite_uri(tmp_path), str(tmp_path / "r")) == (tmp_path / "r" / "mlartifacts").as_uri()
+    assert artifact_location("https://mlflow.example.org", resolve(bucket)) is None  # --serve-artifacts decides
+    assert artifact_location("http://127.0.0.1:5000", resolve(str(tmp_path))) is None
+    assert artifact_location("postgresql://mlflow@db/mlflow", resolve(bucket)) == "s3://orch/results/mlartifacts"
+    assert artifact_location(sqlite_uri(tmp_path), resolve(str(tmp_path / "r"))) == (tmp_path / "r" / "mlartifacts").as_uri()
 
 
 @pytest.mark.parametrize("environment, expected", [

@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.tracking import Tracker
+from orchestrator.tracking.writer import Tracker
 
 
 def _open(uri: str, answers) -> None:
@@ -36,7 +36,9 @@ def test_runs_made_while_the_server_is_away_are_created_once_in_order_when_it_re
     (journaled, with placeholder ids), one write of them twice; the server comes back on the same
     store: one replay makes each run once, nested right, every metric step once. A second replay
     (as `orch status` would) changes nothing."""
-    from orchestrator.tracking import Journal, TrialRecorder, replay_journals
+    from orchestrator.tracking.journal import Journal
+    from orchestrator.tracking.recorder import TrialRecorder
+    from orchestrator.tracking.writer import replay_journals
     from tests.orchestrator.conftest import free_port, stop_server
     from tests.orchestrator.test_run import runs_of, start_mlflow_server
 

@@ -14,13 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import ExperimentConfig
-from orchestrator.export import export_best
-from orchestrator.keys import flatten
-from orchestrator.plan import make_plan
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.commands.export import export_best
+from orchestrator.experiment.keys import flatten
+from orchestrator.experiment.plan import make_plan
+from orchestrator.tracking.writer import Tracker
+from orchestrator.tracking.recorder import TrialRecorder
 from tests.conftest import tiny_trainer_dict
 from tests.orchestrator.conftest import sqlite_uri
+from orchestrator.storage import resolve
 from trainers.alignment.aligner import Aligner
 from trainers.training import run_training
 
@@ -42,7 +44,7 @@ def recorded(prepared_dir, tmp_path_factory) -> dict:
                     alignment={"word_dim": 8, "embed_dim": 16, "caption_epochs": 1}, eval={"sample_captions": 1})
     config = ExperimentConfig.model_validate(document)
     plan = make_plan(config)
-    tracker = Tracker(sqlite_uri(storage), NAME, artifact_root=storage)
+    tracker = Tracker(sqlite_uri(storage), NAME, artifact_root=resolve(str(storage)))
     parent = tracker.parent_run(f"{NAME}/run-1", "orch run run-1")
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
     cell = plan.cells[0]

@@ -20,7 +20,9 @@ import json
 import os
 from typing import Any, Sequence
 
-from orchestrator.config import ExperimentConfig, load_config, overlaps
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.experiment.loader import load_config
+from orchestrator.experiment.keys import overlaps
 
 SMOKE_PREPARED = "data/smoke/prepared"
 SMOKE_SEARCH_SAMPLES = 2

@@ -29,8 +29,8 @@ from typing import Optional
 
 import yaml
 
-from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.tracking import BEST_CHECKPOINT, CAPTIONER_MODEL, TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric
+from orchestrator.tracking.reader import Pick, Results, open_results, pick_best, quiet_downloads
+from orchestrator.tracking.names import (BEST_CHECKPOINT, CAPTIONER_MODEL, TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric)
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS

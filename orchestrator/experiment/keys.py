@@ -67,3 +67,9 @@ def nearest(key: str, candidates: Iterable[str]) -> str | None:
     """The candidate a typo most likely meant, or None when nothing is close."""
     matches = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def overlaps(key: str, other: str) -> bool:
+    """Whether setting one dotted key sets the other: the same key, or one a section of the other."""
+    shorter, longer = sorted((key.split("."), other.split(".")), key=len)
+    return longer[:len(shorter)] == shorter

@@ -1,20 +1,15 @@
-"""The table of every ablation cell (trial × decode variant), read back from MLflow.
-
-One source for the end of `orch run` and for `orch status`: what the user sees is what MLflow
-holds, so the two never disagree.
-"""
+"""The table of every ablation cell (trial × decode variant), as `orch run` ends with it and
+`orch status` shows it, from the rows MLflow holds (orchestrator.tracking.reader): what the user
+sees is what MLflow holds, so the two never disagree."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional
 
 from rich import box
 from rich.table import Table
 
-from orchestrator.ids import training_id, variant_id
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, Tracker, orch_metric
+from orchestrator.tracking.reader import CellRow
 from trainers.config import selection_metric
 from trainers.metrics import SCORE_SCALE
 
@@ -29,64 +24,9 @@ def truncation_note(metrics: dict, split: str) -> str:
     fraction = metrics.get(f"{split}_truncated_fraction", 0.0)
     return f"{fraction:.0%} of {split} captions cut at decode.max_len" if fraction > TRUNCATION_LIMIT else ""
 
+
 SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
                "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
-
-
-@dataclass
-class CellRow:
-    trial: str
-    trial_name: str
-    variant: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    reason: str = ""
-    epochs: float = 0.0
-    varying: dict[str, str] = field(default_factory=dict)
-    cost: dict[str, float] = field(default_factory=dict)  # its trial's cost_* (orchestrator.cost), shared by its variants
-
-    @property
-    def training(self) -> str:
-        """The training's id (orchestrator.ids): `c002`, or `c002-<Ray trial id>` for a search sample."""
-        return training_id(self.params.get("orch.cell", ""), self.trial)
-
-    @property
-    def id(self) -> str:
-        """The decode variant's id: `c002-d03`."""
-        return variant_id(self.training, self.variant)
-
-
-def latest_invocation(tracker: Tracker) -> Optional[str]:
-    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'parent'",
-                                         max_results=1, order_by=["attributes.start_time DESC"])
-    return parents[0].data.tags.get(TAG_INVOCATION) if parents else None
-
-
-def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
-    """Every trial × variant of an invocation; a trial that never reached its variants shows alone."""
-    runs = tracker.runs(invocation=invocation)
-    trials = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.data.tags.get(TAG_KIND) == "trial"}
-    rows = []
-    for run in runs:
-        if run.data.tags.get(TAG_KIND) != "variant":
-            continue
-        trial = trials.get(run.data.tags.get(TAG_TRIAL))
-        rows.append(CellRow(
-            trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
-            variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
-            metrics={orch_metric(k): v for k, v in run.data.metrics.items()}, reason=run.data.tags.get(TAG_REASON, ""),
-            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
-            cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {}))
-    _mark_varying(rows)
-    return rows
-
-
-def _mark_varying(rows: list[CellRow]) -> None:
-    keys = {k for row in rows for k in row.params if not k.startswith("orch.")}
-    varying = sorted(k for k in keys if len({row.params.get(k) for row in rows}) > 1)
-    for row in rows:
-        row.varying = {k: row.params.get(k, "") for k in varying}
 
 
 def sort_rows(rows: list[CellRow], select_by: str) -> list[CellRow]:

@@ -1,9 +1,8 @@
 """The little statistics a report needs: mean and 95 % confidence interval over seeds, a paired
 t-test with its effect size (Cohen's d_z), and Holm's correction for testing several factors.
 
-No SciPy: Student's t distribution with an integer number of degrees of freedom (all a paired
-test over n seeds needs) has a closed form (Abramowitz & Stegun 26.7.3 and 26.7.4); its quantile
-is found by bisection on that closed form.
+Student's t comes from SciPy (`scipy.stats.t`, `scipy.stats.ttest_rel`); what orch adds is the
+zero-variance case (identical differences: no test statistic, a sure effect) and Holm.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
+
+from scipy import stats
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -22,39 +23,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with `df` >= 1 degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if math.isinf(t):
-        return 0.0
-    theta = math.atan(abs(t) / math.sqrt(df))
-    cos2 = math.cos(theta) ** 2
-    if df % 2 == 1:  # A(t|ν) = 2/π (θ + sinθ cosθ (1 + 2/3 cos²θ + 2·4/(3·5) cos⁴θ + ...))
-        term, series = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 3) // 2 + 1):
-            term *= cos2 * (2 * k) / (2 * k + 1)
-            series += term
-        inside = (2 / math.pi) * (theta + math.sin(theta) * math.cos(theta) * series)
-    else:  # A(t|ν) = sinθ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + ...)
-        term, series = 1.0, 1.0
-        for k in range(1, (df - 2) // 2 + 1):
-            term *= cos2 * (2 * k - 1) / (2 * k)
-            series += term
-        inside = math.sin(theta) * series
-    return min(1.0, max(0.0, 1.0 - inside))
-
-
 def t_critical(df: int, confidence: float = 0.95) -> float:
     """The t with P(|T| >= t) = 1 - confidence for `df` degrees of freedom (12.706 for df = 1 at 95 %)."""
-    alpha = 1.0 - confidence
-    low, high = 0.0, 1.0
-    while t_two_sided_p(high, df) > alpha:  # p falls as t grows: bracket, then halve the bracket
-        high *= 2.0
-    for _ in range(100):
-        middle = (low + high) / 2
-        low, high = (middle, high) if t_two_sided_p(middle, df) > alpha else (low, middle)
-    return (low + high) / 2
+    return float(stats.t.ppf(1.0 - (1.0 - confidence) / 2.0, df))
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -86,15 +57,18 @@ class PairedTest:
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Paired t-test of a against b (same length >= 2, paired by position: by seed and the other factors)."""
+    """Paired t-test of a against b (same length >= 2, paired by position: by seed and the other factors).
+
+    Differences that are all equal have no spread to test against: SciPy answers NaN there; here the
+    effect is sure (p = 0, infinite d_z) unless they are all zero (p = 1, no effect)."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"a paired test needs two equally long samples of at least 2, got {len(a)} and {len(b)}")
     differences = [x - y for x, y in zip(a, b)]
     mean, std = mean_std(differences)
     n = len(differences)
     if std == 0.0:
-        d_z = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    else:
-        d_z = mean / std
-    t = d_z * math.sqrt(n)
-    return PairedTest(n, mean, t, t_two_sided_p(t, n - 1), d_z)
+        if mean == 0.0:
+            return PairedTest(n, mean, 0.0, 1.0, 0.0)
+        return PairedTest(n, mean, math.copysign(math.inf, mean), 0.0, math.copysign(math.inf, mean))
+    result = stats.ttest_rel(a, b)
+    return PairedTest(n, mean, float(result.statistic), float(result.pvalue), mean / std)

@@ -4,7 +4,7 @@ A GPU ablation that trains on the CPU because the node's driver is older than to
 that waits forever for GPUs its cluster does not have, is found out after hours. `orch env` shows it
 in seconds: Python, torch and the CUDA it was built for, cuDNN, the NVIDIA driver, the GPUs torch can
 use, bf16, Ray and, given a config or an address, the Ray cluster's CPUs and GPUs, the tracking store
-and the storage. Each check is the one `orch run` makes (orchestrator.preflight, trainers.devices);
+and the storage. Each check is the one `orch run` makes (orchestrator.cluster.preflight, trainers.devices);
 a config whose needs are not met is exit code 2, with the failing line.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator import preflight
-from orchestrator.config import ExperimentConfig
+from orchestrator.cluster import preflight
+from orchestrator.experiment.schema import ExperimentConfig
 from trainers.errors import InputError
 
 GIB = 2**30
@@ -111,7 +111,7 @@ def _ray(report: Report, config: Optional[ExperimentConfig], address: Optional[s
     """Ray's version and, given a config or an address, the cluster a run would get and what it needs of it."""
     import ray
 
-    from orchestrator.launch import LOCAL_RAY, ray_address_of
+    from orchestrator.settings import LOCAL_RAY, ray_address_of
 
     report.add("ray", ray.__version__, "ray", ray.__version__)
     if config is None and address is None:
@@ -182,8 +182,8 @@ def _cluster_resources(address: str) -> dict:
 
 def _stores(report: Report, config: ExperimentConfig) -> None:
     """The tracking store and the storage, tried as `orch run` tries them, and the prepared data."""
-    from orchestrator.launch import check_data
-    from orchestrator.plan import make_plan
+    from orchestrator.cluster.launcher import check_data
+    from orchestrator.experiment.plan import make_plan
     from orchestrator.storage import resolve
 
     uri = config.tracking.uri

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Optional
 
 from ray import tune
 
-from orchestrator.keys import apply_overrides
+from orchestrator.experiment.keys import apply_overrides
 from orchestrator.storage import Storage
 from trainers.config import DecodeConfig, TrainerConfig
-from trainers.errors import InputError
 
 if TYPE_CHECKING:
     from trainers.evaluation import DecodeVariant
@@ -121,7 +120,7 @@ def reserved_device(assigned: dict[str, float]) -> str:
 
 def _meter(assigned: dict[str, float]):
     """The trial's cost meter, with the devices Ray allocated to it."""
-    from orchestrator.cost import TrialMeter
+    from orchestrator.tracking.cost import TrialMeter
 
     return TrialMeter(gpus=assigned.get("GPU", 0.0), cpus=assigned.get("CPU", 1.0))
 

@@ -1,4 +1,5 @@
-"""An experiment's results as MLflow holds them: what `orch report` and `orch export` start from.
+"""An experiment's results as MLflow holds them: every ablation cell's row, what `orch status`,
+`orch report` and `orch export` start from.
 
 Read-only: a missing store or experiment is an InputError, never created. The invocation is the
 experiment's latest `orch run` / `orch train` unless one is named.
@@ -10,13 +11,82 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.status import CellRow, cell_rows, latest_invocation
-from orchestrator.tracking import TAG_INVOCATION, TAG_KIND, TAG_TRIAL, TAG_VARIANT, Tracker, store_errors
+from orchestrator.ids import training_id, variant_id
+from orchestrator.tracking.names import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, orch_metric
+from orchestrator.tracking.store import store_errors
+from orchestrator.tracking.writer import Tracker
+from trainers.config import selection_metric
 from trainers.errors import InputError
+
+
+@dataclass
+class CellRow:
+    trial: str
+    trial_name: str
+    variant: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    reason: str = ""
+    epochs: float = 0.0
+    varying: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # its trial's cost_* (orchestrator.tracking.cost), shared by its variants
+
+    @property
+    def training(self) -> str:
+        """The training's id (orchestrator.ids): `c002`, or `c002-<Ray trial id>` for a search sample."""
+        return training_id(self.params.get("orch.cell", ""), self.trial)
+
+    @property
+    def id(self) -> str:
+        """The decode variant's id: `c002-d03`."""
+        return variant_id(self.training, self.variant)
+
+
+def experiment_names(uri: str) -> list[str]:
+    """The experiments of the store at `uri` (MLflow's own Default left out)."""
+    from mlflow import MlflowClient
+
+    with store_errors(uri):
+        return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+
+
+def latest_invocation(tracker: Tracker) -> Optional[str]:
+    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'parent'",
+                                         max_results=1, order_by=["attributes.start_time DESC"])
+    return parents[0].data.tags.get(TAG_INVOCATION) if parents else None
+
+
+def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
+    """Every trial × variant of an invocation; a trial that never reached its variants shows alone."""
+    runs = tracker.runs(invocation=invocation)
+    trials = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.data.tags.get(TAG_KIND) == "trial"}
+    rows = []
+    for run in runs:
+        if run.data.tags.get(TAG_KIND) != "variant":
+            continue
+        trial = trials.get(run.data.tags.get(TAG_TRIAL))
+        rows.append(CellRow(
+            trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
+            variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
+            metrics={orch_metric(k): v for k, v in run.data.metrics.items()}, reason=run.data.tags.get(TAG_REASON, ""),
+            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
+            cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {}))
+    _mark_varying(rows)
+    return rows
+
+
+def _mark_varying(rows: list[CellRow]) -> None:
+    keys = {k for row in rows for k in row.params if not k.startswith("orch.")}
+    varying = sorted(k for k in keys if len({row.params.get(k) for row in rows}) > 1)
+    for row in rows:
+        row.varying = {k: row.params.get(k, "") for k in varying}
+
+
 
 PLAN_ARTIFACT = "config/plan.json"
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -56,12 +126,9 @@ class Results:
 
 def open_results(name: str, uri: str, invocation: Optional[str] = None) -> Results:
     """The runs of `name`'s latest (or the named) invocation in the store at `uri`."""
-    from mlflow import MlflowClient
-
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise InputError(f"no MLflow store at {uri}: run `orch run` first, or pass --storage / --config")
-    with store_errors(uri):
-        known = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+    known = experiment_names(uri)
     if name not in known:
         raise InputError(f"no experiment named {name!r} in {uri} (known: {', '.join(sorted(known)) or 'none'})")
     tracker = Tracker(uri, name)
@@ -88,18 +155,21 @@ class Pick:
 
 
 def pick_best(results: Results, metric: str) -> list[Pick]:
-    """Every finished trial with its best decode variant by val `metric`, best first. A variant's val
-    scores are those of the checkpoint its trial kept (its best epoch); the test split never ranks."""
+    """Every finished trial with its best decode variant by `metric` (an `eval.select_by` name: val
+    `CIDEr`, higher first; `neg_loss`, the val loss, lowest first), best first. A variant's val scores
+    are those of the checkpoint its trial kept (its best epoch); the test split never ranks."""
+    key, mode = selection_metric(metric)
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     best_by_trial: dict[str, Pick] = {}
     for row in results.finished():
         run = results.trials.get(row.trial)
-        score = row.metrics.get(f"val_{metric}")
+        score = row.metrics.get(key)
         if run is None or run.info.status != "FINISHED" or score is None:
             continue
         best_epoch = int(run.data.metrics.get("best_epoch", run.data.metrics.get("epoch", 0)))
-        if row.trial not in best_by_trial or score > best_by_trial[row.trial].score:
+        if row.trial not in best_by_trial or better(score, best_by_trial[row.trial].score):
             best_by_trial[row.trial] = Pick(row.trial, run, row, score, best_epoch)
-    return sorted(best_by_trial.values(), key=lambda pick: -pick.score)
+    return sorted(best_by_trial.values(), key=lambda pick: -pick.score if mode == "max" else pick.score)
 
 
 def _invocation(tracker: Tracker, name: str, wanted: Optional[str]) -> str:

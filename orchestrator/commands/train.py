@@ -1,4 +1,4 @@
-"""`orch train`: one configuration, in this process, no Ray; tracked in MLflow like any trial."""
+"""`orch train CONFIG`: one configuration, in this process, no Ray; tracked in MLflow like any trial."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.config import ExperimentConfig, dump_resolved
-from orchestrator.keys import flatten
-from orchestrator.cost import TrialMeter, log_totals
-from orchestrator.provenance import log_provenance, prepared_dataset, standard_tags
-from orchestrator.status import truncation_note
-from orchestrator.storage import CONFIG_FILE, Storage, default_tracking_uri
-from orchestrator.tracking import Tracker, TrialRecorder
+from orchestrator.experiment.keys import flatten
+from orchestrator.experiment.loader import dump_resolved
+from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.reporting.tables import truncation_note
+from orchestrator.settings import RunSettings
+from orchestrator.storage import CONFIG_FILE, Storage
 from orchestrator.terminal import duration
+from orchestrator.tracking.cost import TrialMeter, log_totals
+from orchestrator.tracking.provenance import log_provenance, prepared_dataset, standard_tags
+from orchestrator.tracking.recorder import TrialRecorder
+from orchestrator.tracking.writer import Tracker
 from trainers.config import OWN_DECODE_ID
 from trainers.data.prepared import check_prepared
 from trainers.errors import InputError
@@ -35,10 +38,6 @@ FINAL_KEYS = ["test_Bleu_1", "test_Bleu_2", "test_Bleu_3", "test_Bleu_4", "test_
               "test_position_accuracy",
               *[f"test_{d}_{m}" for d in ("i2t", "t2i") for m in ("R1", "R5", "R10", "medr")], "test_rsum",
               "test_snippet_accuracy", "test_region_caption_accuracy"]
-
-
-def tracking_uri(config: ExperimentConfig) -> str:
-    return config.tracking.uri or default_tracking_uri(config.ray.storage)
 
 
 def train_refusal(config: ExperimentConfig) -> str | None:
@@ -60,16 +59,12 @@ def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
     return [fmt.format(metrics[key]) if key in metrics else "-" for _, key, fmt in columns]
 
 
-def train_one(config: ExperimentConfig, console: Console, invocation: Optional[str] = None,
-              storage: Optional[Storage] = None) -> dict:
-    """Train `config` (no ablation grid) and return the final summary `orch train --json` prints.
-
-    `invocation` (`train-YYYYmmdd-HHMMSS`, with the `storage` it lives on): `orch resume` of a killed
+def train_one(settings: RunSettings, console: Console) -> dict:
+    """Train the settings' config (no ablation grid) and return the final summary `orch train --json`
+    prints. Settings of an existing invocation (`train-YYYYmmdd-HHMMSS`): `orch resume` of a killed
     `orch train`, which continues from the run folder's checkpoint (the last whole epoch) and logs to
     the same MLflow runs."""
-    from orchestrator.launch import Launch
-    from orchestrator.plan import make_plan
-
+    config = settings.config
     refusal = train_refusal(config)
     if refusal:
         raise InputError(refusal)
@@ -79,22 +74,21 @@ def train_one(config: ExperimentConfig, console: Console, invocation: Optional[s
         from trainers.devices import pick_device
 
         pick_device("cuda")
-    launch = Launch.resolve(config, make_plan(config), invocation=invocation, storage=storage, command="train")
-    storage, folder = launch.storage, launch.folder
+    storage, folder = settings.storage, settings.folder
     # The store first: one that cannot be opened is refused before the run folder is made.
-    tracker = Tracker(launch.tracking_uri, launch.experiment, artifact_root=storage.setting)
+    tracker = Tracker(settings.tracking_uri, settings.experiment, artifact_root=storage)
     # A bucket storage gets the run folder after every epoch; it lives on this machine's disk meanwhile.
-    run_dir = launch.driver_folder
+    run_dir = settings.driver_folder
     resuming = storage.is_file(f"{folder}/{CONFIG_FILE}")
     if resuming and not storage.is_local and _resume_point(run_dir, trainer_config.train.epochs) is None:
         storage.download(folder, run_dir.parent)  # resumed on another machine than the one that ran it
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
-    tracker.use_journal(launch.journal)
+    tracker.use_journal(settings.journal)
     upload = RunFolderUpload(storage, run_dir, folder)
     try:
-        return _train(launch, trainer_config, tracker, run_dir, resuming, upload, console)
+        return _train(settings, trainer_config, tracker, run_dir, resuming, upload, console)
     finally:
         upload()
 
@@ -147,15 +141,15 @@ def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None
         recorder.record({**metrics, **variant})
 
 
-def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool, upload: RunFolderUpload,
-           console: Console) -> dict:
+def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool,
+           upload: RunFolderUpload, console: Console) -> dict:
     import torch
 
     from trainers.evaluation import DecodeVariant
     from trainers.training import run_training
 
-    config, storage, folder, run_key = launch.config, launch.storage, launch.folder, launch.run_key
-    stamp = launch.invocation.removeprefix("train-")
+    config, storage, folder, run_key = settings.config, settings.storage, settings.folder, settings.run_key
+    stamp = settings.invocation.removeprefix("train-")
     resume_from = None
     if resuming:
         if not tracker.flush():
@@ -227,9 +221,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
             tracker.log_input(parent, prepared_dataset(trainer_config.data.prepared))
         tracker.end(parent, status, reason)
         if tracker.away:
-            from orchestrator.launch import settle
-
-            if not settle(tracker):
+            if not tracker.settle():
                 console.print(f"MLflow server {tracker.uri} did not come back: {len(tracker.journal.pending())} "
                               f"tracking write(s) are kept in order in {tracker.journal.path}; `orch resume "
                               f"{shlex.quote(storage.locate(folder))}` replays them once it answers", highlight=False)
@@ -248,7 +240,7 @@ def _train(launch, trainer_config, tracker: Tracker, run_dir: Path, resuming: bo
               f"{summary.get('test_t2i_R1', float('nan')):.1f}; alignments" if trainer_config.trainer == "alignment" else
               f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
               f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions")
-    console.print(f"{scores}: {summary['predictions']}; MLflow: {launch.tracking_uri} (`orch ui`)", highlight=False)
+    console.print(f"{scores}: {summary['predictions']}; MLflow: {settings.tracking_uri} (`orch ui`)", highlight=False)
     return summary
 
 

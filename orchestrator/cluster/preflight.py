@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow
 import pyarrow.fs
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.storage import Storage, resolve
+from orchestrator.settings import LOCAL_RAY, RunSettings
+from orchestrator.storage import Storage
 from trainers.errors import InputError
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -35,22 +35,12 @@ class PreflightError(InputError):
     """Something the run needs cannot be reached; the message names the setting to fix."""
 
 
-def check(config: ExperimentConfig, address: Optional[str] = None, timeout_s: float = 10.0) -> None:
-    """Raise PreflightError unless the storage, the tracking store and the Ray cluster all answer.
-
-    `address` is `orch run --address`, which overrides `ray.address`.
-    """
-    check_storage(resolve(config.ray.storage))
-    check_tracking(config.tracking.uri, timeout_s)
-    check_ray_address(*_ray_address(config, address), timeout_s)
-
-
-def check_launch(launch, timeout_s: float = 10.0) -> None:
-    """`check` of what orchestrator.launch.Launch resolved once: its storage, tracking URI and Ray address."""
-    check_storage(launch.storage)
-    check_tracking(launch.tracking_uri, timeout_s)
-    if launch.ray_address != "local":  # a new local Ray: nothing to reach
-        check_ray_address(launch.ray_address, launch.ray_source, timeout_s)
+def check_settings(settings: RunSettings, timeout_s: float = 10.0) -> None:
+    """Raise PreflightError unless the run's storage, tracking store and Ray cluster all answer."""
+    check_storage(settings.storage)
+    check_tracking(settings.tracking_uri, timeout_s)
+    if settings.ray_address != LOCAL_RAY:  # a new local Ray: nothing to reach
+        check_ray_address(settings.ray_address, settings.ray_source, timeout_s)
 
 
 # ------------------------------------------------------------------------------------- storage
@@ -131,14 +121,6 @@ def _check_database(uri: str, timeout_s: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Ray
-def _ray_address(config: ExperimentConfig, address: Optional[str]) -> tuple[Optional[str], str]:
-    """The cluster the run will join and the setting that named it; None: a new local Ray."""
-    from orchestrator.launch import LOCAL_RAY, ray_address_of
-
-    joined, source = ray_address_of(config, address)
-    return (None, "") if joined == LOCAL_RAY else (joined, source)
-
-
 def check_ray_address(address: Optional[str], source: str = "ray.address", timeout_s: float = 10.0) -> None:
     """The cluster's head answers on its port (None: a local Ray is started, nothing to check)."""
     if address is None:
@@ -168,7 +150,7 @@ def check_cluster_gpus(need: float, resources: dict, address: str, source: str =
     machine, whose trials also need a torch that can use its GPU (trainers.devices says why not)."""
     if need <= 0:
         return
-    have, local = float(resources.get("GPU", 0.0)), address == "local"  # orchestrator.launch.LOCAL_RAY
+    have, local = float(resources.get("GPU", 0.0)), address == "local"  # orchestrator.settings.LOCAL_RAY
     if local and have < need:
         raise PreflightError(f"resources.gpu: {need:g} per trial, but the local Ray on this machine (ray.address: "
                              f"null) has {have:g} GPUs: run on a machine with a GPU, join a GPU cluster (--address "

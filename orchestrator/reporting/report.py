@@ -26,18 +26,19 @@ from typing import Optional
 
 from matplotlib.figure import Figure
 
-from orchestrator.plots import Dimension, Panel, factor_figure, learning_curves, parallel_coordinates, save
-from orchestrator.results import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
-from orchestrator.status import TRUNCATION_LIMIT, truncation_note
-from orchestrator.tracking import mlflow_metric
+from orchestrator.reporting.plots import Dimension, Panel, factor_figure, learning_curves, parallel_coordinates, save
+from orchestrator.tracking.reader import Pick, Results, open_results, pick_best, quiet_downloads
+from orchestrator.experiment.schema import SearchDimension
+from orchestrator.reporting.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
+from orchestrator.reporting.tables import TRUNCATION_LIMIT, truncation_note
+from orchestrator.tracking.names import mlflow_metric
 from trainers.errors import InputError
 
 METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
            ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"), ("mean_caption_length", "length"))
 SCALES = {"CIDEr": "0–10", "mean_caption_length": "words"}  # the others lie in 0–1
 LENGTH = "mean_caption_length"
-HEADLINE = "CIDEr"
+HEADLINE = "CIDEr"  # what the report leads with when the run was not ranked by a caption score (neg_loss)
 SEED_KEY = "train.seed"
 ENCODER, DECODER = "model.encoder", "model.decoder"
 SS_RATE, BETA = "train.scheduled_sampling.max_rate", "decode.length_penalty"
@@ -103,6 +104,7 @@ class Collected:
     outcomes: list[Outcome]
     dataset: str
     verdicts: list[Verdict]
+    headline: str  # the metric the run ranked by (eval.select_by), which the verdicts and plots lead with
 
 
 def collect(name: str, uri: str, invocation: Optional[str] = None) -> Collected:
@@ -115,8 +117,15 @@ def collect(name: str, uri: str, invocation: Optional[str] = None) -> Collected:
                          f"yet ({statuses}): see `orch status {name}`")
     factors = [key for key in results.grid_keys() if key != SEED_KEY and key not in results.search_keys]
     outcomes = [_outcome(row, factors) for row in sorted(finished, key=_row_order)]
+    headline = headline_metric(finished[0].params.get("eval.select_by", HEADLINE))
     return Collected(results, factors, outcomes, _dataset(finished[0].params.get("data.prepared", "")),
-                     verdicts(outcomes, factors))
+                     verdicts(outcomes, factors, headline), headline)
+
+
+def headline_metric(select_by: str) -> str:
+    """The score a report leads with: the one the run ranked its checkpoints by (`eval.select_by`), or
+    HEADLINE when it ranked by the loss."""
+    return select_by if select_by in dict(METRICS) and select_by != LENGTH else HEADLINE
 
 
 def write_report(name: str, uri: str, out: Path, invocation: Optional[str] = None) -> Path:
@@ -234,7 +243,7 @@ class Verdict:
         return f"{head}{clauses}."
 
 
-def verdicts(outcomes: list[Outcome], factors: list[str], metric: str = HEADLINE) -> list[Verdict]:
+def verdicts(outcomes: list[Outcome], factors: list[str], metric: str) -> list[Verdict]:
     """A verdict per factor with two or more levels, its tests Holm-corrected together."""
     found = [v for v in (_verdict(outcomes, key, factors, metric) for key in factors) if v is not None]
     tested = [c for v in found for c in v.comparisons if c.test is not None]
@@ -297,26 +306,26 @@ def figures(collected: Collected) -> dict[str, tuple[str, Figure]]:
     """key -> (PNG file name, figure): one per factor (by its key), the learning curves, a search's samples."""
     made = {}
     for key in collected.factors:
-        figure = _factor_figure(collected.outcomes, key, averaged=len(collected.factors) > 1)
+        figure = _factor_figure(collected.outcomes, key, collected.headline, averaged=len(collected.factors) > 1)
         if figure is not None:
             made[key] = (f"factor_{re.sub(r'[^A-Za-z0-9]+', '_', key)}.png", figure)
-    curves = _learning_curves(collected.results, _training_factors(collected))
+    curves = _learning_curves(collected.results, _training_factors(collected), collected.headline)
     if curves:
         runs = max(count for _, count in curves.values())
         spread = f"mean ± 95 % CI over {runs} trainings per cell" if runs > 1 else "one training per cell"
         made["learning"] = ("learning_curves.png", learning_curves(
-            f"Validation {HEADLINE} per epoch, reference decode\n{spread}", _header(HEADLINE, "val "),
+            f"Validation {collected.headline} per epoch, reference decode\n{spread}", _header(collected.headline, "val "),
             {label: points for label, (points, _) in curves.items()}))
-    picks = _search_picks(collected.results)
+    picks = _search_picks(collected.results, collected.headline)
     if len(picks) >= 2:
         made["search"] = ("search_parallel_coordinates.png", _search_figure(collected, picks))
     return made
 
 
-def _factor_figure(outcomes: list[Outcome], key: str, averaged: bool) -> Optional[Figure]:
+def _factor_figure(outcomes: list[Outcome], key: str, headline: str, averaged: bool) -> Optional[Figure]:
     """The headline metric (and caption length) by the levels of `key`; `averaged`: other factors were averaged out."""
     groups = group_by(outcomes, [key])
-    metrics = [metric for metric in (HEADLINE, LENGTH) if all(g.stats(metric) for g in groups)]
+    metrics = [metric for metric in (headline, LENGTH) if all(g.stats(metric) for g in groups)]
     if len(groups) < 2 or not metrics:
         return None
     levels = [g.levels[0] for g in groups]
@@ -331,22 +340,22 @@ def _factor_figure(outcomes: list[Outcome], key: str, averaged: bool) -> Optiona
     return factor_figure(title, _name(key), panels, is_numeric(levels))
 
 
-def _learning_curves(results: Results, keys: list[str]) -> dict[str, tuple[list, int]]:
-    """Per training cell: val CIDEr per epoch of its finished trials, mean and 95 % CI half-width."""
+def _learning_curves(results: Results, keys: list[str], headline: str) -> dict[str, tuple[list, int]]:
+    """Per training cell: the val headline metric per epoch of its finished trials, mean and 95 % CI half-width."""
     per_cell: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for trial_id, run in sorted(results.trials.items(), key=lambda item: item[1].data.params.get("orch.cell", item[0])):
         if run.info.status != "FINISHED":
             continue
         label = ", ".join(f"{_name(k)}={run.data.params.get(k, '')}" for k in keys) or "all trials"
-        for metric in results.tracker.client.get_metric_history(run.info.run_id, mlflow_metric(f"val_{HEADLINE}")):
+        for metric in results.tracker.client.get_metric_history(run.info.run_id, mlflow_metric(f"val_{headline}")):
             per_cell[label][metric.step].append(metric.value)
     return {label: ([(epoch, *mean_ci(values)) for epoch, values in sorted(epochs.items())],
                     max(len(values) for values in epochs.values()))
             for label, epochs in per_cell.items()}
 
 
-def _search_picks(results: Results) -> list[Pick]:
-    return pick_best(results, HEADLINE) if results.search_keys else []
+def _search_picks(results: Results, headline: str) -> list[Pick]:
+    return pick_best(results, headline) if results.search_keys else []
 
 
 def _search_figure(collected: Collected, picks: list[Pick]) -> Figure:
@@ -356,10 +365,11 @@ def _search_figure(collected: Collected, picks: list[Pick]) -> Figure:
     dimensions = [Dimension(_name(k), [pick.variant.params.get(k, "") for pick in picks],
                             log="loguniform" in space.get(k, {})) for k in keys]
     scores = [pick.score for pick in picks]
-    dimensions.append(Dimension(f"val {HEADLINE}", scores))
-    title = (f"Search samples: {len(picks)} trainings by their values, best (val {HEADLINE} "
-             f"{_score(HEADLINE, scores[0])}) in red")
-    return parallel_coordinates(title, dimensions, scores, _header(HEADLINE, "val "))
+    headline = collected.headline
+    dimensions.append(Dimension(f"val {headline}", scores))
+    title = (f"Search samples: {len(picks)} trainings by their values, best (val {headline} "
+             f"{_score(headline, scores[0])}) in red")
+    return parallel_coordinates(title, dimensions, scores, _header(headline, "val "))
 
 
 def _training_factors(collected: Collected) -> list[str]:
@@ -367,13 +377,14 @@ def _training_factors(collected: Collected) -> list[str]:
 
 
 def importances(collected: Collected, picks: list[Pick]) -> dict[str, float]:
-    """Optuna's fANOVA importance of each searched key and training factor for val CIDEr, summing to 1:
+    """Optuna's fANOVA importance of each searched key and training factor for the val headline metric, summing to 1:
     an in-memory study of the finished trainings, most important first."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
-    distributions = {key: _distribution(spec) for key, spec in collected.results.plan["search_space"].items()}
+    distributions = {key: SearchDimension.model_validate(spec).optuna_distribution()
+                     for key, spec in collected.results.plan["search_space"].items()}
     for key in _training_factors(collected):
         distributions[key] = optuna.distributions.CategoricalDistribution(
             level_order([pick.variant.params.get(key, "") for pick in picks]))
@@ -382,18 +393,6 @@ def importances(collected: Collected, picks: list[Pick]) -> dict[str, float]:
         params={key: _param_value(pick.variant.params.get(key, ""), d) for key, d in distributions.items()},
         distributions=distributions, value=pick.score) for pick in picks])
     return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
-
-
-def _distribution(spec: dict):
-    """The Optuna distribution of one `search.space` entry, as the plan holds it ({kind: args})."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    ((kind, args),) = spec.items()
-    if kind == "choice":
-        return CategoricalDistribution(args)
-    if kind == "int":
-        return IntDistribution(*args)
-    return FloatDistribution(*args, log=kind == "loguniform")
 
 
 def _param_value(logged: str, distribution):
@@ -448,8 +447,8 @@ def _sections(collected: Collected, saved: dict[str, Path]) -> list[str]:
 
 
 def cost_section(results: Results) -> list[str]:
-    """What each trial cost beside what it scored (orchestrator.cost), and the ablation's total."""
-    from orchestrator.cost import TAG_COST_DEVICE, totals
+    """What each trial cost beside what it scored (orchestrator.tracking.cost), and the ablation's total."""
+    from orchestrator.tracking.cost import TAG_COST_DEVICE, totals
 
     trials = sorted((run for run in results.trials.values() if "cost_wall_s" in run.data.metrics),
                     key=lambda run: run.info.run_name or "")
@@ -522,20 +521,20 @@ def _truncated(results: Results) -> list[str]:
 
 
 def _search_section(collected: Collected, figure: Optional[Path], shown: int = 10) -> list[str]:
-    """The best search samples first by val CIDEr at their best epoch, their parallel coordinates, and
-    the parameters' importance."""
-    results = collected.results
+    """The best search samples first by the val headline metric at their best epoch, their parallel
+    coordinates, and the parameters' importance."""
+    results, headline = collected.results, collected.headline
     keys = results.search_keys
-    picks = _search_picks(results)
-    header = ["trial", *(_name(k) for k in keys), _header(HEADLINE, "val "), _header(HEADLINE, "test "),
+    picks = _search_picks(results, headline)
+    header = ["trial", *(_name(k) for k in keys), _header(headline, "val "), _header(headline, "test "),
               _header("Bleu_4", "test "), "best epoch"]
-    lines = ["", f"## Best search samples first (by val {HEADLINE} at their best epoch)", "",
+    lines = ["", f"## Best search samples first (by val {headline} at their best epoch)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for pick in picks[:shown]:
         metrics = pick.variant.metrics
         values = [_short(pick.variant.params.get(k, "")) for k in keys]
-        test = [_score(m, metrics[f"test_{m}"]) if f"test_{m}" in metrics else "–" for m in (HEADLINE, "Bleu_4")]
-        lines.append("| " + " | ".join([pick.variant.training, *values, _score(HEADLINE, pick.score), *test,
+        test = [_score(m, metrics[f"test_{m}"]) if f"test_{m}" in metrics else "–" for m in (headline, "Bleu_4")]
+        lines.append("| " + " | ".join([pick.variant.training, *values, _score(headline, pick.score), *test,
                                          str(pick.best_epoch)]) + " |")
     if figure is not None:
         lines += ["", f"![Search samples]({figure.name})"]
@@ -543,7 +542,7 @@ def _search_section(collected: Collected, figure: Optional[Path], shown: int = 1
         ranked = importances(collected, picks)
         few = (f" {len(picks)} trainings are few for fANOVA's random forest: read these as a hint."
                if len(picks) < IMPORTANCE_TRAININGS else "")
-        lines += ["", f"Parameter importance for val {HEADLINE} (Optuna's fANOVA over the {len(picks)} finished "
+        lines += ["", f"Parameter importance for val {headline} (Optuna's fANOVA over the {len(picks)} finished "
                       f"trainings; sums to 1, higher matters more).{few}", "",
                   "| key | importance |", "|---|---|",
                   *[f"| `{key}` | {value:.2f} |" for key, value in ranked.items()]]
@@ -597,14 +596,14 @@ def _anchor_section(collected: Collected) -> list[str]:
     anchor = ANCHORS.get(collected.dataset)
     if anchor is None:
         return []
-    best = max(group_by(collected.outcomes, collected.factors), key=lambda g: g.stats(HEADLINE).mean
-               if g.stats(HEADLINE) else -math.inf)
+    best = max(group_by(collected.outcomes, collected.factors), key=lambda g: g.stats(collected.headline).mean
+               if g.stats(collected.headline) else -math.inf)
     described = ", ".join(f"{_name(k)} {v}" for k, v in zip(collected.factors, best.levels)) or "the only cell"
     header = ["", *(_header(m) for m in anchor)]
     return ["", f"## Published anchors ({collected.dataset})", "",
             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             f"| {ANCHOR_SOURCE} | " + " | ".join(_score(m, v) for m, v in anchor.items()) + " |",
-            f"| this experiment, best cell by {HEADLINE} ({described}) | "
+            f"| this experiment, best cell by {collected.headline} ({described}) | "
             + " | ".join(_cell(m, best.stats(m)) for m in anchor) + " |",
             "", "The paper's numbers are one model on the Karpathy test split (it prints them x100), METEOR from its "
                 "2014 release; metric versions and preprocessing alone can move them by 0.01 or 0.02."]

@@ -1,8 +1,8 @@
 """Ray Tune callbacks of the `orch run` driver: MLflow recording and the live trial table.
 
 Ray pickles the run config, callbacks included, into its experiment folder; orch never reads that
-back (`orch resume` starts fresh Tuners: orchestrator.launch). The callbacks hold only plain data,
-open their MLflow client or console lazily, and find their runs again by their tags.
+back (`orch resume` starts fresh Tuners: orchestrator.cluster.resumption). What they pickle is plain
+data: the driver's tracker and the live console are left out, and the runs are found again by their tags.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator import terminal
-from orchestrator.terminal import duration
+from orchestrator.cluster.trainable import trial_key, trial_params
+from orchestrator.experiment.keys import apply_overrides, flatten
+from orchestrator.experiment.plan import Plan
 from orchestrator.ids import run_name, short_value, training_id, variant_id
-from orchestrator.keys import apply_overrides, flatten
-from orchestrator.plan import Plan
-from orchestrator.provenance import prepared_dataset
-from orchestrator.status import truncation_note
-from orchestrator.tracking import Tracker, TrialRecorder
-from orchestrator.trainable import trial_key, trial_params
+from orchestrator.reporting.tables import truncation_note
+from orchestrator.terminal import duration
+from orchestrator.tracking.provenance import prepared_dataset
+from orchestrator.tracking.recorder import TrialRecorder
+from orchestrator.tracking.writer import Tracker
 
 
 def trial_overrides(trial_config: dict, cells: dict[str, dict]) -> dict:
@@ -43,34 +44,22 @@ def short_params(overrides: dict) -> str:
 
 
 class MlflowRecorder(Callback):
-    """Writes every trial of the driver to MLflow: the only writer, so sqlite never contends."""
+    """Writes every trial of the driver to MLflow through the driver's own tracker: one writer, one
+    journal, one order of writes, so sqlite never contends."""
 
-    def __init__(self, uri: str, experiment: str, storage: str, parent: str, run_key: str,
-                 base: dict, cells: dict[str, dict], variants: dict[str, dict], decode_values: dict[str, dict],
-                 reference: str = "", dataset: Optional[dict] = None):
-        """`storage`: the `ray.storage` setting (a new experiment keeps its artifacts under it);
-        `variants`: each decode variant's whole decode section; `decode_values`: the grid values it sets.
+    def __init__(self, tracker: Tracker, parent: str, run_key: str, base: dict, cells: dict[str, dict],
+                 variants: dict[str, dict], decode_values: dict[str, dict], reference: str = "",
+                 dataset: Optional[dict] = None):
+        """`variants`: each decode variant's whole decode section; `decode_values`: the grid values it sets.
         `reference`: the plan's reference variant; `dataset`: provenance.prepared_dataset of the data."""
-        self.uri, self.experiment, self.storage = uri, experiment, storage
-        self.parent, self.run_key = parent, run_key
+        self.tracker, self.parent, self.run_key = tracker, parent, run_key
         self.base, self.cells, self.variants, self.decode_values = base, cells, variants, decode_values
         self.reference, self.dataset = reference, dataset
-        self._tracker: Optional[Tracker] = None
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tracker": None, "_recorders": {}, "_last": {}}
-
-    def share(self, tracker: Tracker) -> None:
-        """Write through the driver's own tracker (same journal, one order of writes); never pickled."""
-        self._tracker = tracker
-
-    @property
-    def tracker(self) -> Tracker:
-        if self._tracker is None:
-            self._tracker = Tracker(self.uri, self.experiment, artifact_root=self.storage)
-        return self._tracker
+        return {**self.__dict__, "tracker": None, "_recorders": {}, "_last": {}}
 
     def _recorder(self, trial) -> TrialRecorder:
         if trial.trial_id not in self._recorders:

@@ -20,8 +20,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ExperimentConfig
-from orchestrator.keys import flatten
+from orchestrator.experiment.keys import flatten
+from orchestrator.experiment.schema import ExperimentConfig
 from trainers.config import REFERENCE_DECODE_ID
 
 DECODE_PREFIX = "decode."
@@ -36,8 +36,9 @@ class TrainingCell:
 
 
 @dataclass(frozen=True)
-class DecodeVariant:
-    """One way of decoding every trained model."""
+class DecodeCell:
+    """One way of decoding every trained model: the decode side of the grid (a training evaluates it
+    as a trainers.evaluation.DecodeVariant)."""
 
     id: str  # "d01"
     overrides: dict[str, Any]  # the decode keys that vary -> this variant's values
@@ -48,7 +49,7 @@ class DecodeVariant:
 class Plan:
     name: str
     cells: tuple[TrainingCell, ...]
-    decode_variants: tuple[DecodeVariant, ...]
+    decode_variants: tuple[DecodeCell, ...]
     varying_keys: tuple[str, ...]  # the training keys of the grid (decode keys excluded)
     decode_keys: tuple[str, ...]  # the decode keys of the grid
     reference_decode: dict[str, Any]  # the config's own decode section, dotted: it steers every training
@@ -92,7 +93,7 @@ def make_plan(config: ExperimentConfig) -> Plan:
     cells = tuple(TrainingCell(_short_id("c", i, len(trainings), 3), overrides)
                   for i, overrides in enumerate(trainings, start=1))
     variants = tuple(
-        DecodeVariant(_short_id("d", i, len(decodings), 2), overrides,
+        DecodeCell(_short_id("d", i, len(decodings), 2), overrides,
                       flatten(config.trainer_config(overrides).decode.model_dump(mode="json"), prefix=DECODE_PREFIX))
         for i, overrides in enumerate(decodings, start=1))
     reference = flatten(config.trainer_config({}).decode.model_dump(mode="json"), prefix=DECODE_PREFIX)
@@ -111,9 +112,10 @@ def make_plan(config: ExperimentConfig) -> Plan:
     )
 
 
-def render_plan(plan: Plan, config: ExperimentConfig) -> Group:
+def render_plan(plan: Plan, config: ExperimentConfig, ray: str) -> Group:
     """What `orch run CONFIG --dry-run` prints: every training, every decode variant, the counts,
-    the search, the scheduler and what the resources per trial imply."""
+    the search, the scheduler, what the resources per trial imply, and `ray`: the Ray the run will use
+    (orchestrator.settings.RunSettings.describe_ray), so what the plan says is what runs."""
     per_cell = f" x {plan.samples_per_cell} search samples" if config.search else ""
     lines: list[Any] = [
         Text(f"Plan for {plan.name!r} (trainer {config.trainer})", style="bold"),
@@ -127,7 +129,7 @@ def render_plan(plan: Plan, config: ExperimentConfig) -> Group:
         Text(f"search: {_describe_search(config)}"),
         Text(f"scheduler: {_describe_scheduler(config)}"),
         Text(f"resources: {_describe_resources(plan.resources)}"),
-        Text(f"ray: {config.ray.address or 'a local Ray started for this run'}"
+        Text(f"ray: {ray}"
              f"{' (autoscaling: its GPUs are not counted before the run)' if config.ray.autoscaling else ''}, "
              f"storage {config.ray.storage}, max_failures {config.ray.max_failures}; tracking: {config.tracking.uri}, "
              f"experiment {config.tracking.experiment!r}"),
@@ -208,7 +210,7 @@ def _describe_scheduler(config: ExperimentConfig) -> str:
 
 
 def _describe_resources(resources: dict[str, Any]) -> str:
-    """The per-trial reservation and the device it gives each trial (orchestrator.trainable)."""
+    """The per-trial reservation and the device it gives each trial (orchestrator.cluster.trainable)."""
     cpu, gpu = resources["cpu_per_trial"], resources["gpu_per_trial"]
     if gpu == 0:
         gpus = "no GPU (each trial trains on the CPU, CUDA hidden)"

@@ -1,0 +1,82 @@
+"""What `orch resume` continues, rebuilt from orch's own records, never from Ray Tune's saved state.
+
+Tune's `tuner.pkl` and `experiment_state-*.json` are pickles, and a results folder is often shared,
+so unpickling them would run whatever a colleague (or an intruder) put there. A resume reads
+`orch.yaml`, MLflow's view of which trials finished, and the trainer's checkpoints (state dicts
+read with `weights_only`), and starts fresh Tuners (`resume-<time>` studies) whose trials carry the
+identity of the trials they continue, so they log to the same MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+
+import yaml
+
+from orchestrator.cluster.launcher import Study, trial_done
+from orchestrator.experiment.plan import Plan
+from orchestrator.settings import RunSettings
+from orchestrator.storage import Storage
+from orchestrator.tracking.names import TAG_TRIAL
+from trainers.errors import InputError
+
+
+def resume_studies(settings: RunSettings, plan: Plan, trial_runs: list) -> list[Study]:
+    """The studies that continue an invocation from what MLflow holds, without Ray Tune's saved state.
+
+    Every trial MLflow knows and that is not done is started again under its own identity (its
+    `orch.trial` tag: the same MLflow run, the checkpoints of its trial folder); a training of the
+    plan that never got a run (the driver died first) starts afresh, once per missing sample. Search
+    values of a continued trial come back from its run's params (they round-trip through YAML)."""
+    config = settings.config
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    known = {run.data.tags[TAG_TRIAL]: run for run in trial_runs}
+    resumed: list[dict] = []
+    for trial, run in sorted(known.items()):
+        if trial_done(run):
+            continue
+        cell = run.data.params.get("orch.cell")
+        if cell not in {c.id for c in plan.cells}:
+            raise InputError(f"{settings.storage.uri(settings.folder)}: MLflow's trial run {trial} names cell {cell!r}, "
+                             f"which plan.json does not hold: this run cannot be resumed")
+        spec = {"trial": trial, "cell": cell}
+        if config.search is not None:
+            spec["search"] = {key: yaml.safe_load(run.data.params[key]) for key in plan.search_space
+                              if key in run.data.params}
+        resumed.append(spec)
+    studies = []
+    if config.search is None:  # a grid trial's identity is its cell: a missing one is simply added
+        resumed += [{"trial": cell.id, "cell": cell.id} for cell in plan.cells if cell.id not in known]
+    if resumed:
+        studies.append(Study(f"resume-{stamp}", [spec["cell"] for spec in resumed], resumed=resumed))
+    if config.search is not None:
+        for cell in plan.cells:
+            missing = plan.samples_per_cell - sum(run.data.params.get("orch.cell") == cell.id for run in known.values())
+            if missing > 0:
+                studies.append(Study(f"resume-{stamp}-{cell.id}", [cell.id], samples=missing))
+    return studies
+
+
+def stored_checkpoints(storage: Storage, folder: str, recorded: dict[str, int]) -> dict[str, list[str]]:
+    """Trial key -> the checkpoint folders (relative to the storage) of its trial folders under the
+    invocation `folder` (in any study: the first run's and every resume's), newest first, up to the
+    epoch MLflow recorded.
+
+    A checkpoint of an epoch the driver never recorded is passed over: resuming there would leave
+    that epoch out of the trial's MLflow history. Only meta.json (JSON) is read here; the trial
+    loads the weights with `weights_only`."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for meta in storage.find(folder, "meta.json"):
+        parts = posixpath.relpath(meta, folder).split("/") if folder else meta.split("/")
+        if len(parts) != 4 or not parts[2].startswith("checkpoint_"):
+            continue  # <study>/<trial>/checkpoint_*/meta.json only, not the trainer's own files
+        try:
+            epoch = int(json.loads(storage.read_text(meta))["epoch"])
+        except (InputError, ValueError, KeyError, TypeError):
+            continue  # a checkpoint cut short by the kill
+        trial_id = parts[1].split("-", 1)[-1]  # trial folders are <cell>-<trial key>, or <cell> for a grid
+        if epoch <= recorded.get(trial_id, 0):
+            found.setdefault(trial_id, []).append((epoch, posixpath.dirname(meta)))
+    return {trial: [path for _, path in sorted(folders, reverse=True)] for trial, folders in found.items()}
