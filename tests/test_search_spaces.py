@@ -1,4 +1,4 @@
-"""Every experiment YAML we ship loads, validates and plans (DESIGN.md item 9)."""
+"""Every experiment YAML we ship loads, validates and plans (docs/architecture.md, contract 9)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ torchvision's weights enum (`imagenet`), the weights file (a path), or the fixed
 encoder is also stored once per run, beside the checkpoint folder or one level up
 (`frozen_encoder-<hash>.safetensors`), in case another torch version draws a different init.
 
-Nothing unpickles whole modules (DESIGN.md item 11).
+Nothing unpickles whole modules (docs/architecture.md, contract 11).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Typed configuration of one training run, validated once at the edge.
 
-These are the sections of the YAML contract in DESIGN.md that a trainer reads (`data`, `model`,
+These are the sections of the experiment YAML (docs/config.md) that a trainer reads (`data`, `model`,
 `train`, `decode`, `eval`). The orchestrator composes them with its own sections (ablation,
 search, resources, tracking, ray); trainers never see those.
 """

@@ -1,7 +1,7 @@
 """Ray Tune callbacks of the `orch run` driver: MLflow recording and the live trial table.
 
 Ray pickles the run config, callbacks included, into its experiment folder; orch never reads that
-back (`orch resume` starts fresh Tuners: orchestrator.cluster.resumption). What they pickle is plain
+back (`orch resume` starts fresh Tuners: orchestrator.cluster.studies). What they pickle is plain
 data: the driver's tracker and the live console are left out, and the runs are found again by their tags.
 """
 

@@ -7,9 +7,8 @@ Layout of one invocation under `ray.storage` (a folder, a shared mount or a buck
     <storage>/<name>/<invocation>/plan.json     the plan
     <storage>/<name>/<invocation>/<study>/      Ray Tune's experiment folder(s): trials, checkpoints
 
-A study is one Tuner: all grid cells at once, except with Optuna, which searches each cell in a
-study of its own (one sampler per cell), one study after another. A resumed invocation's studies
-come from orchestrator.cluster.resumption, never from Ray Tune's pickled state.
+Each study (orchestrator.cluster.studies) is one Tuner, run one after another; a resumed
+invocation's studies are rebuilt from orch's own records, never from Ray Tune's pickled state.
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ import json
 import os
 import shlex
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from rich.console import Console
 
 from orchestrator.cluster import preflight
 from orchestrator.cluster.callbacks import LiveTable, MlflowRecorder, trial_id
+from orchestrator.cluster.studies import (Study, resume_studies, stored_checkpoints, studies_of,
+                                          trial_done)
 from orchestrator.experiment.keys import apply_overrides
 from orchestrator.experiment.loader import dump_resolved
 from orchestrator.experiment.plan import Plan, max_concurrent_trials
@@ -34,7 +33,7 @@ from orchestrator.reporting.tables import cell_table, sort_rows
 from orchestrator.settings import RunSettings
 from orchestrator.storage import save_invocation
 from orchestrator.tracking.cost import log_totals
-from orchestrator.tracking.names import TAG_REASON, TAG_TRIAL
+from orchestrator.tracking.names import TAG_TRIAL
 from orchestrator.tracking.provenance import log_provenance, prepared_dataset, standard_tags
 from orchestrator.tracking.reader import cell_rows
 from orchestrator.tracking.writer import Tracker
@@ -42,21 +41,6 @@ from trainers.config import selection_metric
 from trainers.errors import InputError
 
 INTERRUPTED = "interrupted (Ctrl-C) before this run ended"
-STOPPED_EARLY = "stopped early by the scheduler"  # a KILLED trial run the scheduler ended: done, never resumed
-
-
-@dataclass
-class Study:
-    name: str  # Ray Tune experiment name, a folder under the invocation folder
-    cells: list[str]
-    samples: Optional[int] = None  # new search samples to draw (None: the config's num_samples)
-    resumed: Optional[list[dict]] = None  # resume: explicit trials {trial, cell, search} instead of the grid
-
-
-def studies_of(config: ExperimentConfig, plan: Plan) -> list[Study]:
-    if config.search is not None and config.search.algorithm == "optuna" and len(plan.cells) > 1:
-        return [Study(f"trials-{cell.id}", [cell.id]) for cell in plan.cells]
-    return [Study("trials", [cell.id for cell in plan.cells])]
 
 
 def trainer_base(config: ExperimentConfig) -> dict:
@@ -177,7 +161,6 @@ def check_gpus(settings: RunSettings) -> None:
 def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     from ray import tune
 
-    from orchestrator.cluster.resumption import resume_studies, stored_checkpoints
     from orchestrator.cluster.trainable import FAIL_ONCE_ENV, train_trial
 
     config, storage = settings.config, settings.storage
@@ -264,12 +247,6 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     console.print(f"results: {storage.uri(settings.folder)}\nMLflow: {settings.tracking_uri}\nnext: `orch report "
                   f"{config.name}`, `orch status {config.name}`, `orch ui`", highlight=False)
     return 1 if failures or unfinished else 0
-
-
-def trial_done(run) -> bool:
-    """A trial run that a resume leaves alone: it finished, or the scheduler stopped it early."""
-    return run.info.status == "FINISHED" or \
-        (run.info.status == "KILLED" and run.data.tags.get(TAG_REASON, "").startswith(STOPPED_EARLY))
 
 
 def clean_ray_temp(study: str, trial_folders: list[str]) -> None:

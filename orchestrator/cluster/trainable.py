@@ -3,7 +3,7 @@
 It runs in a Ray worker, possibly on another node. It receives the resolved trainer config as a
 plain dict (absolute paths), applies its cell's and its search sample's overrides, resumes from
 the checkpoint Tune hands back after a failure, and calls `tune.report(metrics, checkpoint=...)`
-once per epoch (DESIGN.md item 10). MLflow is written by the driver, never here.
+once per epoch (docs/architecture.md, contract 10). MLflow is written by the driver, never here.
 
 The driver imports this module only to hand `train_trial` to Ray, so torch and the trainer are
 imported inside the functions, in the trial's worker: the driver starts without them.

@@ -2,7 +2,7 @@
 
 The invocation a run folder or URI names, or an experiment's newest under `--storage`, continues
 with the config it was started with, on the storage it was found on. It reads only orch.yaml (YAML,
-safe loader), MLflow and checkpoints' meta.json: nothing Ray pickled (orchestrator.cluster.resumption).
+safe loader), MLflow and checkpoints' meta.json: nothing Ray pickled (orchestrator.cluster.studies).
 """
 
 from __future__ import annotations

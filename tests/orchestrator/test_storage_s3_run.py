@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from orchestrator.storage import resolve
 from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
-from tests.orchestrator.test_run import assert_tree_finished, epochs_logged, runs_of, trial_progress
+from tests.orchestrator.commands.test_run import assert_tree_finished, epochs_logged, runs_of, trial_progress
 from trainers.inference import caption_images, load_model
 
 

@@ -109,7 +109,7 @@ def test_the_loader_stays_free_of_heavy_imports():
     code = ("import sys, orchestrator.experiment.loader, orchestrator.experiment.plan, orchestrator.settings; "
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[2], env={"PYTHONPATH": "."})
+                         cwd=Path(__file__).parents[3], env={"PYTHONPATH": "."})
     assert out.stdout.strip() == "[]"
 
 

@@ -12,7 +12,7 @@ from orchestrator.cli import app
 from orchestrator.experiment.loader import load_config
 from orchestrator.commands.train import train_refusal
 from tests.conftest import tiny_trainer_dict
-from tests.orchestrator.test_run import best_checkpoint_files
+from tests.orchestrator.commands.test_run import best_checkpoint_files
 
 
 def test_orch_train_prints_test_metrics_and_tracks_the_run(prepared_dir, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from orchestrator.tracking.cost import COST_METRICS, TrialMeter, totals, trial_cost
 from tests.orchestrator.conftest import invoke_orch, write_yaml
-from tests.orchestrator.test_export import recorded  # noqa: F401 - the session's store of two tiny trainings
+from tests.orchestrator.commands.test_export import recorded  # noqa: F401 - the session's store of two tiny trainings
 
 NAME = "tiny-grid"
 
@@ -116,7 +116,7 @@ def test_status_shows_the_cost_columns(recorded, monkeypatch):
 
 
 def test_the_report_has_a_cost_section_and_is_logged_to_the_parent_run(recorded, tmp_path):
-    from tests.orchestrator.test_run import artifact_paths
+    from tests.orchestrator.commands.test_run import artifact_paths
 
     result = invoke_orch("report", NAME, "--storage", recorded.storage, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output

@@ -16,7 +16,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
 from orchestrator.reporting.report import collect, figures
-from tests.orchestrator.test_report import record_experiment
+from tests.orchestrator.reporting.test_report import record_experiment
 
 TOLERANCE = 1.0  # pixels: anti-aliased edges may touch
 

@@ -511,7 +511,7 @@ def _checkpoint(folder: Path, epoch: int, whole: bool = True) -> Path:
 
 
 def test_a_resumed_trial_takes_the_newest_recorded_checkpoint_with_epochs_left(tmp_path):
-    from orchestrator.cluster.resumption import stored_checkpoints
+    from orchestrator.cluster.studies import stored_checkpoints
     from orchestrator.storage import resolve
     from orchestrator.cluster.trainable import _stored_checkpoint
     from trainers.checkpoint import resume_point
@@ -575,7 +575,7 @@ def test_resume_rebuilds_the_trials_from_mlflow_alone(tiny_experiment, tmp_path)
     grid continues its unfinished cells and adds the ones never started; done trials stay done."""
     from orchestrator.experiment.schema import ExperimentConfig
     from orchestrator.settings import RunSettings
-    from orchestrator.cluster.resumption import resume_studies
+    from orchestrator.cluster.studies import resume_studies
     from orchestrator.experiment.plan import make_plan
     from orchestrator.storage import resolve
     from orchestrator.tracking.writer import Tracker
@@ -714,7 +714,7 @@ def test_orch_train_points_a_grid_to_orch_run(orch, tiny_experiment, tmp_path, m
     assert not (tmp_path / "results").exists()
 
 
-COURSEWORK = {  # DESIGN.md's example grid: 2 encoders x 2 decoders x 3 sampling rates x 4 β
+COURSEWORK = {  # the coursework's grid (docs/coursework.md): 2 encoders x 2 decoders x 3 sampling rates x 4 β
     "name": "coursework",
     "ablation": {"model.encoder": ["resnet101", "vgg16"], "model.decoder": ["lstm", "gru"],
                  "train.scheduled_sampling.max_rate": [0.0, 0.1, 0.25],

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.tracking.cost import COST_METRICS
 from tests.orchestrator.conftest import free_port, invoke_orch, stop_server, write_yaml
-from tests.orchestrator.test_run import start_mlflow_server
+from tests.orchestrator.commands.test_run import start_mlflow_server
 
 GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 1.0]}
 

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 
 from orchestrator.cluster.preflight import check_tracking
 from tests.orchestrator.conftest import free_port, invoke_orch, stop_server, write_yaml
-from tests.orchestrator.test_run import artifact_paths, assert_tree_finished, best_checkpoint_files, runs_of
+from tests.orchestrator.commands.test_run import artifact_paths, assert_tree_finished, best_checkpoint_files, runs_of
 
 pytestmark = pytest.mark.integration
 

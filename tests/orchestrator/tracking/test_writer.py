@@ -40,7 +40,7 @@ def test_runs_made_while_the_server_is_away_are_created_once_in_order_when_it_re
     from orchestrator.tracking.recorder import TrialRecorder
     from orchestrator.tracking.writer import replay_journals
     from tests.orchestrator.conftest import free_port, stop_server
-    from tests.orchestrator.test_run import runs_of, start_mlflow_server
+    from tests.orchestrator.commands.test_run import runs_of, start_mlflow_server
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

@@ -27,7 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.orchestrator.conftest import REPO_ROOT, sqlite_uri, write_yaml
-from tests.orchestrator.test_run import epochs_logged, runs_of
+from tests.orchestrator.commands.test_run import epochs_logged, runs_of
 
 WORKERS = ("worker_a", "worker_b")
 

@@ -1,7 +1,10 @@
-"""What `orch resume` continues, rebuilt from orch's own records, never from Ray Tune's saved state.
+"""The studies of an invocation: the Tuners its trials run in, one after another.
 
-Tune's `tuner.pkl` and `experiment_state-*.json` are pickles, and a results folder is often shared,
-so unpickling them would run whatever a colleague (or an intruder) put there. A resume reads
+A study is one Tuner: all grid cells at once, except with Optuna, which searches each cell in a
+study of its own (one sampler per cell). A resume continues an invocation from orch's own records,
+never from Ray Tune's saved state: Tune's `tuner.pkl` and `experiment_state-*.json` are pickles,
+and a results folder is often shared, so unpickling them would run whatever a colleague (or an
+intruder) put there. A resume reads
 `orch.yaml`, MLflow's view of which trials finished, and the trainer's checkpoints (state dicts
 read with `weights_only`), and starts fresh Tuners (`resume-<time>` studies) whose trials carry the
 identity of the trials they continue, so they log to the same MLflow runs.
@@ -12,15 +15,40 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import yaml
 
-from orchestrator.cluster.launcher import Study, trial_done
 from orchestrator.experiment.plan import Plan
+from orchestrator.experiment.schema import ExperimentConfig
 from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
-from orchestrator.tracking.names import TAG_TRIAL
+from orchestrator.tracking.names import TAG_REASON, TAG_TRIAL
 from trainers.errors import InputError
+
+
+STOPPED_EARLY = "stopped early by the scheduler"  # a KILLED trial run the scheduler ended: done, never resumed
+
+
+@dataclass
+class Study:
+    name: str  # Ray Tune experiment name, a folder under the invocation folder
+    cells: list[str]
+    samples: Optional[int] = None  # new search samples to draw (None: the config's num_samples)
+    resumed: Optional[list[dict]] = None  # resume: explicit trials {trial, cell, search} instead of the grid
+
+
+def studies_of(config: ExperimentConfig, plan: Plan) -> list[Study]:
+    if config.search is not None and config.search.algorithm == "optuna" and len(plan.cells) > 1:
+        return [Study(f"trials-{cell.id}", [cell.id]) for cell in plan.cells]
+    return [Study("trials", [cell.id for cell in plan.cells])]
+
+
+def trial_done(run) -> bool:
+    """A trial run that a resume leaves alone: it finished, or the scheduler stopped it early."""
+    return run.info.status == "FINISHED" or \
+        (run.info.status == "KILLED" and run.data.tags.get(TAG_REASON, "").startswith(STOPPED_EARLY))
 
 
 def resume_studies(settings: RunSettings, plan: Plan, trial_runs: list) -> list[Study]:
