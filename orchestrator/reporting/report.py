@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -29,8 +28,10 @@ from matplotlib.figure import Figure
 from orchestrator.reporting.plots import Dimension, Panel, factor_figure, learning_curves, parallel_coordinates, save
 from orchestrator.tracking.reader import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.experiment.schema import SearchDimension
-from orchestrator.reporting.stats import PairedTest, holm, mean_ci, mean_std, paired_t_test
+from orchestrator.reporting.stats import mean_ci
 from orchestrator.reporting.tables import TRUNCATION_LIMIT, truncation_note
+from orchestrator.reporting.verdicts import (SIGNIFICANCE, Comparison, Outcome, Summary, Verdict, group_by,
+                                             is_numeric, level_order, seed_count, verdicts)
 from orchestrator.tracking.names import mlflow_metric
 from trainers.errors import InputError
 
@@ -43,7 +44,6 @@ SEED_KEY = "train.seed"
 ENCODER, DECODER = "model.encoder", "model.decoder"
 SS_RATE, BETA = "train.scheduled_sampling.max_rate", "decode.length_penalty"
 PAIRS = ((ENCODER, DECODER),)  # two-factor tables, when both vary
-SIGNIFICANCE = 0.05
 NAMES = {ENCODER: "encoder", DECODER: "decoder", SS_RATE: "ss rate", BETA: "β", "model.attention": "attention"}
 NOTES = {  # facts that help explain a difference; the data says whether it is one
     ENCODER: "ResNet-101's conv5 grid has 2048 channels to VGG-16's 512, and ResNet-101 has the lower ImageNet error.",
@@ -59,40 +59,6 @@ ANCHORS = {  # the paper's Table 1, on the raw scale (it prints them x100)
 }
 SEEDS_HINT = f"add `{SEED_KEY}: [0, 1, 2]` to the ablation"
 IMPORTANCE_TRAININGS = 10  # fewer finished trainings than this, and the importances come with a caution
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One finished evaluation: an ablation cell's values at one seed, and its test scores."""
-
-    levels: dict[str, str]  # factor key -> value, as MLflow holds it
-    seed: str
-    scores: dict[str, float]  # test metrics without the "test_" prefix, raw scale
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A metric over seeds: mean, sample std, the half-width of the 95 % confidence interval, seeds."""
-
-    mean: float
-    std: float
-    ci: float
-    seeds: int
-
-
-@dataclass
-class Group:
-    """One row of a table: the levels of its keys, and each metric over seeds."""
-
-    levels: tuple[str, ...]
-    per_seed: dict[str, dict[str, float]]  # metric -> seed -> value (averaged over the other factors)
-
-    def stats(self, metric: str) -> Optional[Summary]:
-        values = list(self.per_seed.get(metric, {}).values())
-        if not values:
-            return None
-        (mean, ci), (_, std) = mean_ci(values), mean_std(values)
-        return Summary(mean, std, ci, len(values))
 
 
 @dataclass
@@ -166,122 +132,6 @@ def _outcome(row, factors: list[str]) -> Outcome:
     return Outcome({key: row.params.get(key, "") for key in factors}, row.params.get(SEED_KEY, "0"), scores)
 
 
-def level_order(values: list[str]) -> list[str]:
-    """Distinct values, numerically when they are numbers, else in the order they first appear."""
-    distinct = list(dict.fromkeys(values))
-    try:
-        return sorted(distinct, key=float)
-    except ValueError:
-        return distinct
-
-
-def is_numeric(levels: list[str]) -> bool:
-    try:
-        [float(level) for level in levels]
-    except ValueError:
-        return False
-    return True
-
-
-def group_by(outcomes: list[Outcome], keys: list[str]) -> list[Group]:
-    """Groups of outcomes sharing the values of `keys`; within a seed the other factors are averaged."""
-    collected: dict[tuple, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for outcome in outcomes:
-        levels = tuple(outcome.levels[key] for key in keys)
-        for metric, value in outcome.scores.items():
-            collected[levels][metric][outcome.seed].append(value)
-    orders = [level_order([o.levels[key] for o in outcomes]) for key in keys]
-    ordered = sorted(collected, key=lambda levels: [order.index(v) for order, v in zip(orders, levels)])
-    return [Group(levels, {metric: {seed: statistics.fmean(values) for seed, values in seeds.items()}
-                           for metric, seeds in collected[levels].items()})
-            for levels in ordered]
-
-
-@dataclass
-class Comparison:
-    """The best level of a factor against one other level; `test` is None unless 2+ seeds evaluated both."""
-
-    level: str
-    mean: float
-    gap: float  # best mean minus this level's mean
-    pairs: int
-    seeds: int
-    test: Optional[PairedTest] = None
-    p_holm: Optional[float] = None
-
-    @property
-    def exceeds_noise(self) -> Optional[bool]:
-        return None if self.p_holm is None else self.p_holm < SIGNIFICANCE
-
-    def clause(self, metric: str, one_seed: bool) -> str:
-        said = f"{_score(metric, self.gap)} above {self.level}"
-        if self.test is None:
-            return said if one_seed else f"{said} (untested: {self.seeds} seed{'s' * (self.seeds != 1)} evaluated both)"
-        d_z = "∞" if math.isinf(self.test.d_z) else f"{self.test.d_z:.2f}"
-        noise = "exceeds seed noise" if self.exceeds_noise else "within seed noise"
-        return (f"{said} ({noise}: paired t-test over {self.pairs} pairs across {self.seeds} seeds, "
-                f"d_z = {d_z}, Holm p {_p(self.p_holm)})")
-
-
-@dataclass
-class Verdict:
-    """One factor: its best level by mean `metric`, and that level against each other level."""
-
-    key: str
-    metric: str
-    best: str
-    best_mean: float
-    one_seed: bool  # the whole experiment has one seed
-    comparisons: list[Comparison] = field(default_factory=list)
-
-    def sentence(self) -> str:
-        head = (f"**{_name(self.key)}** (`{self.key}`): {self.best} gives the best mean {self.metric} "
-                f"({_score(self.metric, self.best_mean)}), ")
-        clauses = "; ".join(c.clause(self.metric, self.one_seed) for c in self.comparisons)
-        if self.one_seed:
-            return f"{head}{clauses}. One seed: whether this exceeds seed noise cannot be told ({SEEDS_HINT})."
-        return f"{head}{clauses}."
-
-
-def verdicts(outcomes: list[Outcome], factors: list[str], metric: str) -> list[Verdict]:
-    """A verdict per factor with two or more levels, its tests Holm-corrected together."""
-    found = [v for v in (_verdict(outcomes, key, factors, metric) for key in factors) if v is not None]
-    tested = [c for v in found for c in v.comparisons if c.test is not None]
-    for comparison, adjusted in zip(tested, holm([c.test.p for c in tested])):
-        comparison.p_holm = adjusted
-    return found
-
-
-def _verdict(outcomes: list[Outcome], key: str, factors: list[str], metric: str) -> Optional[Verdict]:
-    """Best level of `key` by mean `metric` against every other level, best-placed first."""
-    means = {g.levels[0]: g.stats(metric).mean for g in group_by(outcomes, [key]) if g.per_seed.get(metric)}
-    if len(means) < 2:
-        return None
-    best = max(means, key=means.get)
-    blocks = _blocks(outcomes, key, factors, metric)
-    result = Verdict(key, metric, best, means[best], one_seed=_seed_count(outcomes) == 1)
-    for level in sorted((level for level in means if level != best), key=lambda level: -means[level]):
-        shared = sorted(set(blocks[best]) & set(blocks[level]))
-        seeds = len({block[0] for block in shared})
-        comparison = Comparison(level, means[level], means[best] - means[level], len(shared), seeds)
-        if seeds >= 2:
-            comparison.test = paired_t_test([blocks[best][b] for b in shared], [blocks[level][b] for b in shared])
-        result.comparisons.append(comparison)
-    return result
-
-
-def _blocks(outcomes: list[Outcome], key: str, factors: list[str], metric: str) -> dict[str, dict[tuple, float]]:
-    """level -> block -> mean `metric`, a block being a seed and the levels of the training factors other
-    than `key`. Decode variants of one training share its block: they are not independent samples."""
-    others = [k for k in factors if k != key and not k.startswith("decode.")]
-    values: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for outcome in outcomes:
-        if metric in outcome.scores:
-            block = (outcome.seed, *(outcome.levels[k] for k in others))
-            values[outcome.levels[key]][block].append(outcome.scores[metric])
-    return {level: {block: statistics.fmean(v) for block, v in blocks.items()} for level, blocks in values.items()}
-
-
 def _dataset(prepared: str) -> str:
     """The dataset's name from the prepared folder's manifest, else guessed from its path ('' if unknown)."""
     from trainers.data.prepared import read_manifest
@@ -291,10 +141,6 @@ def _dataset(prepared: str) -> str:
     except InputError:
         lowered = prepared.lower()
         return next((name for name in ANCHORS if name in lowered), "")
-
-
-def _seed_count(outcomes: list[Outcome]) -> int:
-    return len({o.seed for o in outcomes})
 
 
 def _spread_words(seeds: int) -> str:
@@ -329,7 +175,7 @@ def _factor_figure(outcomes: list[Outcome], key: str, headline: str, averaged: b
     if len(groups) < 2 or not metrics:
         return None
     levels = [g.levels[0] for g in groups]
-    seeds = _seed_count(outcomes)
+    seeds = seed_count(outcomes)
     panels = []
     for metric in metrics:
         stats = [g.stats(metric) for g in groups]
@@ -478,6 +324,28 @@ def cost_section(results: Results) -> list[str]:
     return lines
 
 
+def sentence(verdict: Verdict) -> str:
+    """A factor's verdict in one sentence."""
+    head = (f"**{_name(verdict.key)}** (`{verdict.key}`): {verdict.best} gives the best mean {verdict.metric} "
+            f"({_score(verdict.metric, verdict.best_mean)}), ")
+    clauses = "; ".join(clause(c, verdict.metric, verdict.one_seed) for c in verdict.comparisons)
+    if verdict.one_seed:
+        return f"{head}{clauses}. One seed: whether this exceeds seed noise cannot be told ({SEEDS_HINT})."
+    return f"{head}{clauses}."
+
+
+def clause(comparison: Comparison, metric: str, one_seed: bool) -> str:
+    """One comparison in words: the gap, and whether it exceeds seed noise."""
+    said = f"{_score(metric, comparison.gap)} above {comparison.level}"
+    if comparison.test is None:
+        seeds = comparison.seeds
+        return said if one_seed else f"{said} (untested: {seeds} seed{'s' * (seeds != 1)} evaluated both)"
+    d_z = "∞" if math.isinf(comparison.test.d_z) else f"{comparison.test.d_z:.2f}"
+    noise = "exceeds seed noise" if comparison.exceeds_noise else "within seed noise"
+    return (f"{said} ({noise}: paired t-test over {comparison.pairs} pairs across {comparison.seeds} seeds, "
+            f"d_z = {d_z}, Holm p {_p(comparison.p_holm)})")
+
+
 def _verdict_section(found: list[Verdict]) -> list[str]:
     if not found:
         return []
@@ -490,7 +358,7 @@ def _verdict_section(found: list[Verdict]) -> list[str]:
                   f"{'s' * (tests != 1)} below, and a gap exceeds seed noise at corrected p < {SIGNIFICANCE}. "
                   "d_z is the mean paired difference in units of its standard deviation (Cohen's d_z).", ""]
     for v in found:
-        lines.append(f"- {v.sentence()}" + (f" {NOTES[v.key]}" if v.key in NOTES else ""))
+        lines.append(f"- {sentence(v)}" + (f" {NOTES[v.key]}" if v.key in NOTES else ""))
     return lines
 
 

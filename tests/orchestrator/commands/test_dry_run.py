@@ -62,3 +62,16 @@ def test_a_missing_weights_file_fails_the_run_but_not_its_smoke_run(orch, tmp_pa
     smoke = orch("run", config, "--smoke", "--dry-run")
     assert smoke.exit_code == 0, smoke.output
     assert "Plan for 'cluster-smoke'" in smoke.output and "2 trainings (2 grid cells)" in smoke.output
+
+
+def test_the_plan_names_the_ray_the_run_will_use(orch, tmp_path, monkeypatch):
+    """The plan prints the settings the run resolves (orchestrator.settings), not the loose ray.address:
+    --address and RAY_ADDRESS show as what they are."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert "ray: a new local Ray for this run" in orch("run", QUICKSTART, "--dry-run").output
+    joined = orch("run", QUICKSTART, "--dry-run", "--address", "head.cluster:6379").output
+    assert "ray: joining head.cluster:6379 (--address)" in joined
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert "ray: joining 10.0.0.5:6379 (RAY_ADDRESS)" in orch("run", QUICKSTART, "--dry-run").output
+    assert list(tmp_path.iterdir()) == []

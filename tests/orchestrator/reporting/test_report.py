@@ -18,7 +18,8 @@ from PIL import Image
 from orchestrator.experiment.schema import ExperimentConfig
 from orchestrator.experiment.keys import flatten
 from orchestrator.experiment.plan import make_plan
-from orchestrator.reporting.report import Outcome, level_order, verdicts, write_report
+from orchestrator.reporting.report import sentence, write_report
+from orchestrator.reporting.verdicts import Outcome, level_order, verdicts
 from orchestrator.tracking.writer import Tracker
 from orchestrator.tracking.recorder import TrialRecorder
 from tests.orchestrator.conftest import sqlite_uri
@@ -218,7 +219,7 @@ def test_a_gap_that_too_few_seeds_evaluated_on_both_sides_is_left_untested():
     outcomes = [Outcome({"model.decoder": "lstm"}, seed, {"CIDEr": 0.5 + 0.01 * int(seed)}) for seed in "012"]
     outcomes.append(Outcome({"model.decoder": "gru"}, "0", {"CIDEr": 0.6}))  # its other seeds failed
     (decoder,) = verdicts(outcomes, ["model.decoder"], "CIDEr")
-    assert decoder.sentence().endswith("gru gives the best mean CIDEr (0.600), 0.090 above lstm "
+    assert sentence(decoder).endswith("gru gives the best mean CIDEr (0.600), 0.090 above lstm "
                                        "(untested: 1 seed evaluated both).")
 
 
