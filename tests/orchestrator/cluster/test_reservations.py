@@ -233,6 +233,7 @@ def test_a_real_local_ray_without_gpus_refuses_a_gpu_plan_and_is_shut_down(tiny_
         from orchestrator.experiment.loader import load_config
         from orchestrator.cluster.launcher import run_plan
         from orchestrator.experiment.plan import make_plan
+        from orchestrator.settings import RunSettings
         from trainers.errors import InputError
 
         config = load_config({str(config)!r})
