@@ -51,4 +51,6 @@ def encode_distinct(encode: Callable[[torch.Tensor], torch.Tensor], images: torc
     distinct, inverse = rows.cpu().unique(return_inverse=True)  # (U,), (B,)
     first = torch.empty_like(distinct).scatter_(0, inverse, torch.arange(len(rows)))  # (U,)
     first, inverse = first.to(images.device, non_blocking=True), inverse.to(images.device, non_blocking=True)
-    return encode(images[first])[inverse]  # (B, P, C)
+    # index_select, not [inverse]: its gradient sums the duplicates in a fixed order, where indexing's
+    # accumulates them with atomic adds across threads, in whatever order they come (trainers.determinism).
+    return encode(images[first]).index_select(0, inverse)  # (B, P, C)

@@ -164,6 +164,8 @@ class TrainConfig(Strict):
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else none
     compile: bool = False  # torch.compile the decoder step (its first steps then take a while to compile)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: reproducible arithmetic on a CPU (free there), a GPU's faster, varying kernels; true: on a GPU too
+    deterministic: Union[bool, Literal["auto"]] = "auto"
     max_batches_per_epoch: int | None = Field(None, ge=1)  # smoke runs
 
 

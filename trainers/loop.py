@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import track
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
+from trainers import determinism
 from trainers.batching import ImageGroupedBatches, encode_distinct
 from trainers.compiled import Backend, CompiledSteps
 from trainers.checkpoint import (frozen_encoder_meta, load_checkpoint, load_trainable, restore_rng_state, rng_state,
@@ -54,6 +55,7 @@ class EpochResult:
     stop_reason: str = ""
     samples: list[dict] = field(default_factory=list)
     predictions: dict[str, Path] = field(default_factory=dict)  # variant id -> test captions file
+    deterministic: str = ""  # trainers.determinism: "yes: ..." or "no: ..."
 
 
     def as_report(self) -> dict:
@@ -65,6 +67,7 @@ class EpochResult:
         for vid, metrics in self.variant_metrics.items():
             report.update({f"{vid}/{k}": v for k, v in metrics.items()})
         report.update(is_best=self.is_best, final=self.final, stop_reason=self.stop_reason,
+                      deterministic=self.deterministic,
                       samples_json=json.dumps(self.samples),
                       predictions_json=json.dumps({k: str(v) for k, v in self.predictions.items()}))
         return report
@@ -140,9 +143,11 @@ class CaptionRecipe:
         self._ready_to_train(resume_from)
 
     def _begin(self) -> None:
-        """What every recipe sets up first: the device, autocast, the seed, the dataset and vocabulary."""
+        """What every recipe sets up first: the device and how reproducible it computes, autocast, the
+        seed, the dataset and vocabulary."""
         cfg = self.config
         self.device = pick_device(cfg.train.device)
+        self.determinism = determinism.apply(cfg.train.deterministic, self.device.type)
         self.autocast_dtype = autocast_dtype(cfg.train.amp, self.device)
         seed_everything(cfg.train.seed)
         self.dataset: PreparedDataset = ensure_prepared(cfg.data)
@@ -399,7 +404,7 @@ class CaptionRecipe:
             metrics.update(epoch=epoch, epoch_time_s=time.perf_counter() - started, best_epoch=self.best_epoch)
             self.history.append(dict(metrics))
             result = EpochResult(epoch, metrics, {}, self.checkpoint_dir, is_best, bool(stop_reason),
-                                 stop_reason, samples=self._samples(captions))
+                                 stop_reason, samples=self._samples(captions), deterministic=self.determinism.describe())
             if result.final:
                 self._finish(result)
             saving = time.perf_counter()

@@ -37,6 +37,7 @@ from orchestrator.tracking.names import TAG_TRIAL
 from orchestrator.tracking.provenance import log_provenance, prepared_dataset, standard_tags
 from orchestrator.tracking.reader import cell_rows
 from orchestrator.tracking.writer import Tracker
+from trainers import determinism
 from trainers.config import selection_metric
 from trainers.errors import InputError
 
@@ -112,8 +113,10 @@ def _init_ray(settings: RunSettings) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own banners off: the live table is the display
     if ray.is_initialized():
         return
+    # A cluster's workers get the environment reproducible arithmetic needs (trainers.determinism) from the
+    # job; a local Ray's inherit this process's.
     ray.init(address=settings.ray_address, log_to_driver=False, include_dashboard=False,
-             configure_logging=True, logging_level="ERROR")
+             configure_logging=True, logging_level="ERROR", runtime_env={"env_vars": determinism.environment()})
 
 
 def check_data(config: ExperimentConfig, plan: Plan) -> None:

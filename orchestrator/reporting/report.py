@@ -32,7 +32,7 @@ from orchestrator.reporting.stats import mean_ci
 from orchestrator.reporting.tables import TRUNCATION_LIMIT, truncation_note
 from orchestrator.reporting.verdicts import (SIGNIFICANCE, Comparison, Outcome, Summary, Verdict, group_by,
                                              is_numeric, level_order, seed_count, verdicts)
-from orchestrator.tracking.names import mlflow_metric
+from orchestrator.tracking.names import TAG_DETERMINISTIC, mlflow_metric
 from trainers.errors import InputError
 
 METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
@@ -273,6 +273,7 @@ def _sections(collected: Collected, saved: dict[str, Path]) -> list[str]:
                      "samples; the best samples are listed below.")
     lines += _anchor_section(collected)
     lines += _verdict_section(collected.verdicts)
+    lines += _determinism_section(results)
     lines += ["", "## Every ablation cell", "", *_table(outcomes, factors)]
     if results.search_keys:
         lines += _search_section(collected, saved.get("search"))
@@ -344,6 +345,21 @@ def clause(comparison: Comparison, metric: str, one_seed: bool) -> str:
     noise = "exceeds seed noise" if comparison.exceeds_noise else "within seed noise"
     return (f"{said} ({noise}: paired t-test over {comparison.pairs} pairs across {comparison.seeds} seeds, "
             f"d_z = {d_z}, Holm p {_p(comparison.p_holm)})")
+
+
+def _determinism_section(results: Results) -> list[str]:
+    """Whether the verdicts above can be checked by running again: each training's own account of its
+    arithmetic (trainers.determinism, the `orch.deterministic` tag)."""
+    said = {trial: run.data.tags.get(TAG_DETERMINISTIC, "") for trial, run in sorted(results.trials.items())}
+    unsure = {trial: why for trial, why in said.items() if not why.startswith("yes")}
+    if not unsure:
+        how = next(iter(said.values()), "").removeprefix("yes: ")
+        return ["", f"Deterministic: yes. Every training ran with reproducible arithmetic ({how}): the same config "
+                    "and seed give these numbers again, so the spread over seeds is the noise."]
+    reasons = sorted({why.removeprefix("no: ") or "not recorded (a run of an older orch)" for why in unsure.values()})
+    return ["", f"Deterministic: no, for {len(unsure)} of {len(said)} trainings ({'; '.join(reasons)}): running "
+                "them again gives other numbers in the last digits, which the seed-to-seed spread includes "
+                "(docs/running.md#determinism)."]
 
 
 def _verdict_section(found: list[Verdict]) -> list[str]:

@@ -11,6 +11,7 @@ TAG_VARIANT = "orch.variant"
 TAG_KIND = "orch.kind"  # parent | trial | variant
 TAG_DRIVER = "orch.driver"  # host:pid of the writing process, to find orphans
 TAG_REASON = "orch.failure_reason"
+TAG_DETERMINISTIC = "orch.deterministic"  # "yes: ..." or "no: ...": whether the same config and seed repeat it
 MAX_PARAM_LENGTH = 6000
 BEST_CHECKPOINT = "best_checkpoint"  # a trial run's artifact folder, for trials without an MLflow model
 CAPTIONER_MODEL = "captioner"  # the logged model of a captioner trial; it holds the best checkpoint

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from orchestrator.ids import variant_id
-from orchestrator.tracking.names import BEST_CHECKPOINT, CAPTIONER_MODEL, TRIAL_METRIC, mlflow_metric
+from orchestrator.tracking.names import (BEST_CHECKPOINT, CAPTIONER_MODEL, TAG_DETERMINISTIC, TRIAL_METRIC,
+                                         mlflow_metric)
 from orchestrator.tracking.writer import Tracker
 
 def _predictions_file(report: Mapping[str, object], checkpoint: Optional[Path], variant: str) -> Optional[Path]:
@@ -71,6 +72,7 @@ class TrialRecorder:
         self.started_at = time.time()  # Tune started the trial (or `orch train` its training)
         self.cost: dict[str, float] = {}
         self._device_tagged = False
+        self._determinism_tagged = False
 
     def record(self, report: Mapping[str, object]) -> None:
         """Log one epoch's metrics, cost so far and system metrics on the trial run and each variant
@@ -88,6 +90,9 @@ class TrialRecorder:
 
             self.tracker.log_input(self.run_id, prepared_dataset(self.unlogged_dataset))
             self.unlogged_dataset = None
+        if report.get("deterministic") and not self._determinism_tagged:  # trainers.determinism's verdict
+            self.tracker.set_tags(self.run_id, {TAG_DETERMINISTIC: report["deterministic"]})
+            self._determinism_tagged = True
         own = {k: v for k, v in report.items() if TRIAL_METRIC.match(k)}
         if f"{FIELD}began" in report:
             self.cost = trial_cost(report, self.started_at, self.cost_before)

@@ -66,10 +66,10 @@ def test_a_killed_orch_train_resumes_to_the_metrics_of_an_uninterrupted_one(tiny
     before, after = trial_run(client, "whole"), trial_run(client, "killed")
     assert after.info.status == "FINISHED"
     assert [step for step, _ in history(client, after, "epoch")] == list(range(1, EPOCHS + 1))  # each epoch once
-    for key in COMPARED:
-        assert history(client, after, key) == pytest.approx(history(client, before, key), rel=1e-5), key
+    for key in COMPARED:  # bit for bit: the same config and seed give the same numbers (trainers.determinism)
+        assert history(client, after, key) == history(client, before, key), key
     tests = {k: v for k, v in before.data.metrics.items() if k.startswith("test_")}
-    assert tests and {k: after.data.metrics[k] for k in tests} == pytest.approx(tests, rel=1e-5)
+    assert tests and {k: after.data.metrics[k] for k in tests} == tests
     parents = client.search_runs([client.get_experiment_by_name("killed").experiment_id],
                                  "tags.`orch.kind` = 'parent'")
     assert [run.info.status for run in parents] == ["FINISHED"]
