@@ -3,7 +3,8 @@
 Progress lines, the `orch run`/`orch status` tables, MLflow run names, export folders and the
 report all say `c002` for the training of grid cell c002 (`c002-95f7f_00001` for one search sample
 of it) and `c002-d03` for its decode variant d03: the same string everywhere, and safe in a file
-name. MLflow run names add the factor values after the id, short enough for the run table.
+name. MLflow run names add the factors' values after the id, each labelled as in the progress
+lines (`c002 decoder=gru max_rate=0.25`), short enough for the run table.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ def variant_id(training: str, variant: str) -> str:
 
 
 def run_name(id_: str, values: Mapping[str, Any]) -> str:
-    """`c004 lstm 0.25`: the id, then the values of the factors that tell it apart (keys are in the
-    run's params), so MLflow's run table shows the id whole and as many values as fit."""
-    return " ".join([id_, *(short_value(value) for value in values.values())])
+    """`c004 decoder=lstm max_rate=0.25`: the id, then the factors that tell it apart, so MLflow's run
+    table shows the id whole and as many labelled values as fit."""
+    return " ".join([id_, labelled(values)]) if values else id_
+
+
+def labelled(values: Mapping[str, Any]) -> str:
+    """`decoder=gru max_rate=0.25`: dotted keys by their last part, each with its short value."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items())
 
 
 def short_value(value: Any) -> str:

@@ -1,19 +1,30 @@
-"""The MLflow pyfunc flavour of an exported captioner: what `orch export --register` puts in the registry.
+"""The MLflow model of a trained captioner, and the code MLflow runs to load it.
 
-    model = mlflow.pyfunc.load_model("models:/coursework/1")
-    model.predict(pandas.DataFrame({"image": ["a.jpg", "b.jpg"]}), params={"beam_size": 5})
+    model = mlflow.pyfunc.load_model("models:/quickstart@champion")
+    model.predict(pandas.DataFrame({"image": ["a.jpg", base64_of_a_png]}), params={"beam_size": 5})
 
-Input: a column `image` of image file paths. Output: a frame with `caption` and `error` (empty
-when the image was captioned): one unreadable image never fails the batch. Loading it needs the
-orch package importable (it holds the model code); its other requirements are logged with it.
+Input: a column `image`, each an image file's path or the image's bytes in base64 (what a client
+of `mlflow models serve` sends). Output: a frame with `caption` and `error` (empty when the image
+was captioned): one unreadable image never fails the batch.
+
+This file is the model's code (MLflow's models-from-code): it is saved inside every model and
+run when the model loads, where orch may not be installed. So it imports nothing of orch: the
+model carries a copy of the `trainers` package (`code_paths`) and its requirements.txt lists what
+that needs. Its import path stays `orchestrator.pyfunc`: models registered before it was the
+model's code hold a pickled `orchestrator.pyfunc.CaptionerModel`, which loads where orch is.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+from pathlib import Path
+
+import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-ARTIFACT = "export"  # the export folder, logged as this artifact of the pyfunc model
+ARTIFACT = "export"  # the checkpoint (or export) folder, logged as this artifact of the pyfunc model
 
 
 class CaptionerModel(mlflow.pyfunc.PythonModel):
@@ -28,25 +39,39 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
         params = params or {}
         settings = decode_settings(self.model.config.decode, params.get("beam_size"), params.get("length_penalty"))
-        results = caption_images(self.model, [str(path) for path in frame["image"]], settings)
+        results = caption_images(self.model, [image_source(value) for value in frame["image"]], settings)
         return pd.DataFrame({"caption": [r.caption for r in results], "error": [r.error for r in results]})
 
 
-REQUIREMENTS = ("torch", "torchvision", "safetensors", "pillow", "numpy", "pyyaml", "pydantic", "rich", "filelock",
-                "pycocoevalcap", "matplotlib", "pandas", "mlflow")
-INPUT_EXAMPLE = {"image": ["photo.jpg"]}  # what a caller sends: image paths; one it cannot read gets an error row
+def image_source(value: str | bytes) -> str | bytes:
+    """An `image` cell as trainers.inference reads it: an existing file's path stays a path; anything else
+    that is strict base64 is the image's bytes; the rest is a path (captioned as 'no such file')."""
+    if isinstance(value, bytes) or Path(value).is_file():
+        return value
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value
 
 
-def save_captioner(target, model_folder, decode: dict) -> None:
-    """Save `model_folder` (an export or a checkpoint folder) as an MLflow pyfunc model in `target`, with
-    its signature (decode settings as params), an input example and pinned requirements, quietly:
-    MLflow's save prints nothing orch's users need (no warnings, no progress bars)."""
-    import contextlib
-    import io
-    import logging
-    import os
-    import warnings
+if __name__ != "orchestrator.pyfunc":  # MLflow runs this file as a saved model's code (models-from-code)
+    mlflow.models.set_model(CaptionerModel())
 
+
+# What the model's code imports (this file and trainers.inference with its imports), pinned in its
+# requirements.txt; orch is not among them.
+REQUIREMENTS = ("mlflow", "pandas", "torch", "torchvision", "safetensors", "pillow", "numpy", "pyyaml", "pydantic",
+                "filelock", "psutil", "rich")
+
+
+def save_captioner(target: Path, model_folder: Path, decode: dict, example_png: bytes) -> None:
+    """Save `model_folder` (an export or a checkpoint folder) as an MLflow pyfunc model in `target`: this
+    file as its code, a copy of `trainers`, its signature (decode settings as params), `example_png` as its
+    input example (base64) and pinned requirements; then check it serves that example as
+    `mlflow models serve` would (MLflow's serving-input validation): a caption, no error.
+
+    Quietly: MLflow's save prints nothing orch's users need (no warnings, no progress bars)."""
+    import trainers
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -55,29 +80,53 @@ def save_captioner(target, model_folder, decode: dict) -> None:
         outputs=Schema([ColSpec("string", "caption"), ColSpec("string", "error")]),
         params=ParamSchema([ParamSpec("beam_size", "long", decode["beam_size"]),
                             ParamSpec("length_penalty", "double", float(decode["length_penalty"]))]))
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_VALIDATE_SERVING_INPUT": "false"}
-    before = {name: os.environ.get(name) for name in quiet}
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    os.environ.update(quiet)
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            mlflow.pyfunc.save_model(str(target), python_model=CaptionerModel(), artifacts={ARTIFACT: str(model_folder)},
-                                     signature=signature, input_example=pd.DataFrame(INPUT_EXAMPLE),
-                                     pip_requirements=_requirements())
-    finally:
-        logger.setLevel(level)
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    example = pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]})
+    with _quiet_mlflow():
+        mlflow.pyfunc.save_model(str(target), python_model=__file__, artifacts={ARTIFACT: str(model_folder)},
+                                 code_paths=[str(Path(trainers.__file__).parent)], signature=signature,
+                                 input_example=example, pip_requirements=_requirements())
+        served = mlflow.models.validate_serving_input(str(target), mlflow.models.Model.load(target).get_serving_input(target))
+    if served["error"][0] or not served["caption"][0]:
+        raise RuntimeError(f"{target}: the saved model does not caption its own input example "
+                           f"({served['error'][0] or 'an empty caption'})")
+
+
+class _quiet_mlflow:
+    """MLflow's logger at ERROR, its warnings and stderr swallowed, its progress bars off, for a block."""
+
+    PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import logging
+        import os
+        import warnings
+
+        self._logger = logging.getLogger("mlflow")
+        self._level, self._bar = self._logger.level, os.environ.get(self.PROGRESS_BAR)
+        os.environ[self.PROGRESS_BAR] = "false"
+        self._logger.setLevel(logging.ERROR)
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        self._stack.close()
+        self._logger.setLevel(self._level)
+        if self._bar is None:
+            os.environ.pop(self.PROGRESS_BAR, None)
+        else:
+            os.environ[self.PROGRESS_BAR] = self._bar
+        return False
 
 
 def _requirements() -> list[str]:
-    """Pinned versions of what loading the model imports (orch itself must be importable too)."""
+    """Pinned versions of what loading the model imports."""
     from importlib import metadata
 
     pins = []

@@ -51,6 +51,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """A device as a run records it: `cpu`, or the CUDA device with its index (`cuda:0`)."""
+    if device.type != "cuda":
+        return device.type
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
 def torch_cuda_usable() -> bool:
     """Whether torch can run CUDA here (the GPUs CUDA_VISIBLE_DEVICES leaves, a driver new enough for its build)."""
     return torch.cuda.is_available()

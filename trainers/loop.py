@@ -32,7 +32,7 @@ from trainers.config import OWN_DECODE_ID, REFERENCE_DECODE_ID, TrainConfig, Tra
 from trainers.data.auto import ensure_prepared
 from trainers.data.loaders import CaptionPairs, SplitImages, longest_first
 from trainers.data.prepared import PreparedDataset
-from trainers.devices import pick_device
+from trainers.devices import device_name, pick_device
 from trainers.evaluation import (Captions, DecodeVariant, caption_batches, constant_caption_scores, score_split,
                                  write_predictions)
 from trainers.errors import InputError, TrainingDiverged
@@ -55,6 +55,8 @@ class EpochResult:
     stop_reason: str = ""
     samples: list[dict] = field(default_factory=list)
     predictions: dict[str, Path] = field(default_factory=dict)  # variant id -> test captions file
+    device: str = ""  # where it trained: cpu, cuda:0
+    amp: str = ""  # the autocast it trained under: none, bf16, fp16 (train.amp resolved)
     deterministic: str = ""  # trainers.determinism: "yes: ..." or "no: ..."
 
 
@@ -66,7 +68,7 @@ class EpochResult:
         report = {k: v for k, v in self.metrics.items()}
         for vid, metrics in self.variant_metrics.items():
             report.update({f"{vid}/{k}": v for k, v in metrics.items()})
-        report.update(is_best=self.is_best, final=self.final, stop_reason=self.stop_reason,
+        report.update(is_best=self.is_best, final=self.final, stop_reason=self.stop_reason, device=self.device, amp=self.amp,
                       deterministic=self.deterministic,
                       samples_json=json.dumps(self.samples),
                       predictions_json=json.dumps({k: str(v) for k, v in self.predictions.items()}))
@@ -91,6 +93,11 @@ def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def amp_name(dtype: Optional[torch.dtype]) -> str:
+    """`train.amp` as it ran: the autocast dtype's name, `none` without autocast."""
+    return {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def seed_everything(seed: int) -> None:
@@ -404,9 +411,12 @@ class CaptionRecipe:
             metrics.update(epoch=epoch, epoch_time_s=time.perf_counter() - started, best_epoch=self.best_epoch)
             self.history.append(dict(metrics))
             result = EpochResult(epoch, metrics, {}, self.checkpoint_dir, is_best, bool(stop_reason),
-                                 stop_reason, samples=self._samples(captions), deterministic=self.determinism.describe())
-            if result.final:
+                                 stop_reason, samples=self._samples(captions), deterministic=self.determinism.describe(),
+                                 device=device_name(self.device), amp=amp_name(self.autocast_dtype))
+            if result.final:  # the decode variants' evaluation: when it began (the epoch's clock) and took
+                evaluating = time.time()
                 self._finish(result)
+                result.metrics.update(evaluation_began=evaluating, evaluation_s=time.time() - evaluating)
             saving = time.perf_counter()
             self._save(epoch, {f"predictions/{path.name}": path for path in result.predictions.values()})
             result.metrics["checkpoint_time_s"] = time.perf_counter() - saving  # the cost of a trial counts it

@@ -20,7 +20,7 @@ from orchestrator import terminal
 from orchestrator.cluster.trainable import trial_key, trial_params
 from orchestrator.experiment.keys import apply_overrides, flatten
 from orchestrator.experiment.plan import Plan
-from orchestrator.ids import run_name, short_value, training_id, variant_id
+from orchestrator.ids import labelled, run_name, training_id, variant_id
 from orchestrator.reporting.tables import truncation_note
 from orchestrator.terminal import duration
 from orchestrator.tracking.provenance import prepared_dataset
@@ -37,10 +37,6 @@ def trial_overrides(trial_config: dict, cells: dict[str, dict]) -> dict:
 def trial_id(trial) -> str:
     """The trial's training id (orchestrator.ids): `c002`, or `c002-<Ray trial id>` for a search sample."""
     return training_id(trial_params(trial.config)["cell"], trial_key(trial.config, trial.trial_id))
-
-
-def short_params(overrides: dict) -> str:
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in overrides.items())
 
 
 class MlflowRecorder(Callback):
@@ -151,7 +147,7 @@ class LiveTable(Callback):
         epoch, elapsed = result.get("epoch", 0), result.get("time_total_s")
         value = result.get(self.metric)
         eta = elapsed / epoch * max(epochs - epoch, 0) if elapsed is not None and epoch else None
-        return {"trial": trial_id(trial), "params": short_params(overrides), "epoch": f"{epoch:.0f}/{epochs}",
+        return {"trial": trial_id(trial), "params": labelled(overrides), "epoch": f"{epoch:.0f}/{epochs}",
                 "metric": "-" if value is None else f"{value:.3f}", "elapsed": duration(elapsed),
                 "eta": duration(eta), "cut": truncation_note(result, "val")}
 

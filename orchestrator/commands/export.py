@@ -14,9 +14,10 @@ A `trainer: alignment` experiment is exported with a retrieval metric (`--metric
 its folders (trainers.alignment.aligner's export, plus metrics.json and README.md) are what
 `orch align --model` reads.
 
-`--register` also logs each as an MLflow pyfunc model (orchestrator.pyfunc) in a run nested
-under its trial (tagged orch.kind=export) and registers it in the MLflow Model Registry under
-the experiment's name, one version per export.
+`--register` registers each trial's logged model (its best checkpoint as an MLflow pyfunc model,
+orchestrator.pyfunc, which the training logged) in the MLflow Model Registry under the
+experiment's name, one version per export: no run is made and no weights are copied; the version
+names the trial run and the logged model, and the logged model lists the version.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Optional
 import yaml
 
 from orchestrator.tracking.reader import Pick, Results, open_results, pick_best, quiet_downloads
-from orchestrator.tracking.names import (BEST_CHECKPOINT, CAPTIONER_MODEL, TAG_INVOCATION, TAG_KIND, TAG_TRIAL, mlflow_metric)
+from orchestrator.tracking.names import BEST_CHECKPOINT, CAPTIONER_MODEL, mlflow_metric
 from trainers.config import RETRIEVAL_SELECTABLE
 from trainers.errors import InputError, reading
 from trainers.inference import EXPORT_CONFIG, EXPORT_VOCAB, EXPORT_WEIGHTS
@@ -40,7 +41,6 @@ from trainers.staging import staged_folder
 EXPORTABLE = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 CARD_METRICS = (("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
                 ("CIDEr", "CIDEr"), ("mean_caption_length", "length"))
-MODEL_ARTIFACT = "captioner"  # the pyfunc model's folder in the export run
 CHAMPION = "champion"  # the registry alias of the rank-1 export: models:/NAME@champion
 
 
@@ -86,30 +86,35 @@ def export_best(name: str, uri: str, out: Path, metric: str = "CIDEr", top_k: in
     return exported
 
 
+def trial_model(results: Results, pick: Pick):
+    """The trial's logged model (its best checkpoint as a captioner), or None (an alignment trial)."""
+    client = results.tracker.client
+    outputs = pick.trial_run.outputs  # the run as the search returned it: its logged models are there
+    models = [client.get_logged_model(output.model_id) for output in (outputs.model_outputs if outputs else [])]
+    # Named after the training with model_type captioner; runs logged before that named it `captioner`.
+    captioners = [model for model in models if CAPTIONER_MODEL in (model.model_type, model.name)]
+    return captioners[-1] if captioners else None
+
+
 def download_best_checkpoint(results: Results, pick: Pick, into: Path) -> Path:
-    """The trial's best checkpoint folder, downloaded into `into`: from the trial's MLflow model (a
+    """The trial's best checkpoint folder, downloaded into `into`: from the trial's logged model (a
     captioner's only copy in MLflow), else from its `best_checkpoint/` artifacts (an alignment trial)."""
     import mlflow
 
     from orchestrator.pyfunc import ARTIFACT  # the checkpoint's folder inside the model
 
-    client = results.tracker.client
-    outputs = pick.trial_run.outputs  # the run as the search returned it: its logged models are there
-    models = [client.get_logged_model(output.model_id) for output in (outputs.model_outputs if outputs else [])]
-    captioners = [model for model in models if model.name == CAPTIONER_MODEL]
+    model = trial_model(results, pick)
     with quiet_downloads():
-        if captioners:
-            location = captioners[-1].artifact_location
-
+        if model is not None:
             def download(path: str) -> Path:
-                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}", dst_path=str(into),
-                                                                tracking_uri=results.uri))
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/{path}",
+                                                                dst_path=str(into), tracking_uri=results.uri))
 
             mlmodel = download("MLmodel")  # where the pyfunc flavour put the checkpoint's folder
             files = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
             mlmodel.unlink()
             return download(files)
-        return Path(client.download_artifacts(pick.trial_run.info.run_id, BEST_CHECKPOINT, str(into)))
+        return Path(results.tracker.client.download_artifacts(pick.trial_run.info.run_id, BEST_CHECKPOINT, str(into)))
 
 
 def write_export(results: Results, pick: Pick, folder: Path, rank: int, metric: str) -> Path:
@@ -295,38 +300,37 @@ def _shown(value: Optional[float], key: str) -> str:
 
 
 def register_export(results: Results, pick: Pick, folder: Path, rank: int = 1, metric: str = "CIDEr") -> str:
-    """Log the export as a pyfunc model in a run nested under its trial; register it under the experiment's
-    name, the version tagged with where it came from and how it ranked. Returns the new version. Only the
-    store's client is used, so no global MLflow state changes."""
+    """Register the trial's logged model as a version of the registered model named after the experiment,
+    tagged with where it came from and how it ranked; returns the new version. The version names the trial
+    run and the logged model (its source is `models:/<model id>`, as `mlflow.register_model` makes it:
+    nothing is copied), and the logged model lists it (MLflow's `mlflow.modelVersions` tag, which a
+    tracking server sets itself)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-    from orchestrator.pyfunc import save_captioner
-
-    decode = yaml.safe_load((folder / EXPORT_CONFIG).read_text())["decode"]
     client, name = results.tracker.client, results.experiment
-    run = client.create_run(results.tracker.experiment_id, run_name=f"export {folder.name}",
-                            tags={TAG_KIND: "export", TAG_INVOCATION: results.invocation, TAG_TRIAL: pick.trial,
-                                  MLFLOW_PARENT_RUN_ID: pick.trial_run.info.run_id})
+    model = trial_model(results, pick)
+    if model is None:
+        raise InputError(f"{pick.variant.training}: its run has no logged model to register (a run of an orch "
+                         f"older than MLflow models, or not a captioner): export it without --register")
+    decode = yaml.safe_load((folder / EXPORT_CONFIG).read_text())["decode"]
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            model_dir = Path(scratch) / MODEL_ARTIFACT
-            save_captioner(model_dir, folder, decode)
-            client.log_artifacts(run.info.run_id, str(model_dir), MODEL_ARTIFACT)
-        client.log_text(run.info.run_id, (folder / "metrics.json").read_text(), "metrics.json")
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
-        tags = {"cell": pick.variant.params.get("orch.cell", ""), "trial": pick.trial, "variant": pick.variant.variant,
-                "beta": decode["length_penalty"], "metric": mlflow_metric(f"val_{metric}"), "value": f"{pick.score:.4f}",
-                "rank": rank}
-        version = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
-                                              tags=tags, description=f"trial {pick.trial}, decode variant "
-                                                                     f"{pick.variant.variant}: rank {rank} by val {metric}")
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"Captioners exported by `orch export {name}`")
+    beta = decode["length_penalty"]
+    tags = {"cell": pick.variant.params.get("orch.cell", ""), "trial": pick.trial, "variant": pick.variant.variant,
+            "beta": beta, "metric": mlflow_metric(f"val_{metric}"), "value": f"{pick.score:.4f}", "rank": rank}
+    # MLflow's registry store resolves a `models:/<id>` source through its default client: this store's.
+    with _use_tracking_uri(results.uri):
+        version = client.create_model_version(
+            name, f"models:/{model.model_id}", run_id=model.source_run_id, model_id=model.model_id, tags=tags,
+            description=f"Training {pick.variant.training}, ranked {rank} by val {metric} with decode variant "
+                        f"{pick.variant.variant} (β {beta}): predict with params={{'length_penalty': {beta}}} to "
+                        f"decode as it did; without params the model decodes as its training did.")
+    listed = json.loads(client.get_logged_model(model.model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if not any((item["name"], str(item["version"])) == (name, str(version.version)) for item in listed):
+        client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [*listed, {"name": name, "version": version.version}])})
     return str(version.version)
-

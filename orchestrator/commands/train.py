@@ -130,15 +130,11 @@ def _resume_point(run_dir: Path, epochs: int) -> Optional[Path]:
 
 def _replay_unrecorded_epochs(recorder: TrialRecorder, checkpoint: Path) -> None:
     """Log the epochs the checkpoint holds that MLflow never got (the process died between writing the
-    checkpoint and logging the epoch), from the checkpoint's own history, so no epoch is missing.
-
-    `orch train` has one decode variant (d01), the one that selects: its val metrics are the epoch's."""
+    checkpoint and logging the epoch), from the checkpoint's own history, so no epoch is missing."""
     from trainers.checkpoint import load_checkpoint
 
-    history = load_checkpoint(checkpoint).training_state()["history"]
-    for metrics in history[int(recorder.logged_epoch):]:
-        variant = {f"{OWN_DECODE_ID}/{k}": v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss"}
-        recorder.record({**metrics, **variant})
+    for metrics in load_checkpoint(checkpoint).training_state()["history"][int(recorder.logged_epoch):]:
+        recorder.record(metrics)
 
 
 def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Path, resuming: bool,

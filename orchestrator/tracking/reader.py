@@ -43,8 +43,8 @@ class CellRow:
 
     @property
     def id(self) -> str:
-        """The decode variant's id: `c002-d03`."""
-        return variant_id(self.training, self.variant)
+        """The decode variant's id: `c002-d03`; the training's (`c002`) for a training not evaluated yet."""
+        return variant_id(self.training, self.variant) if self.variant else self.training
 
 
 def experiment_names(uri: str) -> list[str]:
@@ -62,22 +62,26 @@ def latest_invocation(tracker: Tracker) -> Optional[str]:
 
 
 def cell_rows(tracker: Tracker, invocation: str) -> list[CellRow]:
-    """Every trial × variant of an invocation; a trial that never reached its variants shows alone."""
+    """Every trial × variant of an invocation. A training whose variants were not evaluated (running,
+    failed, stopped early: a variant run is made when its evaluation runs) shows alone, as its trial run."""
     runs = tracker.runs(invocation=invocation)
     trials = {r.data.tags.get(TAG_TRIAL): r for r in runs if r.data.tags.get(TAG_KIND) == "trial"}
-    rows = []
-    for run in runs:
-        if run.data.tags.get(TAG_KIND) != "variant":
-            continue
-        trial = trials.get(run.data.tags.get(TAG_TRIAL))
-        rows.append(CellRow(
-            trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
-            variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
-            metrics={orch_metric(k): v for k, v in run.data.metrics.items()}, reason=run.data.tags.get(TAG_REASON, ""),
-            epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
-            cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {}))
+    variants = [run for run in runs if run.data.tags.get(TAG_KIND) == "variant"]
+    evaluated = {run.data.tags.get(TAG_TRIAL) for run in variants}
+    rows = [_row(run, trials.get(run.data.tags.get(TAG_TRIAL))) for run in variants]
+    rows += [_row(trial, trial) for key, trial in trials.items() if key not in evaluated]
     _mark_varying(rows)
     return rows
+
+
+def _row(run, trial) -> CellRow:
+    """A variant run's row (`trial`: its trial run, if found), or a trial run's own (`run` is `trial`)."""
+    return CellRow(
+        trial=run.data.tags.get(TAG_TRIAL, ""), trial_name=trial.info.run_name if trial else "",
+        variant=run.data.tags.get(TAG_VARIANT, ""), status=run.info.status, params=dict(run.data.params),
+        metrics={orch_metric(k): v for k, v in run.data.metrics.items()}, reason=run.data.tags.get(TAG_REASON, ""),
+        epochs=trial.data.metrics.get("epoch", 0.0) if trial else 0.0,
+        cost={k: v for k, v in trial.data.metrics.items() if k.startswith("cost_")} if trial else {})
 
 
 def _mark_varying(rows: list[CellRow]) -> None:

@@ -23,7 +23,8 @@ from typing import Iterable, Mapping, Optional
 
 import psutil
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, LoggedModelStatus,
+                             Metric, Param, RunTag)
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from orchestrator.storage import Storage
@@ -88,8 +89,9 @@ class Tracker:
         return runs[0] if runs else None
 
     def _find_or_create(self, tags: dict[str, str], run_name: str, parent: Optional[str],
-                        reopen_finished: bool = True) -> tuple[str, Optional[str]]:
-        """The run with these tags, created when missing; returns its id and the status it had (None: new).
+                        reopen_finished: bool = True, start_ms: Optional[int] = None) -> tuple[str, Optional[str]]:
+        """The run with these tags, created when missing (started at `start_ms`, default now); returns its
+        id and the status it had (None: new).
 
         A run found again is reopened (RUNNING, owned by this driver, its old end reason dropped),
         except a FINISHED one when `reopen_finished` is false: a resume never rewrites finished work.
@@ -113,7 +115,7 @@ class Tracker:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
         placeholder = f"pending-{uuid.uuid4().hex}"
         self._write({"op": "create_run", "placeholder": placeholder, "tags": all_tags, "run_name": run_name,
-                     "find": dict(tags), "reopen_finished": reopen_finished, "time": _now_ms()})
+                     "find": dict(tags), "reopen_finished": reopen_finished, "time": start_ms or _now_ms()})
         return self._real_id(placeholder), None
 
     def _reopen(self, run) -> None:
@@ -139,9 +141,10 @@ class Tracker:
         return run_id, before
 
     def variant_run(self, trial_run: str, invocation: str, trial: str, variant: str, run_name: str,
-                    params: Mapping[str, object]) -> str:
+                    params: Mapping[str, object], start_ms: Optional[int] = None) -> str:
+        """A decode variant's run, nested under its trial's, started when its evaluation began (`start_ms`)."""
         tags = {TAG_INVOCATION: invocation, TAG_TRIAL: trial, TAG_VARIANT: variant, TAG_KIND: "variant"}
-        run_id, before = self._find_or_create(tags, run_name, trial_run, reopen_finished=False)
+        run_id, before = self._find_or_create(tags, run_name, trial_run, reopen_finished=False, start_ms=start_ms)
         if before is None:
             self.log_params(run_id, params)
         return run_id
@@ -152,11 +155,19 @@ class Tracker:
         self._write({"op": "log_batch", "run_id": run_id,
                      "params": [[k, _param_text(v)] for k, v in sorted(params.items())]})
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int, model_id: Optional[str] = None,
+                    dataset: Optional[Mapping[str, str]] = None) -> None:
+        """Numbers at `step`; with `model_id`, also the logged model's metrics, measured on `dataset`
+        (as provenance.prepared_dataset gives it): MLflow's Models page ranks models by them."""
         stamp = _now_ms()
-        self._write({"op": "log_batch", "run_id": run_id,
-                     "metrics": [[k, float(v), stamp, step] for k, v in metrics.items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)]})
+        entry = {"op": "log_batch", "run_id": run_id,
+                 "metrics": [[k, float(v), stamp, step] for k, v in metrics.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)]}
+        if model_id is not None:
+            entry["model_id"] = model_id
+            if dataset is not None:
+                entry["dataset"] = [dataset["name"], dataset["digest"]]
+        self._write(entry)
 
     def set_tags(self, run_id: str, tags: Mapping[str, object]) -> None:
         self._write({"op": "log_batch", "run_id": run_id, "tags": [[k, str(v)] for k, v in tags.items()]})
@@ -182,14 +193,37 @@ class Tracker:
         if dataset is not None:
             self._write({"op": "log_input", "run_id": run_id, "dataset": dict(dataset), "context": context})
 
-    def log_model(self, run_id: str, folder: Path, name: str, step: int) -> None:
-        """A saved MLflow model folder as a logged model of the run (the UI's Models column, Register)."""
-        self._write({"op": "log_model", "run_id": run_id, "path": str(folder), "name": name, "step": step})
+    def log_model(self, run_id: str, folder: Path, name: str, step: int, params: Mapping[str, object] = (),
+                  tags: Mapping[str, object] = (), model_type: Optional[str] = None) -> str:
+        """A saved MLflow model folder as a logged model of the run, made at `step`, with its params and tags
+        (the Models page, the run's Models column, Register); its id (a placeholder while its creation waits
+        in the journal). Its MLmodel names the run and the model, as MLflow's own log_model writes them."""
+        placeholder = f"pending-{uuid.uuid4().hex}"
+        self._write({"op": "log_model", "placeholder": placeholder, "run_id": run_id, "path": str(folder), "name": name,
+                     "step": step, "params": {k: _param_text(v) for k, v in dict(params).items()},
+                     "tags": {k: str(v) for k, v in {**self.run_tags, **dict(tags)}.items()}, "model_type": model_type})
+        return self._real_id(placeholder)
 
-    def end(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+    def link_step_metrics(self, run_id: str, model_id: str, step: int, prefix: str,
+                          dataset: Optional[Mapping[str, str]] = None) -> None:
+        """The run's metrics at `step` whose names start with `prefix` as the logged model's metrics too, on
+        `dataset`: how MLflow's own log_model links a training run's metrics at the model's step."""
+        self._write({"op": "link_metrics", "run_id": run_id, "model_id": model_id, "step": step, "prefix": prefix,
+                     "dataset": [dataset["name"], dataset["digest"]] if dataset is not None else None})
+
+    def link_model(self, run_id: str, model_id: str) -> None:
+        """The logged model the run evaluated, as the run's model input (a decode variant's run)."""
+        self._write({"op": "link_model", "run_id": run_id, "model_id": model_id})
+
+    def set_experiment_tags(self, tags: Mapping[str, str]) -> None:
+        """The experiment's tags: its description (`mlflow.note.content`), its kind, its stored views."""
+        self._write({"op": "set_experiment_tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+    def end(self, run_id: str, status: str = "FINISHED", reason: str = "", end_ms: Optional[int] = None) -> None:
+        """End the run with `status` at `end_ms` (default now), `reason` as its failure reason tag."""
         if reason:
             self.set_tags(run_id, {TAG_REASON: reason[:5000]})
-        self._write({"op": "set_terminated", "run_id": run_id, "status": status, "time": _now_ms()})
+        self._write({"op": "set_terminated", "run_id": run_id, "status": status, "time": end_ms or _now_ms()})
 
     # ------------------------------------------------------------------------- the write journal
     def use_journal(self, path: Path) -> None:
@@ -283,13 +317,19 @@ class Tracker:
                         for key, value in entry["tags"].items()}  # a parent created while away, too
                 run_id = self.client.create_run(self.experiment_id, start_time=entry["time"], tags=tags,
                                                 run_name=entry["run_name"]).info.run_id
-            self._ids = {**getattr(self, "_ids", {}), entry["placeholder"]: run_id}
-            if self.journal is not None and not live:
-                self.journal.set_id(entry["placeholder"], run_id)
+            self._remember(entry["placeholder"], run_id, live)
+            return
+        if op == "set_experiment_tags":
+            for key, value in entry["tags"].items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
             return
         run_id = self._resolved(entry["run_id"])
         if op == "log_batch":
-            self.client.log_batch(run_id, metrics=[Metric(k, v, t, step) for k, v, t, step in entry.get("metrics", [])],
+            model_id = self._resolved(entry["model_id"]) if "model_id" in entry else None
+            dataset_name, dataset_digest = entry.get("dataset") or (None, None)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, step, model_id=model_id, dataset_name=dataset_name,
+                                                          dataset_digest=dataset_digest)
+                                                   for k, v, t, step in entry.get("metrics", [])],
                                   params=[Param(k, v) for k, v in entry.get("params", [])],
                                   tags=[RunTag(k, v) for k, v in entry.get("tags", [])])
         elif op == "update_run":
@@ -310,18 +350,54 @@ class Tracker:
             if not any(item.dataset.digest == dataset.digest for item in self.client.get_run(run_id).inputs.dataset_inputs):
                 self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, entry["context"])])])
         elif op == "log_model":
-            model = self.client.create_logged_model(self.experiment_id, entry["name"], source_run_id=run_id)
-            self.client.log_model_artifacts(model.model_id, entry["path"])
-            self.client.finalize_logged_model(model.model_id, "READY")
-            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, entry["step"])])
+            self._log_model(run_id, entry, live)
+        elif op == "link_metrics":
+            dataset_name, dataset_digest = entry["dataset"] or (None, None)
+            model_id = self._resolved(entry["model_id"])
+            self.client.log_batch(run_id, metrics=[  # the run drops the copies: equal in key, step, time and value
+                Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, dataset_name=dataset_name,
+                       dataset_digest=dataset_digest)
+                for key in self.client.get_run(run_id).data.metrics if key.startswith(entry["prefix"])
+                for m in self.client.get_metric_history(run_id, key) if m.step == entry["step"]])
+        elif op == "link_model":  # MLflow keeps a run's link to a model once
+            self.client.log_inputs(run_id, models=[LoggedModelInput(self._resolved(entry["model_id"]))])
         else:
             raise ValueError(f"{self.journal.path if self.journal else 'journal'}: unknown entry {op!r}")
 
-    def _resolved(self, run_id: str) -> str:
-        if not run_id.startswith("pending-"):
-            return run_id
+    def _log_model(self, run_id: str, entry: dict, live: bool) -> None:
+        """Create the run's logged model (or find the one an earlier replay made: same run and name), stamp its
+        ids into the folder's MLmodel, upload the folder, mark it READY and link it as the run's output once."""
+        from mlflow.models import Model
+
+        found = self.client.search_logged_models([self.experiment_id], filter_string=(
+            f"source_run_id = '{run_id}' AND name = '{entry['name']}'"), max_results=1)
+        model = found[0] if found else self.client.create_logged_model(
+            self.experiment_id, entry["name"], source_run_id=run_id, params=entry["params"], tags=entry["tags"],
+            model_type=entry["model_type"])
+        self._remember(entry["placeholder"], model.model_id, live)
+        if model.status != LoggedModelStatus.READY:
+            mlmodel_path = Path(entry["path"]) / "MLmodel"
+            mlmodel = Model.load(mlmodel_path)
+            mlmodel.model_id = mlmodel.model_uuid = model.model_id
+            mlmodel.run_id, mlmodel.artifact_path = run_id, model.artifact_location
+            mlmodel.save(mlmodel_path)
+            self.client.log_model_artifacts(model.model_id, entry["path"])
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        if model.model_id not in {item.model_id for item in self.client.get_run(run_id).outputs.model_outputs}:
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, entry["step"])])
+
+    def _remember(self, placeholder: str, real_id: str, live: bool) -> None:
+        """The id a placeholder's creation got (kept beside the journal when it is a replay)."""
+        self._ids = {**getattr(self, "_ids", {}), placeholder: real_id}
+        if self.journal is not None and not live:
+            self.journal.set_id(placeholder, real_id)
+
+    def _resolved(self, pending_id: str) -> str:
+        """A run's or logged model's id: placeholders (`pending-…`) become the ids their creation got."""
+        if not pending_id.startswith("pending-"):
+            return pending_id
         ids = getattr(self, "_ids", {})
-        return ids[run_id] if run_id in ids else (self.journal.ids() if self.journal is not None else {})[run_id]
+        return ids[pending_id] if pending_id in ids else (self.journal.ids() if self.journal is not None else {})[pending_id]
 
     # -------------------------------------------------------------------------------- housekeeping
     def runs(self, invocation: Optional[str] = None, kind: Optional[str] = None) -> list:

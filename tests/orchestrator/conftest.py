@@ -109,6 +109,32 @@ def orch() -> Callable[..., "object"]:
     return invoke_orch
 
 
+# Run first in `python_without_orch`: this interpreter's packages on sys.path as plain folders (no .pth
+# file runs, so the editable install's finder of orchestrator/ and trainers/ is never installed), and
+# proof that neither package can be imported before the code under test runs.
+_WITHOUT_ORCH = """
+import sys
+sys.path.extend({paths!r})
+for name in ("orchestrator", "trainers"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        continue
+    raise SystemExit(f"{{name}} is importable: the check would prove nothing")
+"""
+
+
+def python_without_orch(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter where orch is not installed, as in a user's virtualenv with the same
+    packages but orch: isolated (-I: no PYTHONPATH, no working folder on sys.path), without `site` (-S:
+    no .pth file runs), this interpreter's site-packages appended as plain folders, run from `cwd`."""
+    import sysconfig
+
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return subprocess.run([sys.executable, "-I", "-S", "-c", _WITHOUT_ORCH.format(paths=paths) + code], cwd=cwd,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
 # ------------------------------------------------------------------------- an S3 bucket (moto)
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "orch-test", "AWS_SECRET_ACCESS_KEY": "orch-test",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

@@ -24,7 +24,7 @@ from orchestrator.tracking.provenance import prepared_dataset, standard_tags
 from orchestrator.tracking.writer import Tracker
 from orchestrator.tracking.recorder import TrialRecorder
 from tests.conftest import tiny_trainer_dict
-from tests.orchestrator.conftest import sqlite_uri
+from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, python_without_orch, sqlite_uri
 from orchestrator.storage import resolve
 from trainers.config import DecodeConfig
 from trainers.evaluation import DecodeVariant
@@ -206,10 +206,55 @@ def test_register_logs_a_pyfunc_model_that_captions_a_batch(recorded, exported, 
     version = register_export(results, pick_best(results, "CIDEr")[0], exported[0])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", recorded.uri)
     model = mlflow.pyfunc.load_model(f"models:/tiny-grid/{version}")
-    predicted = model.predict(pd.DataFrame({"image": [str(p) for p in images[:2]] + ["missing.png"]}))
+    chosen = load_model(exported[0]).config.decode  # the decode variant that ranked it: its β as a param
+    params = {"length_penalty": chosen.length_penalty}
+    predicted = model.predict(pd.DataFrame({"image": [str(p) for p in images[:2]] + ["missing.png"]}), params=params)
     expected = [r.caption for r in caption_images(load_model(exported[0]), images[:2])]
     assert list(predicted["caption"][:2]) == expected and predicted["error"][2] == "no such file"
-    wider = model.predict(pd.DataFrame({"image": [str(images[0])]}), params={"beam_size": 1})
+    wider = model.predict(pd.DataFrame({"image": [str(images[0])]}), params={**params, "beam_size": 1})
     assert wider["caption"][0] == caption_images(load_model(exported[0]), images[:1],
-                                                 load_model(exported[0]).config.decode.model_copy(
-                                                     update={"beam_size": 1}))[0].caption
+                                                 chosen.model_copy(update={"beam_size": 1}))[0].caption
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def test_register_makes_no_run_and_no_copy_and_links_version_run_and_model(recorded, tmp_path):
+    """A version is the training's logged model itself: registering adds no run and no byte of artifacts;
+    the version names the trial run and the model, and the model lists the version."""
+    client = MlflowClient(recorded.uri)
+    experiment = client.get_experiment_by_name("tiny-grid").experiment_id
+    runs = {run.info.run_id for run in client.search_runs([experiment], max_results=100)}
+    stored = _bytes_under(recorded.storage / "mlartifacts")
+    result = invoke_orch("export", "tiny-grid", "--storage", recorded.storage, "--out", tmp_path, "--register")
+    assert result.exit_code == 0, result.output
+    assert {run.info.run_id for run in client.search_runs([experiment], max_results=100)} == runs
+    assert _bytes_under(recorded.storage / "mlartifacts") == stored
+    champion = client.get_model_version_by_alias("tiny-grid", "champion")
+    model = client.get_logged_model(champion.source.removeprefix("models:/"))  # MLflow 3.17 keeps no model_id field
+    trial = client.get_run(champion.run_id)
+    assert model.source_run_id == trial.info.run_id and trial.data.tags["orch.kind"] == "trial"
+    assert model.name == champion.tags["cell"] and not Path("mlflow.db").exists()  # no default store was opened
+    assert {"name": "tiny-grid", "version": str(champion.version)} in [
+        {"name": item["name"], "version": str(item["version"])} for item in json.loads(model.tags["mlflow.modelVersions"])]
+
+
+def test_the_champion_loads_and_captions_where_orch_cannot_be_imported(recorded, images, tmp_path):
+    """What a user does in a virtualenv with the model's requirements and no orch: load the champion from
+    the registry and caption an image; the model's own copy of `trainers` is what it imports."""
+    result = invoke_orch("export", "tiny-grid", "--storage", recorded.storage, "--out", tmp_path / "out", "--register")
+    assert result.exit_code == 0, result.output
+    shown = python_without_orch(f"""
+import json
+import mlflow.pyfunc
+import pandas as pd
+model = mlflow.pyfunc.load_model("models:/tiny-grid@champion")
+captions = model.predict(pd.DataFrame({{"image": [{str(images[0])!r}, "missing.png"]}}))
+print(json.dumps({{"captions": list(captions["caption"]), "errors": list(captions["error"]),
+                  "trainers": sys.modules["trainers"].__file__, "orch": "orchestrator" in sys.modules}}))
+""", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": recorded.uri})
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    answer = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert answer["captions"][0] and answer["errors"] == ["", "no such file"] and not answer["orch"]
+    assert "/code/trainers/" in answer["trainers"] and not answer["trainers"].startswith(str(REPO_ROOT))

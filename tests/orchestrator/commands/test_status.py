@@ -49,7 +49,7 @@ def test_piped_status_keeps_every_column_of_a_long_row(tmp_path):
         params = {"orch.cell": cell, "model.decoder": decoder, "data.prepared": f"/data/a/long/path/{cell}/prepared",
                   "train.scheduled_sampling.max_rate": "0.25"}
         recorder = TrialRecorder(tracker, parent, "wide/run-1", cell, cell, params, {"d01": {"decode.beam_size": 3}})
-        recorder.record({"epoch": 1, "d01/val_CIDEr": 0.5})
+        recorder.record({"epoch": 1, "val_CIDEr": 0.5})
         recorder.end("FAILED", "RuntimeError: CUDA out of memory while decoding the test split")
     tracker.end(parent, "FAILED")
     env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
@@ -58,15 +58,16 @@ def test_piped_status_keeps_every_column_of_a_long_row(tmp_path):
     rows = [line for line in shown.splitlines() if line.lstrip().startswith("c00")]
     assert len(rows) == 2 and max(len(row) for row in rows) > 80
     for row in rows:
-        assert row.split()[0] in ("c001-d01", "c002-d01") and "/data/a/long/path/c00" in row
+        assert row.split()[0] in ("c001", "c002") and "/data/a/long/path/c00" in row  # failed before its variants ran
         assert row.rstrip().endswith("FAILED: RuntimeError: CUDA out of memory while decoding the test split")
     assert "scores: pycocoevalcap scale" in shown
 
 
-def test_ids_and_run_names_say_the_training_then_its_values():
+def test_ids_and_run_names_say_the_training_then_its_labelled_values():
     assert training_id("c002", "c002") == "c002"  # a grid training: its cell
     assert training_id("c002", "95f7f_00001") == "c002-95f7f_00001"  # a search sample of it
     assert training_id("", "t000") == "t000"  # `orch train`
     assert variant_id("c002", "d03") == "c002-d03"
     assert run_name("c004", {"model.decoder": "lstm", "train.lr": 0.000311784, "decode.length_penalty": 1.5}) == \
-        "c004 lstm 0.0003118 1.5"
+        "c004 decoder=lstm lr=0.0003118 length_penalty=1.5"
+    assert run_name("t000", {}) == "t000"

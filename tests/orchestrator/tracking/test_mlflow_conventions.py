@@ -10,6 +10,7 @@ check through a real `mlflow server` is test_mlflow_ui.py (integration).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -74,20 +75,81 @@ def test_the_parent_describes_the_plan_in_markdown():
     assert "| c2 | gru |" in text and "| d02 | 1.0 |" in text and "variant d01" in text
 
 
-def test_each_trials_best_model_is_an_mlflow_model_that_captions(recorded, synth_dir):
+def test_each_training_is_one_logged_model_named_after_it_with_its_params_and_scores(recorded, tmp_path):
+    """The Models page ranks the trainings: one logged model each, its params those of its trial run, its val
+    scores at its best epoch and its own decode's test scores linked to it and to the dataset."""
+    import mlflow.artifacts
+    import yaml
+
+    client = MlflowClient(recorded.uri)
+    kinds = _runs(recorded)
+    for trial in kinds["trial"]:
+        (output,) = client.get_run(trial.info.run_id).outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert (model.name, model.model_type, model.source_run_id) == (trial.data.tags["orch.trial"], "captioner",
+                                                                        trial.info.run_id)
+        assert model.params == trial.data.params and output.step == trial.data.metrics["best_epoch"]
+        scores = {metric.key: metric for metric in model.metrics}
+        assert scores["val/CIDEr"].step == trial.data.metrics["best_epoch"]
+        assert scores["val/CIDEr"].value == {m.step: m.value for m in client.get_metric_history(
+            trial.info.run_id, "val/CIDEr")}[scores["val/CIDEr"].step]
+        (own,) = [run for run in kinds["variant"] if run.data.tags["mlflow.parentRunId"] == trial.info.run_id
+                  and run.data.tags["orch.variant"] == trial.data.tags["orch.reference_variant"]]
+        assert scores["test_CIDEr"].value == own.data.metrics["test_CIDEr"] and scores["test_CIDEr"].run_id == own.info.run_id
+        assert {metric.dataset_name for metric in model.metrics} == {"synthetic"}
+        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/MLmodel",
+                                                      dst_path=str(tmp_path / model.model_id), tracking_uri=recorded.uri)
+        mlmodel = yaml.safe_load(Path(mlmodel).read_text())
+        assert (mlmodel["run_id"], mlmodel["model_id"]) == (trial.info.run_id, model.model_id)
+
+
+def test_runs_carry_the_params_that_produced_their_metrics_resolved(recorded):
+    kinds = _runs(recorded)
+    for run in kinds["trial"] + kinds["variant"]:
+        params = run.data.params
+        assert not [key for key in params if key.startswith("alignment.")]  # a captioner's runs
+        assert (params["train.device"], params["train.amp"]) == ("cpu", "none")  # what ran, not `auto`
+    for variant in kinds["variant"]:
+        assert variant.data.params["decode.strategy"] == "beam" and "decode.temperature" not in variant.data.params
+
+
+def test_a_run_table_sorted_by_a_test_score_counts_each_ablation_cell_once(recorded):
+    kinds = _runs(recorded)
+    holders = [run for runs in kinds.values() for run in runs if "test_CIDEr" in run.data.metrics]
+    assert sorted(holders, key=id) == sorted(kinds["variant"], key=id) and len(holders) == 4
+
+
+def test_each_variant_run_spans_its_evaluation_and_names_the_model_it_evaluated(recorded):
+    client = MlflowClient(recorded.uri)
+    kinds = _runs(recorded)
+    for trial in kinds["trial"]:
+        (output,) = client.get_run(trial.info.run_id).outputs.model_outputs
+        for variant in [run for run in kinds["variant"] if run.data.tags["mlflow.parentRunId"] == trial.info.run_id]:
+            info = variant.info
+            assert trial.info.start_time < info.start_time <= info.end_time <= trial.info.end_time
+            assert info.end_time - info.start_time < (trial.info.end_time - trial.info.start_time) / 2
+            inputs = client.get_run(info.run_id).inputs
+            assert [item.model_id for item in inputs.model_inputs] == [output.model_id]
+            (dataset,) = inputs.dataset_inputs
+            assert dataset.dataset.name == "synthetic"
+            assert f"the logged model {trial.data.tags['orch.trial']}" in variant.data.tags["mlflow.note.content"]
+
+
+def test_each_training_s_logged_model_captions_a_path_and_base64(recorded, synth_dir):
+    import base64
+
     import mlflow.pyfunc
     import pandas as pd
 
     client = MlflowClient(recorded.uri)
     trial = _runs(recorded)["trial"][0]
-    (output,) = trial.outputs.model_outputs
-    model = client.get_logged_model(output.model_id)
-    assert model.source_run_id == trial.info.run_id and model.name == "captioner"
-    loaded = mlflow.pyfunc.load_model(model.artifact_location)
+    (output,) = client.get_run(trial.info.run_id).outputs.model_outputs
+    loaded = mlflow.pyfunc.load_model(client.get_logged_model(output.model_id).artifact_location)
     assert [spec.name for spec in loaded.metadata.get_input_schema().inputs] == ["image"]
     image = sorted((synth_dir / "images").glob("*.png"))[0]
-    captions = loaded.predict(pd.DataFrame({"image": [str(image)]}))
-    assert captions["caption"][0] and captions["error"][0] == ""
+    captions = loaded.predict(pd.DataFrame({"image": [str(image), base64.b64encode(image.read_bytes()).decode()]}))
+    assert captions["caption"][0] and captions["caption"][0] == captions["caption"][1]
+    assert list(captions["error"]) == ["", ""]
 
 
 def test_cost_is_logged_per_trial_and_summed_on_the_parent(recorded):
