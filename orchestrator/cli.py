@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -457,7 +458,14 @@ def _region(snippet) -> str:
 
 
 def main() -> None:
+    # SIGTERM (a scheduler's cancel, `kill`) ends a command as Ctrl-C does: its runs end KILLED, its lease
+    # is released and its scratch folders removed, instead of the process vanishing mid-write.
+    signal.signal(signal.SIGTERM, _interrupted)
     app()
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

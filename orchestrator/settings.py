@@ -10,13 +10,13 @@ from here, and never from the loose config keys again: what the plan prints is w
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Optional
 
 from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.lease import new_invocation
 from orchestrator.locations import default_tracking_uri, driver_folder
 from orchestrator.storage import Storage, resolve
 from orchestrator.tracking.journal import JOURNAL_FILE
@@ -31,7 +31,7 @@ class RunSettings:
     storage_setting: str  # `ray.storage` (or `--storage`) as it resolves: a folder or a URI
     tracking_uri: str
     experiment: Optional[str]  # the MLflow experiment; None: a read command's, given by its NAME argument
-    invocation: Optional[str] = None  # run-YYYYmmdd-HHMMSS or train-..., the folder under <storage>/<name>/
+    invocation: Optional[str] = None  # run-YYYYmmdd-HHMMSS-mmm-xxxxxx or train-..., the folder under <storage>/<name>/
     ray_address: str = LOCAL_RAY  # "local" (a fresh Ray for this run), "auto", host:port or ray://host:port
     ray_source: str = ""  # the setting that named the address: --address, ray.address or RAY_ADDRESS
     metric: str = "val_CIDEr"  # the reported metric that ranks trainings (val_CIDEr, val_loss, ...)
@@ -47,7 +47,7 @@ class RunSettings:
         ray_address, source = ray_address_of(config, address, environ)
         metric, mode = selection_metric(config.eval.select_by)
         settings = cls(config, storage.setting if storage is not None else config.ray.storage, config.tracking.uri,
-                       config.tracking.experiment, invocation or time.strftime(f"{command}-%Y%m%d-%H%M%S"),
+                       config.tracking.experiment, invocation or new_invocation(command),
                        ray_address, source, metric, mode, resuming=invocation is not None)
         if storage is not None:
             settings.__dict__["storage"] = storage  # already resolved: the cached_property's value

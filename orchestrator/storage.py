@@ -93,6 +93,13 @@ class Storage:
         except FileNotFoundError:
             raise InputError(f"{self.uri(relative)}: no such file") from None
 
+    def delete(self, relative: str) -> None:
+        """Remove one file; one already gone is no error."""
+        try:
+            self.filesystem.delete_file(self.path(relative))
+        except FileNotFoundError:
+            pass
+
     def is_file(self, relative: str) -> bool:
         return self.filesystem.get_file_info(self.path(relative)).type == pyarrow.fs.FileType.File
 
@@ -154,8 +161,8 @@ def save_invocation(storage: Storage, name: str, invocation: str, resolved_yaml:
 
 
 def invocations(storage: Storage, name: str) -> list[str]:
-    """The runs of experiment `name` that hold a config (`run-YYYYmmdd-HHMMSS` of `orch run`,
-    `train-YYYYmmdd-HHMMSS` of `orch train`), oldest first."""
+    """The runs of experiment `name` that hold a config (`run-YYYYmmdd-HHMMSS-mmm-xxxxxx` of `orch run`,
+    `train-...` of `orch train`; orchestrator.lease.new_invocation), oldest first."""
     return sorted((folder for folder in storage.folders(name)
                    if folder.startswith(("run-", "train-")) and storage.is_file(f"{name}/{folder}/{CONFIG_FILE}")),
                   key=lambda folder: folder.split("-", 1)[1])

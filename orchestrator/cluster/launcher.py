@@ -23,12 +23,14 @@ from rich.console import Console
 
 from orchestrator.cluster import preflight
 from orchestrator.cluster.callbacks import LiveTable, MlflowRecorder, trial_id
+from orchestrator.cluster.trainable import remove_work_folders
 from orchestrator.cluster.studies import (Study, resume_studies, stored_checkpoints, studies_of,
                                           trial_done)
 from orchestrator.experiment.keys import apply_overrides
 from orchestrator.experiment.loader import dump_resolved
 from orchestrator.experiment.plan import Plan, max_concurrent_trials
 from orchestrator.experiment.schema import ExperimentConfig
+from orchestrator.lease import DriverLease, refuse_a_live_driver
 from orchestrator.reporting.tables import cell_table, sort_rows
 from orchestrator.settings import RunSettings
 from orchestrator.storage import save_invocation
@@ -133,11 +135,20 @@ def check_data(config: ExperimentConfig, plan: Plan) -> None:
 
 
 def run_plan(settings: RunSettings, plan: Plan, console: Console) -> int:
-    """Run (or, for an existing invocation, resume) every study of the plan; returns the exit code."""
+    """Run (or, for an existing invocation, resume) every study of the plan; returns the exit code.
+
+    The driver holds the invocation's lease while it runs (orchestrator.lease): a resume beside a
+    live driver is refused before anything starts."""
+    if settings.resuming:
+        refuse_a_live_driver(settings.storage, settings.folder)
     preflight.check_settings(settings)  # an unreachable tracking server, bucket or cluster fails before any trial
     check_data(settings.config, plan)
     check_gpus(settings)
-    return _run(settings, plan, console)
+    with DriverLease.acquire(settings.storage, settings.folder, f"orch {'resume' if settings.resuming else 'run'}"):
+        try:
+            return _run(settings, plan, console)
+        finally:
+            remove_work_folders(settings.run_key)
 
 
 def check_gpus(settings: RunSettings) -> None:
@@ -186,7 +197,7 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     studies = resume_studies(settings, plan, trial_runs) if settings.resuming else studies_of(config, plan)
     stored = stored_checkpoints(storage, settings.folder, recorded) if settings.resuming else {}
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base, cells=cells,
+        tune.with_parameters(train_trial, base=base, cells=cells, run_key=settings.run_key,
                              variants={d.id: d.overrides for d in plan.decode_variants}, finished=done,
                              storage=storage, stored=stored, fail_at=int(os.environ.get(FAIL_ONCE_ENV) or 0)),
         {"cpu": config.resources.cpu, "gpu": config.resources.gpu})

@@ -12,6 +12,7 @@ imported inside the functions, in the trial's worker: the driver starts without 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ def trial_key(params: dict, ray_trial_id: str) -> str:
     return params.get("trial") or (params["cell"] if "search" not in params else ray_trial_id)
 
 
-def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict],
+def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: dict[str, dict], run_key: str,
                 finished: frozenset[str] = frozenset(), storage: Optional[Storage] = None,
                 stored: Optional[dict[str, list[str]]] = None, fail_at: int = 0) -> None:
     """Tune's saved state can lag a SIGKILLed driver by seconds, so the driver of `orch resume` says
@@ -83,7 +84,7 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
 
     # The trainer works in a scratch folder: Ray copies the trial folder to the storage now and then,
     # and would copy a working checkpoint there too, whole or half-written.
-    work_dir = Path(tempfile.mkdtemp(prefix=f"orch-{trial_id}-"))
+    work_dir = work_folder(run_key, trial_id)
     checkpoint = tune.get_checkpoint()
     # Tune's checkpoint is read where it is (a local storage) or from a temporary download it removes.
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
@@ -96,6 +97,25 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
             meter.close()
             _keep_random_encoder(work_dir, run_dir.parent)
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def work_folder(run_key: str, trial: str) -> Path:
+    """The trial's scratch folder, named after its invocation and trial: a later attempt of the trial
+    (a retry, a resume) finds what a killed one left there and starts it clean, and the driver
+    removes its invocation's folders on this node when it ends (`remove_work_folders`)."""
+    folder = _work_root(run_key) / trial
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def remove_work_folders(run_key: str) -> None:
+    """Every scratch folder of the invocation `run_key` on this node, whatever ended its trials."""
+    shutil.rmtree(_work_root(run_key), ignore_errors=True)
+
+
+def _work_root(run_key: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"orch-work-{hashlib.sha256(run_key.encode()).hexdigest()[:12]}"
 
 
 def _assigned_resources() -> dict[str, float]:

@@ -15,6 +15,7 @@ from orchestrator.experiment.keys import flatten
 from orchestrator.experiment.loader import dump_resolved
 from orchestrator.experiment.schema import ExperimentConfig
 from orchestrator.reporting.tables import truncation_note
+from orchestrator.lease import DriverLease, refuse_a_live_driver
 from orchestrator.settings import RunSettings
 from orchestrator.storage import CONFIG_FILE, Storage
 from orchestrator.terminal import duration
@@ -61,7 +62,7 @@ def _row(metrics: dict, columns: list = EPOCH_COLUMNS) -> list[str]:
 
 def train_one(settings: RunSettings, console: Console) -> dict:
     """Train the settings' config (no ablation grid) and return the final summary `orch train --json`
-    prints. Settings of an existing invocation (`train-YYYYmmdd-HHMMSS`): `orch resume` of a killed
+    prints. Settings of an existing invocation (`train-...`): `orch resume` of a killed
     `orch train`, which continues from the run folder's checkpoint (the last whole epoch) and logs to
     the same MLflow runs."""
     config = settings.config
@@ -75,6 +76,8 @@ def train_one(settings: RunSettings, console: Console) -> dict:
 
         pick_device("cuda")
     storage, folder = settings.storage, settings.folder
+    if settings.resuming:  # its driver may live on: refused before anything is opened (orchestrator.lease)
+        refuse_a_live_driver(storage, folder)
     # The store first: one that cannot be opened is refused before the run folder is made.
     tracker = Tracker(settings.tracking_uri, settings.experiment, artifact_root=storage)
     # A bucket storage gets the run folder after every epoch; it lives on this machine's disk meanwhile.
@@ -87,10 +90,11 @@ def train_one(settings: RunSettings, console: Console) -> dict:
         (run_dir / CONFIG_FILE).write_text(dump_resolved(config))  # what `orch resume` re-reads
     tracker.use_journal(settings.journal)
     upload = RunFolderUpload(storage, run_dir, folder)
-    try:
-        return _train(settings, trainer_config, tracker, run_dir, resuming, upload, console)
-    finally:
-        upload()
+    with DriverLease.acquire(storage, folder, "orch resume" if resuming else "orch train"):
+        try:
+            return _train(settings, trainer_config, tracker, run_dir, resuming, upload, console)
+        finally:
+            upload()
 
 
 class RunFolderUpload:

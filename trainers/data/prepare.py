@@ -16,7 +16,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -67,6 +67,9 @@ def prepare_dataset(json_path: Path, images_dir: Path, out_dir: Path, *, min_wor
     if not allow_shared_images:
         _reject_shared_images(dataset.images, images_dir, json_path)
     unreadable = _probe_images(dataset.images, images_dir)
+    joined_twice = _joined_twice(unreadable, images_dir)
+    if joined_twice:  # not a few bad images: the wrong folder, which --skip-bad-images must not hide
+        raise InputError(joined_twice)
     if unreadable and not skip_bad_images:
         raise _bad_images_error(unreadable, images_dir)
     readable = [image for image in dataset.images if image.path not in unreadable]
@@ -196,6 +199,19 @@ def _probe_images(images: Sequence[KarpathyImage], images_dir: Path) -> dict[str
             except IMAGE_ERRORS as error:
                 unreadable[image.path] = f"unreadable: {error}"
     return unreadable
+
+
+def _joined_twice(unreadable: dict[str, str], images_dir: Path) -> str:
+    """When every image is missing because --images is the folder the JSON's `filepath` already names
+    (COCO's val2014/): the one line that says so and which --images to pass; else ''."""
+    missing = [path for path, why in unreadable.items() if why == "missing"]
+    first = PurePosixPath(missing[0]).parts if missing else ()
+    if len(missing) != len(unreadable) or len(first) < 2 or first[0] != images_dir.name:
+        return ""
+    if not all((images_dir.parent / path).is_file() for path in missing[:20]):
+        return ""
+    return (f"--images {images_dir}: the JSON's filepath already names {first[0]}/, so its images were looked for "
+            f"at {images_dir / first[0]}/...: pass --images {images_dir.parent} (the folder that holds {first[0]}/)")
 
 
 def _bad_images_error(bad: dict[str, str], images_dir: Path) -> InputError:

@@ -206,3 +206,19 @@ def test_an_occupied_output_folder_is_refused_and_an_empty_one_is_used(small_fli
     empty = small_flickr.parent / "empty"
     empty.mkdir()
     assert PreparedDataset(run(small_flickr, out=empty).out).split("test").references == [["a dog sleeps"]]
+
+
+def test_images_given_as_the_folder_the_json_already_names_get_the_folder_to_pass(tmp_path):
+    """COCO's JSON says `filepath: val2014`; `--images .../val2014` joins it twice. One line says which
+    folder to pass, and nothing is written, even with --skip-bad-images."""
+    entries = [image_entry(f"COCO_val2014_{i}.jpg", split, i, ["a bus"], filepath="val2014")
+               for i, split in enumerate(["train", "train", "val", "test"])]
+    json_path = write_karpathy(tmp_path, entries, name="coco")
+    for skip in (False, True):
+        with pytest.raises(InputError) as raised:
+            prepare_dataset(json_path, tmp_path / "val2014", tmp_path / "out", min_word_freq=1, image_size=8,
+                            skip_bad_images=skip)
+        assert str(raised.value) == (
+            f"--images {tmp_path / 'val2014'}: the JSON's filepath already names val2014/, so its images were looked "
+            f"for at {tmp_path / 'val2014' / 'val2014'}/...: pass --images {tmp_path} (the folder that holds val2014/)")
+    assert not (tmp_path / "out").exists()
