@@ -133,7 +133,7 @@ class ScheduledSampling(Strict):
 
     schedule: Literal["constant", "linear", "exponential", "inverse_sigmoid"] = "linear"
     max_rate: float = Field(0.0, ge=0.0, le=1.0)
-    start_epoch: int = Field(0, ge=0)
+    start_epoch: int = Field(1, ge=0)  # the epoch (from 1, as printed) the ramp starts at
     ramp_epochs: int = Field(10, ge=1)
     per: Literal["token", "sequence"] = "token"
 

@@ -198,7 +198,7 @@ class CaptionRecipe:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=s.factor,
                                                               patience=s.patience)
         if s.kind == "step":
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor_at(e, s))
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda steps: lr_factor_at(steps + 1, s))  # epoch 1: 0 steps
         return None
 
     def _resume(self, folder: Path) -> None:
@@ -292,7 +292,7 @@ class CaptionRecipe:
         """
         t = self.config.train
         self.model.train()
-        rate = ss_rate_at(epoch - 1, t.scheduled_sampling)
+        rate = ss_rate_at(epoch, t.scheduled_sampling)
         compiled_rate = torch.tensor(rate, device=self.device) if t.scheduled_sampling.max_rate > 0 else None
         total = torch.zeros((), device=self.device)
         peak, count = torch.full((), -math.inf, device=self.device), 0
@@ -395,7 +395,7 @@ class CaptionRecipe:
             train_loss = self.train_epoch(epoch)
             metrics = {"train_loss": train_loss, "val_loss": self.validation_loss(),
                        "lr": self.optimizer.param_groups[0]["lr"],
-                       "ss_rate": ss_rate_at(epoch - 1, cfg.train.scheduled_sampling)}
+                       "ss_rate": ss_rate_at(epoch, cfg.train.scheduled_sampling)}
             # Only the reference decode steers training: selection, LR on plateau, early stopping.
             captions, scores = self.evaluate("val", [self.reference])[self.reference.id]
             metrics.update({f"val_{k}": v for k, v in scores.items()})

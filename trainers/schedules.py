@@ -1,8 +1,10 @@
 """Schedules as pure functions of the epoch (nanoGPT's `get_lr(it)`), tested alone.
 
-Epochs count from 0. Scheduled sampling (Bengio et al. 2015) ramps the probability of feeding the
-model its own token from 0 at `start_epoch` to `max_rate` at `start_epoch + ramp_epochs`, then holds
-it. With p = (epoch - start_epoch) / ramp_epochs clipped to [0, 1], the ramps are:
+Epochs count from 1, as every progress line, MLflow step and checkpoint counts them. Scheduled
+sampling (Bengio et al. 2015) ramps the probability of feeding the model its own token from its
+first value at `start_epoch` (0, or max_rate for `constant`) to `max_rate` at `start_epoch +
+ramp_epochs`, then holds it. With p = (epoch - start_epoch) / ramp_epochs clipped to [0, 1], the
+ramps are:
 
 - constant:        max_rate from start_epoch on (no ramp)
 - linear:          max_rate * p
@@ -26,7 +28,7 @@ _SIGMOID_STEEPNESS = 10.0
 
 
 def ss_rate_at(epoch: int, cfg: ScheduledSampling) -> float:
-    """Probability of feeding the model's own previous token at `epoch`."""
+    """Probability of feeding the model's own previous token in `epoch` (1, 2, ...)."""
     if epoch < cfg.start_epoch:
         return 0.0
     p = min(1.0, (epoch - cfg.start_epoch) / cfg.ramp_epochs)
@@ -42,13 +44,13 @@ def ss_rate_at(epoch: int, cfg: ScheduledSampling) -> float:
 
 
 def lr_factor_at(epoch: int, cfg: LRSchedule) -> float:
-    """The epoch-driven learning-rate multiplier: `step` decays by `factor` every `step_size` epochs.
+    """The learning-rate multiplier in `epoch` (1, 2, ...): `step` decays by `factor` after every `step_size` epochs.
 
     `none` and `plateau` give 1.0: plateau depends on validation scores, so the trainer drives it
     with torch's ReduceLROnPlateau instead.
     """
     if cfg.kind == "step":
-        return cfg.factor ** (epoch // cfg.step_size)
+        return cfg.factor ** ((epoch - 1) // cfg.step_size)
     return 1.0
 
 

@@ -25,8 +25,9 @@ def truncation_note(metrics: dict, split: str) -> str:
     return f"{fraction:.0%} of {split} captions cut at decode.max_len" if fraction > TRUNCATION_LIMIT else ""
 
 
+# Column names; `ss_max` is train.scheduled_sampling.max_rate, the ramp's top (MLflow's `ss_rate` is each epoch's rate).
 SHORT_NAMES = {"Bleu_4": "BLEU4", "ROUGE_L": "ROUGE", "mean_caption_length": "len", "length_penalty": "β",
-               "max_rate": "ss_rate", "scheduled_sampling.max_rate": "ss_rate"}
+               "max_rate": "ss_max"}
 
 
 def sort_rows(rows: list[CellRow], select_by: str) -> list[CellRow]:

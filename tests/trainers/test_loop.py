@@ -44,6 +44,17 @@ def test_every_epoch_reports_metrics_and_the_last_one_test_metrics(prepared_dir,
     assert {"test_CIDEr", "test_Bleu_4", "test_mean_caption_length"} <= set(final.metrics)
     predictions = final.predictions["d01"]
     assert predictions.is_file() and predictions.read_text().startswith("[")
+    assert [(r.device, r.amp) for r in results] == [("cpu", "none")] * 2  # what ran: train.device and amp resolved
+
+
+def test_scheduled_sampling_starts_in_the_epoch_its_start_epoch_names(prepared_dir, tmp_path):
+    """Epochs count from 1 in the config as in every progress line: a constant rate from epoch 2 on."""
+    results = []
+    run_training(_config(prepared_dir, train={"epochs": 2, "batch_size": 16, "lr": 3e-3, "seed": 0,
+                                              "scheduled_sampling": {"schedule": "constant", "max_rate": 0.5,
+                                                                     "start_epoch": 2}}),
+                 tmp_path, on_epoch=results.append)
+    assert [r.metrics["ss_rate"] for r in results] == [0.0, 0.5]
 
 
 def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(prepared_dir, tmp_path):

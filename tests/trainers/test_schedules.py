@@ -10,12 +10,12 @@ schedules = st.builds(
     ScheduledSampling,
     schedule=st.sampled_from(SCHEDULES),
     max_rate=st.floats(0.0, 1.0),
-    start_epoch=st.integers(0, 20),
+    start_epoch=st.integers(1, 20),
     ramp_epochs=st.integers(1, 30),
 )
 
 
-@given(cfg=schedules, epoch=st.integers(0, 100))
+@given(cfg=schedules, epoch=st.integers(1, 100))
 def test_rate_never_decreases_and_never_exceeds_max_rate(cfg, epoch):
     rate = ss_rate_at(epoch, cfg)
     assert 0.0 <= rate <= cfg.max_rate
@@ -27,13 +27,13 @@ def test_rate_is_exact_at_both_ends_of_the_ramp(cfg):
     end = cfg.start_epoch + cfg.ramp_epochs
     assert ss_rate_at(end, cfg) == cfg.max_rate
     assert ss_rate_at(end + 50, cfg) == cfg.max_rate
-    if cfg.start_epoch > 0:
+    if cfg.start_epoch > 1:
         assert ss_rate_at(cfg.start_epoch - 1, cfg) == 0.0
     expected_at_start = cfg.max_rate if cfg.schedule == "constant" else 0.0
     assert ss_rate_at(cfg.start_epoch, cfg) == expected_at_start
 
 
-@given(schedule=st.sampled_from(SCHEDULES), epoch=st.integers(0, 100))
+@given(schedule=st.sampled_from(SCHEDULES), epoch=st.integers(1, 100))
 def test_zero_max_rate_is_always_teacher_forcing(schedule, epoch):
     assert ss_rate_at(epoch, ScheduledSampling(schedule=schedule, max_rate=0.0)) == 0.0
 
@@ -52,7 +52,14 @@ def test_curves_have_their_documented_shapes():
 
 def test_step_lr_decays_every_step_size_epochs():
     cfg = LRSchedule(kind="step", factor=0.5, step_size=3)
-    assert [lr_factor_at(epoch, cfg) for epoch in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+    assert [lr_factor_at(epoch, cfg) for epoch in range(1, 8)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_the_quickstart_ramp_epoch_by_epoch_as_its_progress_lines_count():
+    """linear to 0.25 from epoch 2 over 2 epochs, 4 epochs: the rates docs/running.md gives for its ss arm."""
+    cfg = ScheduledSampling(schedule="linear", max_rate=0.25, start_epoch=2, ramp_epochs=2)
+    assert [ss_rate_at(epoch, cfg) for epoch in (1, 2, 3, 4)] == [0.0, 0.0, 0.125, 0.25]
+    assert ss_rate_at(1, ScheduledSampling(schedule="linear", max_rate=0.5, ramp_epochs=2)) == 0.0  # the default: epoch 1
 
 
 @pytest.mark.parametrize("kind", ["none", "plateau"])

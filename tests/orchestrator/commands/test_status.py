@@ -28,6 +28,15 @@ def _shown(rows: list[CellRow]) -> str:
     return console.export_text()
 
 
+def test_the_rate_column_is_the_ramps_top_and_says_so():
+    """The grid's train.scheduled_sampling.max_rate is `ss_max`: MLflow's `ss_rate` is each epoch's rate."""
+    rows = [_row("c001", 0.0), _row("c002", 0.0)]
+    for row, rate in zip(rows, ("0.0", "0.25")):
+        row.varying = {"train.scheduled_sampling.max_rate": rate}
+    header = next(line for line in _shown(rows).splitlines() if line.lstrip().startswith("id"))
+    assert header.split()[:2] == ["id", "ss_max"]
+
+
 def test_over_five_percent_cut_at_max_len_is_said():
     assert truncation_note({"val_truncated_fraction": 0.05}, "val") == ""
     assert truncation_note({"val_truncated_fraction": 0.2}, "val") == "20% of val captions cut at decode.max_len"

@@ -25,7 +25,7 @@ COURSEWORK = """
                attention_dim: 512, dropout: 0.5}
     train:    {epochs: 20, batch_size: 80, lr: 4.0e-4, encoder_lr: 1.0e-4, grad_clip: 5.0,
                alpha_c: 1.0, seed: 0,
-               scheduled_sampling: {schedule: linear, max_rate: 0.25, start_epoch: 0, ramp_epochs: 10}}
+               scheduled_sampling: {schedule: linear, max_rate: 0.25, start_epoch: 1, ramp_epochs: 10}}
     decode:   {beam_size: 3, length_penalty: 0.0, max_len: 50}
     eval:     {metrics: [Bleu, METEOR, ROUGE_L, CIDEr], select_by: CIDEr}
     ablation:
