@@ -44,10 +44,24 @@ def test_curves_have_their_documented_shapes():
         return ss_rate_at(epoch, ScheduledSampling(schedule=schedule, max_rate=0.4, start_epoch=2, ramp_epochs=10))
 
     assert rate("linear", 7) == pytest.approx(0.2)
-    assert rate("exponential", 7) > 0.3
+    assert rate("exponential", 7) == pytest.approx(0.4 * (1 - 0.05 ** 0.5) / 0.95)  # 0.3117: ahead
     assert rate("inverse_sigmoid", 7) == pytest.approx(0.2)
     assert rate("inverse_sigmoid", 3) < rate("linear", 3) / 2  # slow start
     assert rate("constant", 2) == 0.4
+
+
+@pytest.mark.parametrize("schedule, rates", [
+    ("constant", [0.0, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]),
+    ("linear", [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4]),
+    # 0.4 (1 - 0.05^p) / 0.95 at p = 1/4, 2/4, 3/4
+    ("exponential", [0.0, 0.0, 0.221949, 0.326902, 0.376532, 0.4, 0.4]),
+    # 0.4 (s(p) - s(0)) / (s(1) - s(0)), s(p) = 1 / (1 + e^(-10 (p - 1/2))): symmetric about the middle
+    ("inverse_sigmoid", [0.0, 0.0, 0.028041, 0.2, 0.371959, 0.4, 0.4]),
+])
+def test_each_ramp_epoch_by_epoch(schedule, rates):
+    """To 0.4 from epoch 2 over 4 epochs, epochs 1 to 7: the values trainers/schedules.py's formulas give."""
+    cfg = ScheduledSampling(schedule=schedule, max_rate=0.4, start_epoch=2, ramp_epochs=4)
+    assert [ss_rate_at(epoch, cfg) for epoch in range(1, 8)] == pytest.approx(rates, abs=5e-7)
 
 
 def test_step_lr_decays_every_step_size_epochs():
