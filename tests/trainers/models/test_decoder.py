@@ -58,6 +58,58 @@ def test_full_sampling_rate_never_reads_the_ground_truth_after_start(per):
     assert not torch.equal(fed_own, teacher_forced)
 
 
+PEAKED = 5  # the token a peaked decoder all but always predicts
+
+
+def peaked_decoder(name="lstm", attention="soft") -> Decoder:
+    """A decoder whose output layer favours one token by e^30 to 1: its own sample is that token."""
+    model = decoder(name, attention).eval()
+    with torch.no_grad():
+        model.fc.bias[PEAKED] = 30.0
+    return model
+
+
+@pytest.mark.parametrize("per", ["token", "sequence"])
+@pytest.mark.parametrize("name,attention", [("lstm", "soft"), ("gru", "dot"), ("mrnn", "none")])
+def test_full_sampling_rate_feeds_the_models_own_token(name, attention, per):
+    """At rate 1 every input after <start> is the token the model predicted, not a ground-truth or a random one."""
+    model = peaked_decoder(name, attention)
+    features, captions, lengths = batch()
+    fed_own, _ = model(features, captions, lengths, ss_rate=1.0, ss_per=per, generator=torch.Generator().manual_seed(3))
+
+    memory = model.prepare(features)
+    state = model.init_state(memory)
+    tokens = captions[:, 0]
+    for t in range(captions.shape[1] - 1):
+        logprobs, state, _ = model.step(tokens, state, memory)
+        assert torch.allclose(fed_own[:, t].log_softmax(dim=1), logprobs, atol=1e-5), t
+        tokens = logprobs.argmax(dim=1)
+        assert (tokens == PEAKED).all()
+
+
+def test_full_sampling_rate_feeds_the_models_own_token_on_the_fixed_shape_path():
+    model = peaked_decoder()
+    features, captions, _ = batch()
+    fed_own, _ = model.teacher_forced(features, captions, ss_rate=torch.tensor(1.0))
+    own_captions = torch.full_like(captions, PEAKED)
+    own_captions[:, 0] = captions[:, 0]
+    teacher_forced_on_own, _ = model.teacher_forced(features, own_captions)
+    assert torch.allclose(fed_own, teacher_forced_on_own, atol=1e-5)
+    assert not torch.allclose(fed_own, model.teacher_forced(features, captions)[0], atol=1e-3)
+
+
+def test_a_sampled_token_follows_the_models_distribution():
+    """Per token at rate 1, the fed tokens are drawn from the model's softmax, so a peaked model's
+    second choice is fed about as often as its probability says."""
+    from trainers.models.decoder import sample_tokens
+
+    probs = torch.tensor([[0.0, 0.7, 0.3, 0.0]]).repeat(4000, 1)
+    drawn = sample_tokens(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=4)
+    assert counts[0] == 0 and counts[3] == 0
+    assert 0.65 < counts[1] / 4000 < 0.75
+
+
 def test_one_coin_per_caption_feeds_whole_captions_one_way():
     """Per sequence, about half the captions are teacher-forced throughout; per token, almost none are."""
     model = decoder().eval()
