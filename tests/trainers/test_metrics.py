@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -221,3 +222,116 @@ def test_an_image_listed_without_captions_is_named(coco_files, tmp_path):
 def test_format_scores_prints_one_row_per_metric():
     table = format_scores({"Bleu_4": 0.35735, "METEOR": 0.28787, "CIDEr": 1.23461})
     assert table.splitlines() == ["Bleu_4  0.3574", "METEOR  0.2879", "CIDEr   1.2346"]
+
+
+# Captions as PTB and trainers.text leave them (lower case, no punctuation), so every tokenizer keeps
+# them as they are and pycocoevalcap's scorers can be called on the very same strings.
+TOKENIZED_REFERENCES = {
+    1: ["a dog runs on the grass", "a brown dog is running outside", "the dog plays in a green field"],
+    2: ["a cat sleeps on a red sofa", "the cat is asleep on the couch"],
+    3: ["a bus drives down the street", "a red bus on a city road", "a double decker bus in traffic"],
+    4: ["a man rides a bike along the beach", "a person cycling near the sea"],
+}
+TOKENIZED_PREDICTIONS = {1: "a brown dog running on the grass", 2: "a cat sleeping on a red couch",
+                         3: "a red bus driving down the street", 4: "a man riding a bike on the beach"}
+
+
+def pycocoevalcap_scores(references, predictions, meteor=False) -> dict[str, float]:
+    """pycocoevalcap's own scorers, called as COCOEvalCap.evaluate calls them, on tokenized captions."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {key: list(captions) for key, captions in references.items()}
+    res = {key: [predictions[key]] for key in references}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = dict(zip(["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"], bleu))
+    if meteor:
+        scorer = Meteor()
+        try:
+            scores["METEOR"] = scorer.compute_score(gts, res)[0]
+        finally:
+            scorer.meteor_p.kill()
+            for stream in (scorer.meteor_p.stdin, scorer.meteor_p.stdout, scorer.meteor_p.stderr):
+                stream.close()
+            scorer.meteor_p.wait()
+    scores["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
+    scores["CIDEr"] = Cider().compute_score(gts, res)[0]
+    return scores
+
+
+def rotated(predictions: dict) -> dict:
+    """Each image given the next image's prediction."""
+    keys = list(predictions)
+    return {key: predictions[keys[(index + 1) % len(keys)]] for index, key in enumerate(keys)}
+
+
+@pytest.mark.parametrize("tokenizer", ["none", "python"])
+def test_scores_equal_pycocoevalcaps_own_scorers_on_fixed_pairs(tokenizer):
+    scores = score_captions(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS, metrics=["Bleu", "ROUGE_L", "CIDEr"],
+                            tokenizer=tokenizer)
+    expected = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
+    assert scores == pytest.approx(expected, abs=1e-12)
+    assert 0.3 < scores["Bleu_2"] and 0.5 < scores["CIDEr"]  # pairs that match: not a degenerate corner
+
+
+@needs_java
+def test_all_seven_scores_equal_pycocoevalcaps_own_scorers_through_the_ptb_tokenizer():
+    scores = score_captions(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
+    expected = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS, meteor=True)
+    assert list(scores) == ALL_SCORES
+    assert scores == pytest.approx(expected, abs=1e-12)
+
+
+def test_each_prediction_is_scored_against_its_own_images_references():
+    """Given the next image's caption, every image scores lower: the pairing is by key, not position."""
+    metrics = ["Bleu", "ROUGE_L", "CIDEr"]
+    matched = score_captions(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS, metrics=metrics, tokenizer="none")
+    mismatched = score_captions(TOKENIZED_REFERENCES, rotated(TOKENIZED_PREDICTIONS), metrics=metrics, tokenizer="none")
+    assert mismatched == pytest.approx(pycocoevalcap_scores(TOKENIZED_REFERENCES, rotated(TOKENIZED_PREDICTIONS)),
+                                       abs=1e-12)
+    for name in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert mismatched[name] < matched[name], name
+    assert mismatched["CIDEr"] < matched["CIDEr"] / 3
+    listed_backwards = dict(reversed(TOKENIZED_PREDICTIONS.items()))
+    assert score_captions(TOKENIZED_REFERENCES, listed_backwards, metrics=metrics, tokenizer="none") == matched
+
+
+def karpathy_sample(images: int = 200) -> tuple[dict, dict]:
+    """The first images of the COCO Karpathy test fixture, captions lower-cased to their words."""
+    folder = fixture_dir("coco_karpathy_test_eval")
+    words = lambda caption: " ".join(re.findall(r"[a-z0-9]+", caption.lower()))  # noqa: E731
+    references: dict[str, list[str]] = {}
+    for entry in json.loads((folder / "image_caption_gt.json").read_text(encoding="utf-8"))["annotations"]:
+        if entry["image_id"] in references or len(references) < images:
+            references.setdefault(entry["image_id"], []).append(words(entry["caption"]))
+    predictions = {entry["image_id"]: words(entry["caption"])
+                   for entry in json.loads((folder / "image_caption_prediction.json").read_text(encoding="utf-8"))
+                   if entry["image_id"] in references}
+    return references, predictions
+
+
+def test_a_real_models_coco_captions_score_as_pycocoevalcap_scores_them_and_lower_on_other_images():
+    references, predictions = karpathy_sample()
+    metrics = ["Bleu", "ROUGE_L", "CIDEr"]
+    matched = score_captions(references, predictions, metrics=metrics, tokenizer="none")
+    assert matched == pytest.approx(pycocoevalcap_scores(references, predictions), abs=1e-12)
+    assert matched["CIDEr"] > 0.8  # the model scores 1.23 on all 5000 images
+    mismatched = score_captions(references, rotated(predictions), metrics=metrics, tokenizer="none")
+    assert mismatched["CIDEr"] < 0.2 and mismatched["Bleu_4"] < matched["Bleu_4"] / 2
+
+
+def test_score_files_scores_as_pycocoevalcap_whatever_order_the_files_list_images_in(tmp_path, monkeypatch):
+    monkeypatch.setenv(NO_JAVA_ENV, "1")  # the python tokenizer leaves these captions as they are
+    references = write_json(tmp_path / "refs.json", {
+        "images": [{"id": key} for key in TOKENIZED_REFERENCES],
+        "annotations": [{"image_id": key, "caption": caption, "id": index}
+                        for index, (key, caption) in enumerate((key, caption) for key in reversed(TOKENIZED_REFERENCES)
+                                                               for caption in TOKENIZED_REFERENCES[key])],
+    })
+    predictions = write_json(tmp_path / "preds.json", [{"image_id": key, "caption": caption}
+                                                       for key, caption in reversed(TOKENIZED_PREDICTIONS.items())])
+    with pytest.warns(RuntimeWarning, match="Java not found"):
+        scores = score_files(references, predictions)
+    assert scores == pytest.approx(pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS), abs=1e-12)

@@ -74,3 +74,40 @@ def test_an_unknown_metric_exits_2(orch, references, tmp_path):
     predictions = write_predictions(tmp_path / "preds.json", [(1, "a dog"), (2, "a bus")])
     result = orch("score", "--references", references, "--predictions", predictions, "--metric", "SPICE")
     assert result.exit_code == 2 and "unknown metric(s) 'SPICE'" in result.output
+
+
+def write_tokenized_pair(tmp_path):
+    """References and predictions of already-tokenized captions, each file listing the images in its own order."""
+    from tests.trainers.test_metrics import TOKENIZED_PREDICTIONS, TOKENIZED_REFERENCES
+
+    references = tmp_path / "tokenized_refs.json"
+    references.write_text(json.dumps({"annotations": [
+        {"image_id": key, "caption": caption} for key in sorted(TOKENIZED_REFERENCES, reverse=True)
+        for caption in TOKENIZED_REFERENCES[key]]}))
+    predictions = write_predictions(tmp_path / "tokenized_preds.json",
+                                    sorted(TOKENIZED_PREDICTIONS.items(), key=lambda item: item[1]))
+    return references, predictions
+
+
+def test_json_scores_are_pycocoevalcaps_own_values(orch, tmp_path, monkeypatch):
+    """Values, not just keys: Bleu, ROUGE_L and CIDEr as pycocoevalcap's scorers give them (Java or not)."""
+    from tests.trainers.test_metrics import TOKENIZED_PREDICTIONS, TOKENIZED_REFERENCES, pycocoevalcap_scores
+    from trainers.metrics import NO_JAVA_ENV
+
+    monkeypatch.setenv(NO_JAVA_ENV, "1")
+    references, predictions = write_tokenized_pair(tmp_path)
+    result = orch("score", "--references", references, "--predictions", predictions, "--json")
+    assert result.exit_code == 0, result.output
+    expected = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
+    assert json.loads(result.stdout) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
+def test_json_scores_with_java_are_pycocoevalcaps_own_seven_values(orch, tmp_path):
+    from tests.trainers.test_metrics import TOKENIZED_PREDICTIONS, TOKENIZED_REFERENCES, pycocoevalcap_scores
+
+    references, predictions = write_tokenized_pair(tmp_path)
+    result = orch("score", "--references", references, "--predictions", predictions, "--json")
+    assert result.exit_code == 0, result.output
+    expected = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS, meteor=True)
+    assert json.loads(result.stdout) == pytest.approx(expected, abs=1e-12)
