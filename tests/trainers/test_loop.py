@@ -178,3 +178,33 @@ def test_an_epoch_is_the_same_whether_the_loader_reads_the_cached_features_or_a_
         recipe.inputs = {split: store.loader_source() for split, store in recipe.stores.items()}
         losses[where] = (recipe.train_epoch(1), recipe.validation_loss())
     assert losses["device"] == losses["mapped"] == losses["host"]
+
+
+@pytest.mark.parametrize("purpose", ["train", "val_pairs", "test"])
+def test_every_batch_from_the_feature_cache_holds_each_rows_own_images_features(prepared_dir, tmp_path, purpose):
+    """Row by row, what the recipe trains and evaluates on from the cache is the frozen encoder's output for
+    that row's image (to float16), not a neighbour's: the losses alone would hardly move."""
+    import torch
+
+    from trainers.features import resize_batch
+
+    recipe = CaptionRecipe(_config(prepared_dir, data={"feature_cache": True, "cache_dir": str(tmp_path / "cache")}),
+                           tmp_path / "run")
+    recipe.setup()
+    assert recipe.stores, "the encoder is frozen: the recipe reads the feature cache"
+    split = recipe.dataset.split("val" if purpose == "val_pairs" else purpose)
+    recipe.model.encoder.eval()
+    checked = 0
+    for features, *_, rows in recipe._batches(purpose, epoch=1):
+        with torch.no_grad():
+            images = torch.from_numpy(split.images[rows.numpy()])  # (B, 3, S, S) uint8
+            expected = recipe.model.encoder(resize_batch(images, 32)).half().float()  # (B, P, C)
+            neighbours = torch.from_numpy(split.images[(rows.numpy() + 1) % len(split)])
+            neighbours = recipe.model.encoder(resize_batch(neighbours, 32)).half().float()
+        own_error = (features.float() - expected).abs().amax(dim=(1, 2))  # (B,)
+        neighbour_gap = (neighbours - expected).abs().amax(dim=(1, 2))  # (B,)
+        assert features.dtype == torch.float16 and features.shape == expected.shape
+        assert (own_error <= 2e-3 * expected.abs().amax()).all()
+        assert (own_error * 20 < neighbour_gap).all()
+        checked += len(rows)
+    assert checked >= len(split)
