@@ -70,7 +70,7 @@ def damaged(export_dir: Path, tmp_path: Path, name: str, how: str, marker: Path 
         data = target.read_bytes()
         target.write_bytes(data[:len(data) // 2])
     elif how == "tag":
-        target.write_text("!!python/object/apply:os.system ['touch /tmp/orch-yaml-tag-ran']\n")
+        target.write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
     elif how == "pickle":
         plant_pickle(target, marker)
     return folder
@@ -89,12 +89,12 @@ def test_the_undamaged_export_captions(orch, export_dir, image):
 ])
 def test_a_damaged_export_is_named_in_one_line(orch, export_dir, tiny_prepared, image, tmp_path, command, name, how,
                                               said):
-    folder = damaged(export_dir, tmp_path, name, how)
+    folder = damaged(export_dir, tmp_path, name, how, marker=tmp_path / "yaml-tag-ran")
     args = {"caption": ["caption", image, "--model", folder],
             "evaluate": ["evaluate", "--model", folder, "--prepared", tiny_prepared],
             "align": ["align", image, "a sentence", "--model", folder]}[command]
     one_error_line(orch(*args), f"{folder / name}: {said}")
-    assert not Path("/tmp/orch-yaml-tag-ran").exists()
+    assert not (tmp_path / "yaml-tag-ran").exists()
 
 
 @pytest.mark.parametrize("command", ["caption", "evaluate"])
@@ -209,11 +209,12 @@ def test_train_with_a_missing_prepared_folder_leaves_nothing(orch, tmp_path, mon
 def test_resume_of_a_folder_with_a_bad_orch_yaml(orch, tmp_path):
     folder = tmp_path / "results" / "x" / "run-20250101-000000"
     folder.mkdir(parents=True)
-    (folder / "orch.yaml").write_text("name: !!python/object/apply:os.system ['touch /tmp/orch-yaml-tag-ran']\n")
+    marker = tmp_path / "yaml-tag-ran"
+    (folder / "orch.yaml").write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
     result = orch("resume", folder)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    assert not Path("/tmp/orch-yaml-tag-ran").exists()
+    assert not marker.exists()
 
 
 def test_score_with_a_truncated_predictions_file(orch, tmp_path):
@@ -288,14 +289,14 @@ def test_a_truncated_prepared_dataset_is_refused_before_anything_starts(orch, ti
 
 @pytest.mark.parametrize("command", ["train", "run", "run --dry-run"])
 @pytest.mark.parametrize("text, said", [("name: t\nmodel: {decoder: lstm\n", "invalid YAML"),
-                                         ("name: t\nmodel: !!python/object/apply:os.system ['touch /tmp/orch-ran']\n",
+                                         ("name: t\nmodel: !!python/object/apply:os.system ['touch MARKER']\n",
                                           "model")])
 def test_a_broken_experiment_file(orch, tmp_path, monkeypatch, command, text, said):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "t.yaml"
-    path.write_text(text)
+    path.write_text(text.replace("MARKER", str(tmp_path / "ran")))  # the YAML tag's command, were it run
     one_error_line(orch(*command.split(), path), f"{path}:", said)
-    assert not Path("/tmp/orch-ran").exists()
+    assert not (tmp_path / "ran").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
 
 
