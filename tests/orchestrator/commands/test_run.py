@@ -278,7 +278,9 @@ def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_e
     output = " ".join(result.output.split())
     assert restarted, "the server was never killed: the run ended before epoch 1 was recorded"
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - started < 400
+    # A driver that sat out MLflow's own retries (over 4 minutes per write, several writes per epoch)
+    # takes far longer; 800 s leaves a loaded 2-core machine room, under pytest's 900 s timeout.
+    assert time.monotonic() - started < 800
     assert output.count(f"MLflow server {uri} is not answering") == 1, result.output
     assert output.count(f"MLflow server {uri} is back: replayed") == 1, result.output
     assert "every ablation cell" in output  # the final table

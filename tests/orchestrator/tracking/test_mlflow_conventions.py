@@ -235,13 +235,14 @@ def test_a_trials_cost_adds_queueing_start_up_and_checkpoint_io_and_a_resumed_tr
     report = {"meter_began": started + 10.0, "meter_startup_s": 5.0, "meter_checkpoint_s": 2.0, "meter_devices": 4.0,
               "meter_peak_host_mb": 900.0}
     cost = trial_cost(report, started)
-    assert cost["cost_wall_s"] == pytest.approx(100.0, abs=1.0)
+    assert 100.0 <= cost["cost_wall_s"] <= time.time() - started  # the clock between the two reads, however loaded
     assert cost["cost_overhead_s"] == pytest.approx(17.0)
-    assert cost["cost_device_hours"] == pytest.approx(4 * 100.0 / 3600, rel=0.02)
+    assert cost["cost_device_hours"] == pytest.approx(4 * cost["cost_wall_s"] / 3600)
     assert cost["cost_peak_memory_mb"] == 900.0
     resumed = trial_cost(report, started, before={"cost_wall_s": 50.0, "cost_device_hours": 1.0,
                                                   "cost_overhead_s": 3.0, "cost_peak_memory_mb": 1200.0})
-    assert resumed["cost_wall_s"] == pytest.approx(150.0, abs=1.0) and resumed["cost_peak_memory_mb"] == 1200.0
+    assert 150.0 <= resumed["cost_wall_s"] <= 50.0 + time.time() - started
+    assert resumed["cost_peak_memory_mb"] == 1200.0
     on_gpu = trial_cost({**report, "meter_peak_device_mb": 3000.0}, started)
     assert on_gpu["cost_peak_memory_mb"] == 3000.0 and on_gpu["cost_peak_host_memory_mb"] == 900.0
     assert totals([cost, resumed])["cost_overhead_s"] == pytest.approx(37.0)
