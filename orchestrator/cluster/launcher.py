@@ -21,9 +21,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.cluster import preflight
+from orchestrator.cluster import auth, preflight
 from orchestrator.cluster.callbacks import LiveTable, MlflowRecorder, trial_id
 from orchestrator.cluster.trainable import remove_work_folders
+from orchestrator.credentials import masked
 from orchestrator.cluster.studies import (Study, resume_studies, stored_checkpoints, studies_of,
                                           trial_done)
 from orchestrator.experiment.keys import apply_overrides
@@ -115,6 +116,7 @@ def _init_ray(settings: RunSettings) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's own banners off: the live table is the display
     if ray.is_initialized():
         return
+    auth.prepare(settings.ray_address)  # a fresh token for a Ray started here, the environment's for a join
     # A cluster's workers get the environment reproducible arithmetic needs (trainers.determinism) from the
     # job; a local Ray's inherit this process's.
     ray.init(address=settings.ray_address, log_to_driver=False, include_dashboard=False,
@@ -141,7 +143,9 @@ def run_plan(settings: RunSettings, plan: Plan, console: Console) -> int:
     live driver is refused before anything starts."""
     if settings.resuming:
         refuse_a_live_driver(settings.storage, settings.folder)
-    preflight.check_settings(settings)  # an unreachable tracking server, bucket or cluster fails before any trial
+    # An unreachable tracking server, bucket or cluster fails before any trial; a cluster open to all is said.
+    for note in preflight.check_settings(settings):
+        console.print(f"[yellow]note[/]: {note}", highlight=False)
     check_data(settings.config, plan)
     check_gpus(settings)
     with DriverLease.acquire(settings.storage, settings.folder, f"orch {'resume' if settings.resuming else 'run'}"):
@@ -188,7 +192,7 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     cells = {cell.id: cell.overrides for cell in plan.cells}
 
     if settings.resuming and not tracker.flush():  # writes an earlier driver could not make, first and in order
-        raise InputError(f"tracking.uri: the MLflow server {settings.tracking_uri} does not take the journaled writes "
+        raise InputError(f"tracking.uri: the MLflow server {masked(settings.tracking_uri)} does not take the journaled writes "
                          f"of {settings.journal}; start it and resume again")
     tracker.repair_orphans()
     trial_runs = tracker.runs(invocation=settings.run_key, kind="trial")
@@ -244,7 +248,7 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
             tracker.log_input(parent, prepared_dataset(base["data"]["prepared"]))
         tracker.end(parent, status, reason)
     if tracker.away and not tracker.settle():
-        console.print(f"[yellow]MLflow server {settings.tracking_uri} did not come back[/]: {len(tracker.journal.pending())} "
+        console.print(f"[yellow]MLflow server {masked(settings.tracking_uri)} did not come back[/]: {len(tracker.journal.pending())} "
                       f"tracking write(s) are kept in order in {tracker.journal.path}; `orch status {config.name} "
                       f"--storage {shlex.quote(storage.locate())}` (or `orch resume`) replays them once it answers",
                       highlight=False)
@@ -258,7 +262,7 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     if unfinished:
         console.print(f"[yellow]interrupted[/]: {len(unfinished)} trial(s) did not finish; continue with "
                       f"`orch resume {shlex.quote(storage.locate(settings.folder))}`", highlight=False)
-    console.print(f"results: {storage.uri(settings.folder)}\nMLflow: {settings.tracking_uri}\nnext: `orch report "
+    console.print(f"results: {storage.uri(settings.folder)}\nMLflow: {masked(settings.tracking_uri)}\nnext: `orch report "
                   f"{config.name}`, `orch status {config.name}`, `orch ui`", highlight=False)
     return 1 if failures or unfinished else 0
 

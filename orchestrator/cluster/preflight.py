@@ -7,7 +7,9 @@ with a short timeout, and the first that fails stops the command with a message 
 fix. Failures are `PreflightError`, an InputError: exit code 2, nothing started, nothing written.
 
 Credentials are MLflow's own: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (basic auth) or
-MLFLOW_TRACKING_TOKEN, read by MLflow's request code exactly as the run itself will send them.
+MLFLOW_TRACKING_TOKEN, read by MLflow's request code exactly as the run itself will send them; a
+password inside the URI is shown masked. A Ray cluster is asked for the token the run will send
+(orchestrator.cluster.auth), and one that asks for none is said in a note.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow
 import pyarrow.fs
 
+from orchestrator.cluster import auth
+from orchestrator.credentials import masked
 from orchestrator.settings import LOCAL_RAY, RunSettings
 from orchestrator.storage import Storage
 from trainers.errors import InputError
@@ -35,12 +40,15 @@ class PreflightError(InputError):
     """Something the run needs cannot be reached; the message names the setting to fix."""
 
 
-def check_settings(settings: RunSettings, timeout_s: float = 10.0) -> None:
-    """Raise PreflightError unless the run's storage, tracking store and Ray cluster all answer."""
+def check_settings(settings: RunSettings, timeout_s: float = 10.0) -> list[str]:
+    """Raise PreflightError unless the run's storage, tracking store and Ray cluster all answer; the
+    notes to show (a cluster without authentication)."""
     check_storage(settings.storage)
     check_tracking(settings.tracking_uri, timeout_s)
-    if settings.ray_address != LOCAL_RAY:  # a new local Ray: nothing to reach
-        check_ray_address(settings.ray_address, settings.ray_source, timeout_s)
+    if settings.ray_address == LOCAL_RAY:  # a new local Ray: nothing to reach
+        return []
+    note = check_ray_address(settings.ray_address, settings.ray_source, timeout_s)
+    return [note] if note else []
 
 
 # ------------------------------------------------------------------------------------- storage
@@ -81,30 +89,31 @@ def _check_server(uri: str, timeout_s: float) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
+    shown = masked(uri)
     try:
         response = http_request(get_default_host_creds(uri), SEARCH_ENDPOINT, "POST", max_retries=0,
                                 backoff_factor=0, timeout=timeout_s, raise_on_status=False,
                                 json={"max_results": 1})
     except MlflowException as error:
-        raise PreflightError(f"tracking.uri: cannot reach the MLflow server at {uri} ({_network_reason(error)}); "
+        raise PreflightError(f"tracking.uri: cannot reach the MLflow server at {shown} ({_network_reason(error)}); "
                              f"start it, or point tracking.uri at it. Nothing was started.") from None
     if response.status_code == 401:
         given = [name for name in CREDENTIAL_VARIABLES if os.environ.get(name)]
         said = f"it refused {', '.join(given)}" if given else "none of " + ", ".join(CREDENTIAL_VARIABLES) + " is set"
-        raise PreflightError(f"tracking.uri: the MLflow server at {uri} asks for credentials and {said}: "
+        raise PreflightError(f"tracking.uri: the MLflow server at {shown} asks for credentials and {said}: "
                              f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
     if response.status_code == 403:
-        raise PreflightError(f"tracking.uri: the MLflow server at {uri} accepted the credentials but denies "
+        raise PreflightError(f"tracking.uri: the MLflow server at {shown} accepted the credentials but denies "
                              f"this user access to experiments (HTTP 403): ask its admin for EDIT permission")
     if response.status_code != 200 or "json" not in response.headers.get("Content-Type", ""):
-        raise PreflightError(f"tracking.uri: {uri} answered HTTP {response.status_code} "
+        raise PreflightError(f"tracking.uri: {shown} answered HTTP {response.status_code} "
                              f"({response.text.strip()[:200] or 'no body'}), not as an MLflow tracking server does")
 
 
 def _check_database(uri: str, timeout_s: float) -> None:
     import sqlalchemy
 
-    shown = _without_password(uri)
+    shown = masked(uri)
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout_s))})
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
@@ -121,10 +130,11 @@ def _check_database(uri: str, timeout_s: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Ray
-def check_ray_address(address: Optional[str], source: str = "ray.address", timeout_s: float = 10.0) -> None:
-    """The cluster's head answers on its port (None: a local Ray is started, nothing to check)."""
+def check_ray_address(address: Optional[str], source: str = "ray.address", timeout_s: float = 10.0) -> Optional[str]:
+    """The cluster's head answers on its port and takes the token the run sends (None: a local Ray is
+    started, nothing to check); a note when the cluster asks for no token."""
     if address is None:
-        return
+        return None
     target = address
     if address == "auto":
         # Ray's own lookup for "auto": RAY_ADDRESS, then the cluster `ray start` recorded on this machine.
@@ -142,6 +152,53 @@ def check_ray_address(address: Optional[str], source: str = "ray.address", timeo
     except (OSError, ValueError) as error:
         raise PreflightError(f"{source}: no Ray cluster answers at {target} ({_first_line(error)}): start it "
                              f"(`ray start --head`), or fix the address. Nothing was started.") from None
+    if target.startswith("ray://"):  # Ray Client's server: it takes the token ray.init sends, asked of it there
+        return None
+    return check_ray_token(target, source)
+
+
+def check_ray_token(address: str, source: str) -> Optional[str]:
+    """The Ray cluster whose GCS is at `address` takes the token the environment gives
+    (orchestrator.cluster.auth), and this process is left sending it; a note when it asks for none.
+    Asked without a token first: an open cluster takes any."""
+    token, origin = auth.given_token()
+    auth.use_token(None)
+    if _gcs_takes(address, source):
+        auth.use_token(token)
+        return (f"{source}: the Ray cluster at {address} has no token authentication: anyone who reaches it can "
+                f"run code on it (docs/cluster.md, Security)")
+    if token is None:
+        raise PreflightError(f"{source}: the Ray cluster at {address} asks for a token and none of "
+                             f"{auth.TOKEN_VARIABLE}, {auth.PATH_VARIABLE} is set: set {auth.TOKEN_VARIABLE} to the "
+                             f"cluster's token (or {auth.PATH_VARIABLE} to a file holding it). Nothing was started.")
+    auth.use_token(token)
+    if not _gcs_takes(address, source):
+        raise PreflightError(f"{source}: the Ray cluster at {address} refused the token in {origin}: set "
+                             f"{auth.TOKEN_VARIABLE} to the cluster's token. Nothing was started.")
+    return None
+
+
+def _gcs_takes(address: str, source: str) -> bool:
+    """A client of the GCS at `address` connects with this process's token: True; refused: False.
+    Ray's C++ client logs each refusal on stderr, kept off the terminal: the verdict is one line."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        GcsClient(address=address)
+        return True
+    except AuthenticationError:
+        return False
+    except Exception as error:  # noqa: BLE001 - whatever Ray's client says, the port is not a head it can use
+        raise PreflightError(f"{source}: {address} answers, but not as a Ray cluster's head "
+                             f"({_first_line(error)}): give the head's GCS address (port 6379 by default)") from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def check_cluster_gpus(need: float, resources: dict, address: str, source: str = "") -> None:
@@ -180,10 +237,3 @@ def _network_reason(error: BaseException) -> str:
     if found:
         return found.group(1).strip()
     return "timed out" if "timed out" in text.lower() else _first_line(error)
-
-
-def _without_password(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -169,8 +169,11 @@ def _cluster_resources(address: str) -> dict:
     """ray.cluster_resources() of the cluster at `address`: joined for the question, left at once."""
     import ray
 
+    from orchestrator.cluster import auth
+
     started = not ray.is_initialized()
     if started:
+        auth.prepare(address)
         ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=True,
                  logging_level="ERROR")
     try:

@@ -30,6 +30,7 @@ from typing import Optional
 
 import yaml
 
+from orchestrator.credentials import masked
 from orchestrator.tracking.reader import Pick, Results, open_results, pick_best, quiet_downloads
 from orchestrator.tracking.names import BEST_CHECKPOINT, CAPTIONER_MODEL, mlflow_metric
 from trainers.config import RETRIEVAL_SELECTABLE
@@ -186,7 +187,7 @@ Karpathy & Fei-Fei 2015's visual-semantic alignment model (`trainer: alignment`,
 
 Rank {metrics['rank']} of the finished trials of experiment `{results.experiment}` (invocation
 `{results.invocation}`) by {metrics['selected_by']} at its best epoch ({pick.best_epoch}).
-MLflow: trial run `{metrics['trial_run_id']}` in `{results.uri}`.
+MLflow: trial run `{metrics['trial_run_id']}` in `{masked(results.uri)}`.
 
 ## Retrieval (recalls in percent, median rank 1-based)
 
@@ -218,7 +219,7 @@ def _metrics(results: Results, pick: Pick, rank: int, metric: str) -> dict:
                                                                        mlflow_metric(key))}
             val[key[len("val_"):]] = history.get(pick.best_epoch, variant.metrics[key])
     return {
-        "experiment": results.experiment, "invocation": results.invocation, "tracking_uri": results.uri,
+        "experiment": results.experiment, "invocation": results.invocation, "tracking_uri": masked(results.uri),
         "id": variant.id, "trial": pick.trial, "cell": variant.params.get("orch.cell", ""), "variant": variant.variant,
         "trial_run_id": pick.trial_run.info.run_id, "variant_run_id": results.variant_run_id(variant),
         "rank": rank, "selected_by": f"val_{metric}", "selection_score": pick.score, "best_epoch": pick.best_epoch,
@@ -246,7 +247,7 @@ def model_card(results: Results, pick: Pick, config: dict, metrics: dict, folder
 
 Rank {metrics['rank']} of the finished trials of experiment `{results.experiment}` (invocation
 `{results.invocation}`) by {metrics['selected_by']} at its best epoch ({pick.best_epoch}).
-MLflow: trial run `{metrics['trial_run_id']}`, variant run `{metrics['variant_run_id']}` in `{results.uri}`.
+MLflow: trial run `{metrics['trial_run_id']}`, variant run `{metrics['variant_run_id']}` in `{masked(results.uri)}`.
 
 ## Data
 

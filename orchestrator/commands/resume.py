@@ -8,6 +8,7 @@ safe loader), MLflow and checkpoints' meta.json: nothing Ray pickled (orchestrat
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -15,11 +16,13 @@ from typing import Optional
 import yaml
 from rich.console import Console
 
+from orchestrator.credentials import is_masked, masked
 from orchestrator.experiment.loader import load_config
 from orchestrator.experiment.schema import ExperimentConfig
-from orchestrator.locations import local_folder
+from orchestrator.locations import TRACKING_URI_VARIABLE, local_folder
 from orchestrator.settings import RunSettings
 from orchestrator.storage import CONFIG_FILE, Storage, find_invocation
+from trainers.errors import InputError
 
 
 def resume(name_or_run: str, storage_setting: str, console: Console) -> int:
@@ -58,8 +61,20 @@ def saved_config(storage: Storage, name: str, invocation: str) -> ExperimentConf
         saved_uri = (written.get("tracking") or {}).get("uri")
         if saved_storage and saved_uri == embedded_store(saved_storage):
             overrides.append("tracking.uri=null")
+        elif isinstance(saved_uri, str) and is_masked(saved_uri):
+            overrides.append(f"tracking.uri={json.dumps(with_password(saved_uri))}")
         return load_config(path, overrides, saved=True,
                            trials=not invocation.startswith("train-"))  # a killed `orch train` reserved nothing
+
+
+def with_password(saved_uri: str) -> str:
+    """A tracking.uri orch.yaml holds with its password masked (orchestrator.credentials), whole again:
+    MLFLOW_TRACKING_URI gives the same URI with its password."""
+    given = os.environ.get(TRACKING_URI_VARIABLE, "")
+    if given and masked(given) == saved_uri:
+        return given
+    raise InputError(f"tracking.uri: orch.yaml holds {saved_uri}, its password masked: export "
+                     f"{TRACKING_URI_VARIABLE} with the whole URI and resume again")
 
 
 def embedded_store(storage_setting: str) -> Optional[str]:

@@ -13,6 +13,7 @@ from typing import Optional
 from rich.console import Console
 
 from orchestrator import terminal
+from orchestrator.credentials import masked
 from orchestrator.reporting.tables import cell_table, rows_as_json, sort_rows
 from orchestrator.settings import RunSettings
 from orchestrator.tracking.reader import cell_rows, experiment_names, latest_invocation
@@ -28,7 +29,7 @@ def show_status(name: Optional[str], settings: RunSettings, as_json: bool, conso
         raise InputError(f"no MLflow store at {uri}: run `orch run` first, or pass --storage / --config")
     known = experiment_names(uri)
     if name and name not in known:
-        raise InputError(f"no experiment named {name!r} in {uri} (known: {', '.join(known) or 'none'})")
+        raise InputError(f"no experiment named {name!r} in {masked(uri)} (known: {', '.join(known) or 'none'})")
     report = {}
     for experiment in [name] if name else known:
         # Runs whose server went away: their journaled writes first, in order.

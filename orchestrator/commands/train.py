@@ -11,6 +11,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.credentials import masked
 from orchestrator.experiment.keys import flatten
 from orchestrator.experiment.loader import dump_resolved
 from orchestrator.experiment.schema import ExperimentConfig
@@ -153,7 +154,7 @@ def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Pat
     resume_from = None
     if resuming:
         if not tracker.flush():
-            raise InputError(f"tracking.uri: the MLflow server {tracker.uri} does not take the journaled writes of "
+            raise InputError(f"tracking.uri: the MLflow server {masked(tracker.uri)} does not take the journaled writes of "
                              f"{tracker.journal.path}; start it and resume again")
         tracker.repair_orphans()  # the killed `orch train` left its runs RUNNING
         done = [run for run in tracker.runs(invocation=run_key, kind="trial") if run.info.status == "FINISHED"]
@@ -222,7 +223,7 @@ def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Pat
         tracker.end(parent, status, reason)
         if tracker.away:
             if not tracker.settle():
-                console.print(f"MLflow server {tracker.uri} did not come back: {len(tracker.journal.pending())} "
+                console.print(f"MLflow server {masked(tracker.uri)} did not come back: {len(tracker.journal.pending())} "
                               f"tracking write(s) are kept in order in {tracker.journal.path}; `orch resume "
                               f"{shlex.quote(storage.locate(folder))}` replays them once it answers", highlight=False)
         if status != "FINISHED":
@@ -240,7 +241,7 @@ def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Pat
               f"{summary.get('test_t2i_R1', float('nan')):.1f}; alignments" if trainer_config.trainer == "alignment" else
               f"test CIDEr {summary.get('test_CIDEr', float('nan')):.3f}, BLEU-4 "
               f"{summary.get('test_Bleu_4', float('nan')):.3f}; captions")
-    console.print(f"{scores}: {summary['predictions']}; MLflow: {settings.tracking_uri} (`orch ui`)", highlight=False)
+    console.print(f"{scores}: {summary['predictions']}; MLflow: {masked(settings.tracking_uri)} (`orch ui`)", highlight=False)
     return summary
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.credentials import masked
 from orchestrator.experiment.keys import KeyPath, deep_merge, overlaps, set_path
 from orchestrator.experiment.schema import ATOMIC, ConfigError, ExperimentConfig, dotted, explain
 from trainers.config import without_retired_keys
@@ -112,8 +113,12 @@ def _problems(raw: dict, check_files: bool, trials: bool = True) -> ExperimentCo
 
 
 def dump_resolved(config: ExperimentConfig) -> str:
-    """The fully resolved config as YAML: every default filled in, the bases already merged."""
-    return yaml.safe_dump(config.model_dump(mode="json", exclude={"base"}), sort_keys=False)
+    """The fully resolved config as YAML: every default filled in, the bases already merged; a password in
+    tracking.uri masked (orchestrator.credentials: `orch resume` takes it back from MLFLOW_TRACKING_URI)."""
+    document = config.model_dump(mode="json", exclude={"base"})
+    if document["tracking"]["uri"]:
+        document["tracking"]["uri"] = masked(document["tracking"]["uri"])
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 # --- reading YAML with the line of every key ---------------------------------------------------------

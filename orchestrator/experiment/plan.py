@@ -20,6 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.credentials import masked
 from orchestrator.experiment.keys import flatten
 from orchestrator.experiment.schema import ExperimentConfig
 from trainers.config import REFERENCE_DECODE_ID
@@ -131,7 +132,7 @@ def render_plan(plan: Plan, config: ExperimentConfig, ray: str) -> Group:
         Text(f"resources: {_describe_resources(plan.resources)}"),
         Text(f"ray: {ray}"
              f"{' (autoscaling: its GPUs are not counted before the run)' if config.ray.autoscaling else ''}, "
-             f"storage {config.ray.storage}, max_failures {config.ray.max_failures}; tracking: {config.tracking.uri}, "
+             f"storage {config.ray.storage}, max_failures {config.ray.max_failures}; tracking: {masked(config.tracking.uri)}, "
              f"experiment {config.tracking.experiment!r}"),
     ]
     return Group(*lines)

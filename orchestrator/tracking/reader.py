@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from orchestrator.credentials import masked
 from orchestrator.ids import training_id, variant_id
 from orchestrator.tracking.names import TAG_INVOCATION, TAG_KIND, TAG_REASON, TAG_TRIAL, TAG_VARIANT, orch_metric
 from orchestrator.tracking.store import store_errors
@@ -134,7 +135,7 @@ def open_results(name: str, uri: str, invocation: Optional[str] = None) -> Resul
         raise InputError(f"no MLflow store at {uri}: run `orch run` first, or pass --storage / --config")
     known = experiment_names(uri)
     if name not in known:
-        raise InputError(f"no experiment named {name!r} in {uri} (known: {', '.join(sorted(known)) or 'none'})")
+        raise InputError(f"no experiment named {name!r} in {masked(uri)} (known: {', '.join(sorted(known)) or 'none'})")
     tracker = Tracker(uri, name)
     chosen = _invocation(tracker, name, invocation)
     runs = tracker.runs(invocation=chosen)

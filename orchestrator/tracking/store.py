@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock
 
+from orchestrator.credentials import masked
 from orchestrator.storage import Storage
 from trainers.errors import InputError
 
@@ -54,6 +55,13 @@ def bounded_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
+def no_printed_passwords(uri: str) -> None:
+    """MLflow prints each ended run's URL on the host as `uri` gives it: with a password in it, MLflow
+    prints nothing (orch shows the store masked itself: orchestrator.credentials)."""
+    if masked(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 def unreachable(error: BaseException) -> bool:
     """True when an MLflow call failed because the server is away (refused, timed out, 5xx), not
     because the request was wrong."""
@@ -78,7 +86,7 @@ class store_errors:
 
     def __exit__(self, kind, error, traceback):
         if error is not None and self.uri.startswith(("http://", "https://")) and unreachable(error):
-            raise InputError(f"{self.uri}: the MLflow server does not answer ({short_reason(error)}) (start it, or point "
+            raise InputError(f"{masked(self.uri)}: the MLflow server does not answer ({short_reason(error)}) (start it, or point "
                              f"tracking.uri / MLFLOW_TRACKING_URI at the right one)") from None
         if error is None or not self.uri.startswith("sqlite:///"):
             return False

@@ -32,8 +32,8 @@ from orchestrator.locations import share_endpoint_with_mlflow
 from orchestrator.tracking.journal import JOURNAL_FILE, Journal
 from orchestrator.tracking.names import (MAX_PARAM_LENGTH, TAG_DRIVER, TAG_INVOCATION, TAG_KIND, TAG_REASON,
                                          TAG_TRIAL, TAG_VARIANT)
-from orchestrator.tracking.store import (artifact_location, bounded_http_retries, server_answers, short_reason,
-                                         store_creation_lock, store_errors, unreachable)
+from orchestrator.tracking.store import (artifact_location, bounded_http_retries, no_printed_passwords, server_answers,
+                                         short_reason, store_creation_lock, store_errors, unreachable)
 
 
 def _driver_id() -> str:
@@ -64,6 +64,7 @@ class Tracker:
         `say`: prints one line to the user (default: stderr)."""
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
         bounded_http_retries()
+        no_printed_passwords(uri)
         self.uri = uri
         self.journal = Journal(journal) if journal is not None else None
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
