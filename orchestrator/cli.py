@@ -283,20 +283,29 @@ def status(
 def ui(
     config: Optional[Path] = typer.Option(None, "--config", help="Read tracking.uri from this YAML."),
     storage: str = typer.Option(DEFAULT_STORAGE, "--storage", help=STORAGE_HELP),
-    port: int = typer.Option(5000, "--port"),
+    port: int = typer.Option(5000, "--port", help="The port the UI listens on."),
     host: str = typer.Option("127.0.0.1", "--host"),
+    workers: int = typer.Option(1, "--workers", min=1, help="The UI server's worker processes (one serves a laptop)."),
 ):
-    """The MLflow UI on the configured tracking store."""
+    """The MLflow UI on the configured tracking store: one server worker and no GenAI job runners by default."""
+    import os
     import subprocess
 
-    uri = _reading(config, storage).tracking_uri
-    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
-        from orchestrator.tracking.reader import experiment_names
+    from orchestrator.tracking.reader import stored_views
 
-        experiment_names(uri)  # a store that is not one is named here, not in the UI server's traceback
-    console.print(f"MLflow UI for {uri} on http://{host}:{port}", highlight=False)
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                                      "--host", host, "--port", str(port)]))
+    uri = _reading(config, storage).tracking_uri
+    server = f"http://{host}:{port}"
+    views = {}
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists():
+        views = stored_views(uri, server)  # a store that is not one is named here, not in the UI server's traceback
+    console.print(f"MLflow UI for {uri} on {server}", highlight=False)
+    for name, url in views.items():
+        console.print(f"{name}, every training's curve: {url}", highlight=False)
+    # MLflow's job runners serve GenAI features orch does not use: off unless the user turned them on.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                              "false")}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                                      "--port", str(port), "--workers", str(workers)], env=env))
 
 
 @app.command(epilog=EXAMPLES["report"])

@@ -21,7 +21,7 @@ from orchestrator.settings import RunSettings
 from orchestrator.storage import CONFIG_FILE, Storage
 from orchestrator.terminal import duration
 from orchestrator.tracking.cost import TrialMeter, log_totals
-from orchestrator.tracking.provenance import log_provenance, prepared_dataset, standard_tags
+from orchestrator.tracking.provenance import describe_experiment, log_provenance, prepared_dataset, standard_tags
 from orchestrator.tracking.recorder import TrialRecorder
 from orchestrator.tracking.writer import Tracker
 from trainers.config import OWN_DECODE_ID
@@ -171,6 +171,7 @@ def _train(settings: RunSettings, trainer_config, tracker: Tracker, run_dir: Pat
     if not resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan=None, dataset=dataset,
                        description=f"`orch train`: one training of **{config.name}**, in one process (no Ray).")
+        describe_experiment(tracker, config.name, trainer_config.trainer, trainer_config.eval.select_by)
     variants = [DecodeVariant(OWN_DECODE_ID, trainer_config.decode)]
     recorder = TrialRecorder(tracker, parent, run_key, TRIAL, TRIAL,
                              params=flatten(trainer_config.model_dump(mode="json")),

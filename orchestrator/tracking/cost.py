@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 COST_METRICS = ("cost_wall_s", "cost_device_hours", "cost_overhead_s", "cost_peak_memory_mb")
 PEAK_HOST_METRIC = "cost_peak_host_memory_mb"  # on a GPU only, beside the device's peak
 TAG_COST_DEVICE = "orch.cost_device"  # gpu | cpu
+TAG_GPU_METRICS = "orch.gpu_metrics"  # on a GPU trial without system/gpu_* metrics: why
 SYSTEM_PREFIX = "system/"  # the MLflow UI's System metrics section
 SAMPLE_EVERY_S = 5.0
 FIELD = "meter_"  # report keys the meter adds; the driver turns them into cost_* and system/* metrics
@@ -46,7 +47,7 @@ class TrialMeter:
         self.startup_s: Optional[float] = None
         self.peak_host_mb = 0.0
         self._process = psutil.Process()
-        self._monitors = _system_monitors(self.on_gpu)
+        self._monitors, self.gpu_metrics_missing = _system_monitors(self.on_gpu)
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats()
         self._stop = threading.Event()
@@ -99,6 +100,7 @@ class TrialMeter:
         return {f"{FIELD}began": self.began, f"{FIELD}startup_s": self.startup_s,
                 f"{FIELD}checkpoint_s": self.checkpoint_s, f"{FIELD}devices": float(self.devices),
                 f"{FIELD}device": "gpu" if self.on_gpu else "cpu", f"{FIELD}peak_host_mb": self.peak_host_mb,
+                f"{FIELD}gpu_metrics_missing": self.gpu_metrics_missing,
                 **({f"{FIELD}peak_device_mb": peak_device} if peak_device is not None else {}),
                 **{f"{SYSTEM_PREFIX}{key}": value for key, value in system.items()}}
 
@@ -116,19 +118,28 @@ def _rss(process) -> int:
         return 0
 
 
-def _system_monitors(on_gpu: bool) -> list:
-    """MLflow's own collectors (the names its UI expects); the GPU one where NVML answers."""
+def _system_monitors(on_gpu: bool) -> tuple[list, str]:
+    """MLflow's own collectors (the names its UI expects), the GPU one on a GPU; and, on a GPU, why it has none
+    ('' when it has): MLflow's GPU monitor needs nvidia-ml-py (the `gpu` extra) and a driver NVML answers."""
     from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 
     monitors = [CPUMonitor()]
-    if on_gpu:
-        try:
-            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    if not on_gpu:
+        return monitors, ""
+    try:
+        monitors.append(GPUMonitor())
+    except ImportError:  # MLflow's monitor says so without the bindings
+        return monitors, "nvidia-ml-py is not installed: pip install 'orch[gpu]'"
+    except RuntimeError as error:  # NVML did not start: no driver library
+        return monitors, str(error)
+    return monitors, ""
 
-            monitors.append(GPUMonitor())
-        except Exception:  # noqa: BLE001 - no NVML (pynvml missing, or no driver library): CPU metrics only
-            pass
-    return monitors
+
+def meter_tags(report: Mapping[str, object]) -> dict[str, str]:
+    """The trial run's tags from its meter's fields: the device its cost counts, why GPU metrics are missing."""
+    missing = report.get(f"{FIELD}gpu_metrics_missing")
+    return {TAG_COST_DEVICE: str(report[f"{FIELD}device"]), **({TAG_GPU_METRICS: str(missing)} if missing else {})}
 
 
 def trial_cost(report: Mapping[str, object], started_at: float, before: Mapping[str, float] = ()) -> dict[str, float]:

@@ -1,7 +1,9 @@
-"""What a parent run records so a result can be traced back: the YAML, the plan, code and packages."""
+"""What a parent run records so a result can be traced back: the YAML, the plan, code and packages;
+and what the experiment says of itself in the MLflow UI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +48,37 @@ def log_provenance(tracker, run_id: str, resolved_yaml: str, plan: Optional[dict
     versions = package_versions()
     tracker.log_json(run_id, versions, "environment/packages.json")
     tracker.set_tags(run_id, {"orch.git_commit": git_commit(), **{f"orch.version.{k}": v for k, v in versions.items()}})
+
+
+# ------------------------------------------------------------------------------- the experiment
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's Model training view, not GenAI's
+VIEW = "orch"  # the stored view of every run's curves: <experiment>?viewStateShareKey=orch (orch ui prints it)
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
+# The UI charts only the first 10 rows of the run table unless told otherwise; a parent, 4 trainings and
+# their 12 variant rows would hide half the trainings' curves. The view shows every run's.
+VIEW_STATE = {"runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True, "useGroupedValuesInCharts": True}
+
+
+def describe_experiment(tracker, name: str, trainer: str, select_by: str) -> None:
+    """The experiment as the MLflow UI opens it: its Model training view, a description of where its runs
+    and models are, its trainer and ranking metric as tags, and the stored view that charts every run."""
+    from orchestrator.tracking.names import mlflow_metric
+    from trainers.config import selection_metric
+
+    metric = mlflow_metric(selection_metric(select_by)[0])
+    tracker.set_experiment_tags({EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], "mlflow.note.content": f"""\
+**{name}**: an orch ablation of {trainer} models, ranked by `{metric}`.
+
+- **Runs**: a parent run per `orch run` (the plan, the resolved config, the report); under it a run per
+  training (its learning curves, `{metric}` per epoch); under each training a run per decode variant,
+  made when it was evaluated (its val and test scores: sort the table by a `test_` score to rank the cells).
+- **Models**: a logged model per training, named after it (its params, its val scores at its best
+  epoch, its own decode's test scores): sort by `{metric}` to rank the trainings. `orch export {name}
+  --register` registers the best as `models:/{name}@champion`.
+- **Charts**: every training's curve shows in the view `orch ui` prints (this experiment with
+  `?viewStateShareKey={VIEW}`); elsewhere, in Chart view, the eye menu's *Show all runs*.""",
+                                 "orch.trainer": trainer, "orch.select_by": metric,
+                                 VIEW_TAG: json.dumps(VIEW_STATE)})
 
 
 # ------------------------------------------------------------------- MLflow's own fields of a run

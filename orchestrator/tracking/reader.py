@@ -56,6 +56,18 @@ def experiment_names(uri: str) -> list[str]:
         return [e.name for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
 
 
+def stored_views(uri: str, server: str) -> dict[str, str]:
+    """Each experiment's stored view of every run's curves (provenance.VIEW) as a URL of the UI at `server`."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking.provenance import VIEW, VIEW_TAG
+
+    with store_errors(uri):
+        experiments = MlflowClient(tracking_uri=uri).search_experiments()
+    return {e.name: f"{server}/#/experiments/{e.experiment_id}?viewStateShareKey={VIEW}&compareRunsMode=CHART"
+            for e in experiments if VIEW_TAG in e.tags}
+
+
 def latest_invocation(tracker: Tracker) -> Optional[str]:
     parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'parent'",
                                          max_results=1, order_by=["attributes.start_time DESC"])

@@ -92,7 +92,7 @@ class TrialRecorder:
         Only the trainer's own metrics are logged, not the bookkeeping Ray adds to a result, and no
         decode's test scores: `complete` logs them once, on the run of the decode that scored them.
         """
-        from orchestrator.tracking.cost import FIELD, TAG_COST_DEVICE, system_metrics, trial_cost
+        from orchestrator.tracking.cost import FIELD, meter_tags, system_metrics, trial_cost
 
         epoch = int(report["epoch"])
         if self.closed or epoch <= self.logged_epoch:
@@ -113,7 +113,7 @@ class TrialRecorder:
         if f"{FIELD}began" in report:
             self.cost = trial_cost(report, self.started_at, self.cost_before)
             if not self._device_tagged:
-                self.tracker.set_tags(self.run_id, {TAG_COST_DEVICE: report[f"{FIELD}device"]})
+                self.tracker.set_tags(self.run_id, meter_tags(report))
                 self._device_tagged = True
         self.tracker.log_metrics(self.run_id, {**{mlflow_metric(k): v for k, v in own.items()}, **self.cost,
                                                **system_metrics(report)}, step=epoch)

@@ -98,7 +98,7 @@ def test_the_image_is_cuda_based_installs_orch_and_runs_it():
     assert len(froms) == 1 and args[froms[0].strip("${}")].startswith("nvidia/cuda:")
     assert "runtime" in args[froms[0].strip("${}")]
     runs = " ".join(a for i, a in instructions if i == "RUN")
-    assert "pip install ." in runs and f"ray[default]=={ray_version()}" in runs
+    assert 'pip install ".[gpu]"' in runs and f"ray[default]=={ray_version()}" in runs  # gpu: MLflow's GPU metrics
     assert "openjdk" in runs  # pycocoevalcap's METEOR and tokenizer
     (entrypoint,) = [a for i, a in instructions if i == "ENTRYPOINT"]
     assert yaml.safe_load(entrypoint)[-1] == "orch"

@@ -20,7 +20,7 @@ from orchestrator.experiment.schema import ExperimentConfig
 from orchestrator.tracking.cost import TrialMeter, log_totals
 from orchestrator.experiment.keys import flatten
 from orchestrator.experiment.plan import make_plan
-from orchestrator.tracking.provenance import prepared_dataset, standard_tags
+from orchestrator.tracking.provenance import describe_experiment, prepared_dataset, standard_tags
 from orchestrator.tracking.writer import Tracker
 from orchestrator.tracking.recorder import TrialRecorder
 from tests.conftest import tiny_trainer_dict
@@ -51,6 +51,7 @@ def train_and_record(storage: Path, name: str, prepared: Path) -> Recorded:
     run_key = f"{name}/run-1"
     parent = tracker.parent_run(run_key, "orch run run-1")
     tracker.log_json(parent, plan.to_dict(), "config/plan.json")
+    describe_experiment(tracker, name, config.trainer, config.eval.select_by)
     run_dirs = {}
     for index, cell in enumerate(plan.cells):
         trial = cell.id  # a grid trial's key is its cell, as in `orch run`

@@ -152,6 +152,34 @@ def test_each_training_s_logged_model_captions_a_path_and_base64(recorded, synth
     assert list(captions["error"]) == ["", ""]
 
 
+def test_the_experiment_opens_in_the_model_training_view_described_with_every_curve_stored(recorded):
+    import json
+
+    experiment = MlflowClient(recorded.uri).get_experiment_by_name(NAME)
+    tags = experiment.tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    assert "a logged model per training" in tags["mlflow.note.content"] and tags["orch.select_by"] == "val/CIDEr"
+    assert json.loads(tags["mlflow.sharedViewState.orch"])["runsHiddenMode"] == "SHOW_ALL"
+
+
+def test_orch_ui_runs_one_worker_no_job_runners_and_prints_the_view_of_every_curve(recorded, monkeypatch):
+    import subprocess
+
+    started = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env: started.append((command, env)) or 0)
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    result = invoke_orch("ui", "--storage", recorded.storage, "--port", "5123")
+    assert result.exit_code == 0, result.output
+    ((command, env),) = started
+    assert command[command.index("--workers") + 1] == "1" and command[command.index("--port") + 1] == "5123"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    experiment = MlflowClient(recorded.uri).get_experiment_by_name(NAME).experiment_id
+    assert f"http://127.0.0.1:5123/#/experiments/{experiment}?viewStateShareKey=orch&compareRunsMode=CHART" in \
+        result.output
+    assert invoke_orch("ui", "--storage", recorded.storage, "--workers", "3").exit_code == 0
+    assert started[-1][0][started[-1][0].index("--workers") + 1] == "3"
+
+
 def test_cost_is_logged_per_trial_and_summed_on_the_parent(recorded):
     kinds = _runs(recorded)
     for trial in kinds["trial"]:
@@ -267,6 +295,26 @@ def test_the_meter_sees_memory_grow_and_the_machines_load():
     assert second["meter_checkpoint_s"] == pytest.approx(0.5) and second["meter_devices"] == 2.0
     assert second["meter_device"] == "cpu" and "system/cpu_utilization_percentage" in second
     del held
+
+
+def test_a_gpu_trial_without_nvml_bindings_says_why_it_has_no_gpu_metrics(monkeypatch):
+    """MLflow's GPU monitor needs nvidia-ml-py, the `gpu` extra (which the image installs): without it a GPU
+    trial's run is tagged with the reason, instead of its system/gpu_* metrics silently missing."""
+    import sys
+    import tomllib
+
+    from orchestrator.tracking import cost
+    from tests.orchestrator.conftest import REPO_ROOT
+
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)  # as where the bindings are not installed
+    monitors, missing = cost._system_monitors(on_gpu=True)
+    assert len(monitors) == 1 and missing == "nvidia-ml-py is not installed: pip install 'orch[gpu]'"
+    assert cost.meter_tags({"meter_device": "gpu", "meter_gpu_metrics_missing": missing}) == {
+        "orch.cost_device": "gpu", "orch.gpu_metrics": missing}
+    assert cost._system_monitors(on_gpu=False)[1] == "" and "orch.gpu_metrics" not in cost.meter_tags(
+        {"meter_device": "cpu", "meter_gpu_metrics_missing": ""})
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("nvidia-ml-py") for requirement in extras["gpu"])
 
 
 def test_data_a_training_prepares_itself_is_logged_as_its_dataset_once_it_exists(tmp_path, monkeypatch):
