@@ -80,3 +80,30 @@ def test_identical_differences_have_no_spread():
 def test_a_paired_test_needs_two_pairs():
     with pytest.raises(ValueError):
         paired_t_test([1.0], [2.0])
+
+
+def test_every_field_of_a_paired_test_is_what_the_report_prints():
+    """n, the mean difference and d_z as well as t and p, on SciPy's path and on both no-spread paths."""
+    from orchestrator.reporting.stats import PairedTest
+
+    a, b = PAIRS[2]
+    found = paired_t_test(a, b)
+    differences = [x - y for x, y in zip(a, b)]
+    assert found.n == 5 and found.mean_difference == pytest.approx(sum(differences) / 5, abs=1e-15)
+    assert found.d_z == pytest.approx(found.mean_difference / stats.tstd(differences), rel=1e-12)
+    assert paired_t_test([2.0, 3.0], [1.0, 2.0]) == PairedTest(2, 1.0, math.inf, 0.0, math.inf)
+    assert paired_t_test([1.0, 2.0], [2.0, 3.0]) == PairedTest(2, -1.0, -math.inf, 0.0, -math.inf)
+    assert paired_t_test([1.0, 2.0, 4.0], [1.0, 2.0, 4.0]) == PairedTest(3, 0.0, 0.0, 1.0, 0.0)
+
+
+def test_a_paired_test_of_unequal_samples_says_their_lengths():
+    with pytest.raises(ValueError, match="at least 2, got 3 and 2"):
+        paired_t_test([1.0, 2.0, 3.0], [2.0, 3.0])
+
+
+def test_the_interval_takes_its_confidence():
+    assert mean_ci([1.0, 2.0, 3.0], confidence=0.99)[1] == pytest.approx(9.925 / math.sqrt(3), abs=1e-3)
+
+
+def test_holm_never_adjusts_a_p_value_past_one():
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # 2 x 0.6 would be 1.2
