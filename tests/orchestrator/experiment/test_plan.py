@@ -193,3 +193,60 @@ def test_grid_expansion(grid, num_samples):
     assert all(d.params[k] == v for d in plan.decode_variants for k, v in d.overrides.items())
     ids = [c.id for c in plan.cells] + [d.id for d in plan.decode_variants]
     assert len(set(ids)) == len(ids)
+
+
+SMALL = """
+    name: small
+    decode: {beam_size: 3, length_penalty: 0.5}
+    ablation:
+      model.decoder: [lstm, gru]
+      decode.length_penalty: [0.0, 0.5]
+    search: {algorithm: random, num_samples: 2, max_concurrent: 1, mode: min, metric: CIDEr,
+             space: {train.lr: {loguniform: [1.0e-5, 1.0e-3]}}}
+    resources: {cpu: 2, gpu: 1}
+"""
+
+
+def small(tmp_path, length_penalty=0.5):
+    path = tmp_path / "small.yaml"
+    path.write_text(textwrap.dedent(SMALL).replace("length_penalty: 0.5}", f"length_penalty: {length_penalty}}}"))
+    return load_config(path)
+
+
+def test_the_plan_artifact_names_every_cell_variant_and_the_reference_decode(tmp_path):
+    """The parent run's plan.json, key by key: what a reader of MLflow gets."""
+    plan = make_plan(small(tmp_path))
+    saved = json.loads(json.dumps(plan.to_dict()))
+    decode = {key: value for key, value in saved["reference_decode"]["params"].items()}
+    assert decode["decode.beam_size"] == 3 and decode["decode.length_penalty"] == 0.5
+    assert saved == {
+        "name": "small", "n_trainings": 4, "n_evaluations": 8, "samples_per_cell": 2,
+        "varying_keys": ["model.decoder"], "decode_keys": ["decode.length_penalty"],
+        "reference_decode": {"variant": "d02", "params": decode},
+        "cells": [{"id": "c001", "overrides": {"model.decoder": "lstm"}},
+                  {"id": "c002", "overrides": {"model.decoder": "gru"}}],
+        "decode_variants": [{"id": "d01", "overrides": {"decode.length_penalty": 0.0},
+                             "params": {**decode, "decode.length_penalty": 0.0}},
+                            {"id": "d02", "overrides": {"decode.length_penalty": 0.5}, "params": decode}],
+        "search_space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}},
+        "resources": plan.resources,
+    }
+    assert saved["resources"]["trials_per_gpu"] == 1  # a whole GPU per trial
+
+
+def test_a_reference_decode_no_variant_equals_is_decoded_as_ref(tmp_path):
+    config = small(tmp_path, length_penalty=2.0)
+    plan = make_plan(config)
+    assert plan.reference_variant == "ref"
+    assert plan.reference_decode["decode.length_penalty"] == 2.0
+    assert "decoded as 'ref' besides the variants" in " ".join(rendered(plan, config).split())
+
+
+def test_the_dry_run_text_names_the_reference_decode_the_search_and_the_tables(tmp_path):
+    config = small(tmp_path)
+    text = " ".join(rendered(make_plan(config), config).split())
+    assert text.startswith("Plan for 'small' (trainer captioner)")
+    assert "Trainings" in text and "Decode variants" in text and "cell" in text and "variant" in text
+    assert ("reference decode: length_penalty 0.5 (= variant d02); it alone selects each training's checkpoint and "
+            "steers LR on plateau and early stopping; every variant decodes that checkpoint") in text
+    assert "minimise CIDEr" in text and "at most 1 at once" in text and "train.lr ~ loguniform [1e-05, 0.001]" in text
