@@ -16,13 +16,14 @@ mutmut is not one of orch's dependencies; install it beside them:
 
 Each module runs in a copy of the working tree under a temporary folder (mutmut rewrites the
 sources it mutates, so the checkout is never touched), on `--children` processes (default 1: a
-shared 2-core machine), with mutmut's per-mutant timeout (15 x the test's clean time + 1 s). Only
+shared 2-core machine), with mutmut's per-mutant timeout (15 x the tests' clean time + 1 s; 3 x for decoding). Only
 the tests that reach a mutated function run against it, and only the test files listed here.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -55,11 +56,22 @@ NOT_RUN = {"no tests", "skipped"}  # no selected test reaches the mutated functi
 # Without Java, `orch score --metric Bleu --metric CIDEr` also prints "METEOR n/a (Java not found)",
 # which this one test does not expect: it is left out there.
 ENVIRONMENT = {"metrics": {"ORCH_NO_JAVA": "1"}}
+# decoding.py is too big to finish on a shared 2-core machine (524 mutants, its tests decode for
+# seconds, and a mutant that never ends a caption waits out its timeout): its key functions only, the
+# length penalty and the beam search that picks by it, with a tighter per-mutant timeout.
+FUNCTIONS = {"decoding": ["trainers.decoding.x_length_penalised__mutmut_*", "trainers.decoding.x_decode_for_betas__mutmut_*",
+                          "trainers.decoding.x__beam_search__mutmut_*", "trainers.decoding.xǁ_BestSoFarǁ*"]}
+TIMEOUT_MULTIPLIER = {"decoding": 3}
 DESELECTED = {"metrics": ["tests/orchestrator/commands/test_score.py::test_without_json_prints_a_table_of_the_chosen_metrics"]}
 
 
-def copy_working_tree(destination: Path) -> None:
-    """The files git tracks or would track (the working tree's versions, uncommitted edits included)."""
+def copy_working_tree(destination: Path, committed: bool = False) -> None:
+    """The files git tracks or would track (the working tree's versions, uncommitted edits included), or
+    with `committed` the last commit's files alone (others' edits in progress left out)."""
+    if committed:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
+        return
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             check=True, capture_output=True).stdout.decode().split("\0")
     for name in filter(None, listed):
@@ -70,34 +82,39 @@ def copy_working_tree(destination: Path) -> None:
             shutil.copy2(source, target)
 
 
-def mutmut_config(module: str, tests: list[str], deselected: list[str]) -> str:
+def mutmut_config(module: str, tests: list[str], deselected: list[str], timeout_multiplier: float = 15) -> str:
     """setup.cfg's [mutmut] section: mutate one module, select its tests, keep pytest quiet."""
     lines = ["[mutmut]", "source_paths=", "    trainers", "    orchestrator", "only_mutate=", f"    {module}",
              "pytest_add_cli_args_test_selection="]
     lines += [f"    {test}" for test in tests]
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
     lines += [f"    --deselect={test}" for test in deselected]
+    lines += [f"timeout_multiplier={timeout_multiplier}"]
     return "\n".join(lines) + "\n"
 
 
-def run_module(name: str, children: int, show_survivors: bool, keep: bool) -> dict:
+def run_module(name: str, children: int, show_survivors: bool, keep: bool, committed: bool = False) -> dict:
     module, tests = MODULES[name]
     folder = Path(tempfile.mkdtemp(prefix=f"orch-mutation-{name}-"))
     try:
-        copy_working_tree(folder)
+        copy_working_tree(folder, committed)
         (folder / "pyproject.toml").write_text(  # mutmut reads [tool.mutmut] there first: leave it only setup.cfg
             re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", (folder / "pyproject.toml").read_text()))
-        (folder / "setup.cfg").write_text(mutmut_config(module, tests, DESELECTED.get(name, [])))
+        (folder / "setup.cfg").write_text(mutmut_config(module, tests, DESELECTED.get(name, []),
+                                                        TIMEOUT_MULTIPLIER.get(name, 15)))
         # The tests read ../shared/fixtures beside the checkout; mutmut runs them from <copy>/mutants.
         if (ROOT.parent / "shared").is_dir():
             (folder / "shared").symlink_to(ROOT.parent / "shared")
         started = time.monotonic()
-        run = subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=folder,
+        run = subprocess.run(["mutmut", "run", "--max-children", str(children), *FUNCTIONS.get(name, [])], cwd=folder,
                              capture_output=True, text=True, env={**os.environ, **ENVIRONMENT.get(name, {})})
         seconds = time.monotonic() - started
         results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=folder, capture_output=True,
                                  text=True).stdout
         statuses = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", results, flags=re.M))
+        if name in FUNCTIONS:
+            statuses = {mutant: status for mutant, status in statuses.items()
+                        if any(fnmatch.fnmatch(mutant, pattern) for pattern in FUNCTIONS[name])}
         if run.returncode != 0 or not statuses:
             raise SystemExit(f"mutmut failed on {module} (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
         survivors = sorted((mutant for mutant, status in statuses.items() if status not in KILLED | NOT_RUN),
@@ -134,6 +151,7 @@ def main() -> None:
     parser.add_argument("--show-survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--keep", action="store_true", help="keep each module's copy (to `mutmut browse` it)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--committed", action="store_true", help="test the last commit, not the working tree")
     args = parser.parse_args()
     unknown = [name for name in args.modules if name not in MODULES]
     if unknown:
@@ -145,7 +163,7 @@ def main() -> None:
     print("| module | mutants | not run | killed | survived | killed share of those run | seconds |")
     print("|---|---|---|---|---|---|---|")
     for name in args.modules or list(MODULES):
-        result = run_module(name, args.children, args.show_survivors, args.keep)
+        result = run_module(name, args.children, args.show_survivors, args.keep, args.committed)
         results.append(result)
         ran = result["mutants"] - result["not_run"]
         print(f"| {result['module']} | {result['mutants']} | {result['not_run']} | {result['killed']} | "
