@@ -5,6 +5,7 @@ store. The integration tests do the same with `mlflow server` processes and whol
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -21,6 +22,20 @@ class LocalServer:
     """MLflow's tracking server (its Flask application, a sqlite store and served artifacts) in a thread."""
 
     def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch):
+        import mlflow.server.handlers as handlers
+        import mlflow.tracking._model_registry.utils as registry
+        import mlflow.tracking._tracking_service.utils as tracking
+
+        # The handlers open their stores once and then make them this process's default tracking and
+        # registry URIs (globals and environment variables): all of it is put back when the module ends,
+        # or later tests' commands would find their default store here.
+        for module, name in ((handlers, "_tracking_store"), (handlers, "_model_registry_store"),
+                             (tracking, "_tracking_uri"), (registry, "_registry_uri")):
+            monkeypatch.setattr(module, name, getattr(module, name))
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            monkeypatch.setenv(variable, os.environ.get(variable, ""))  # records the value (or its absence)
+            if not os.environ[variable]:
+                monkeypatch.delenv(variable)
         # The server's handlers read their store from these variables, once, when first asked.
         monkeypatch.setenv("_MLFLOW_SERVER_FILE_STORE", f"sqlite:///{folder / 'mlflow.db'}")
         monkeypatch.setenv("_MLFLOW_SERVER_SERVE_ARTIFACTS", "true")
@@ -33,9 +48,19 @@ class LocalServer:
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        from werkzeug.serving import make_server
+        import time
 
-        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        from werkzeug.serving import ThreadedWSGIServer
+
+        deadline = time.monotonic() + 30
+        while True:  # a port just closed can be busy for a moment on a loaded machine
+            try:
+                self.server = ThreadedWSGIServer("127.0.0.1", self.port, self.app)
+                break
+            except (OSError, SystemExit):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         self.port = self.server.server_port
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
