@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from orchestrator import terminal
 from orchestrator.locations import DEFAULT_STORAGE
-from trainers.errors import InputError, TrainingDiverged
+from trainers.errors import DiskFull, InputError, TrainingDiverged
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
 console = terminal.console(stderr=True)
@@ -63,6 +63,7 @@ def main_options(
     Every command's --help ends with an example. Shell completion: `orch --install-completion`."""
 
 
+FREE_SPACE = "free some space there and run the command again; a stopped `orch run` continues with `orch resume`"
 UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
               errno.EROFS: "a read-only file system"}
 
@@ -81,7 +82,16 @@ def _exits_cleanly(command):
         except InputError as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)  # [lstm, gru] is no markup
             raise typer.Exit(2)
+        except DiskFull as error:
+            console.print(f"[bold red]error:[/] {escape(str(error))} ({FREE_SPACE})", highlight=False)
+            raise typer.Exit(2)
         except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                # A write() names no file: the command's output folder is where it was writing.
+                where = error.filename or kwargs.get("out") or "a file under the command's output folder"
+                console.print(f"[bold red]error:[/] {escape(str(DiskFull(str(where))))} ({FREE_SPACE})",
+                              highlight=False)
+                raise typer.Exit(2)
             if error.errno not in UNWRITABLE or not error.filename:
                 raise
             console.print(f"[bold red]error:[/] {escape(str(error.filename))}: {UNWRITABLE[error.errno]} (choose a "
@@ -291,6 +301,7 @@ def ui(
     import os
     import subprocess
 
+    from orchestrator.credentials import masked
     from orchestrator.tracking.reader import stored_views
 
     uri = _reading(config, storage).tracking_uri
@@ -298,7 +309,7 @@ def ui(
     views = {}
     if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists():
         views = stored_views(uri, server)  # a store that is not one is named here, not in the UI server's traceback
-    console.print(f"MLflow UI for {uri} on {server}", highlight=False)
+    console.print(f"MLflow UI for {masked(uri)} on {server}", highlight=False)
     for name, url in views.items():
         console.print(f"{name}, every training's curve: {url}", highlight=False)
     # MLflow's job runners serve GenAI features orch does not use: off unless the user turned them on.

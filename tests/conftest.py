@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import atexit
 import shutil
 import tempfile
@@ -73,3 +75,42 @@ def tiny_trainer_dict(prepared: Path, **sections) -> dict:
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
     return config
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(megabytes): a tmpfs of that size under tmp_path, unmounted afterwards. Mounting needs
+    root: the test skips where the kernel refuses it."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(megabytes: int) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(disk)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Every free byte of `disk` taken by one file (its path): what the disk then refuses is a full disk's."""
+    ballast = disk / "ballast"
+    descriptor = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for block in (1 << 20, 4096, 1):
+            try:
+                while os.write(descriptor, b"\0" * block):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(descriptor)
+    return ballast

@@ -40,6 +40,7 @@ from trainers.staging import staged_folder
 
 TRAINING_STATE = "training_state.pt"
 BEST_MODEL = "best_model.pt"
+FILE_SIZES = "file_sizes"  # meta.json: the bytes of training_state.pt and best_model.pt as written
 META = "meta.json"
 
 
@@ -190,11 +191,23 @@ def save_checkpoint(folder: Path, training_state: dict, best_model: dict, meta: 
     with staged_folder(folder, replace=True) as staging:
         torch.save(training_state, staging / TRAINING_STATE)
         torch.save(best_model, staging / BEST_MODEL)
-        (staging / META).write_text(json.dumps(meta, indent=1, default=str))
         for name, source in (extra_files or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
+        for path in (staging / TRAINING_STATE, staging / BEST_MODEL):
+            _sync(path)
+        # meta.json last, with the sizes of the weights: a copy cut short (Ray persisting it to a full
+        # disk, a node lost mid-upload) is told from a whole one by its sizes (load_checkpoint).
+        sizes = {name: (staging / name).stat().st_size for name in (TRAINING_STATE, BEST_MODEL)}
+        (staging / META).write_text(json.dumps({**meta, FILE_SIZES: sizes}, indent=1, default=str))
+        _sync(staging / META)
     return folder
+
+
+def _sync(path: Path) -> None:
+    """The file's bytes on the disk before the folder is renamed into place: a crash leaves no empty file."""
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
 
 
 @dataclass
@@ -229,7 +242,12 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     if missing:
         raise InputError(f"{folder}: not a checkpoint (missing {', '.join(missing)})")
     with reading(folder / META, DAMAGED):
-        return Checkpoint(folder, json.loads((folder / META).read_text()))
+        meta = json.loads((folder / META).read_text())
+    for name, size in meta.get(FILE_SIZES, {}).items():
+        found = (folder / name).stat().st_size
+        if found != size:
+            raise InputError(f"{folder / name}: cut short ({found} of {size} bytes): {DAMAGED}")
+    return Checkpoint(folder, meta)
 
 
 def checkpoint_epoch(folder: Optional[Path]) -> int:

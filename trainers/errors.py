@@ -6,7 +6,9 @@ The CLI turns it into exit code 2 with its message; everything else is exit code
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+from typing import Optional
 
 
 class InputError(Exception):
@@ -15,6 +17,35 @@ class InputError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or grew past `train.divergence_factor` times its start (exit code 1)."""
+
+
+class DiskFull(Exception):
+    """A write failed for want of space: `disk full: PATH`, in the one line a user and an MLflow reason see."""
+
+    def __init__(self, path: str):
+        super().__init__(path)  # the path alone: Ray rebuilds a trial's exception from its args
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"disk full: {self.path}"
+
+
+def disk_full(error: Optional[BaseException]) -> Optional[str]:
+    """The path a write failed on for want of space, '' where it is not known; None for another error.
+
+    Space runs out as ENOSPC (EDQUOT on a quota) from the OS, or as SQLite's "database or disk is full"
+    inside SQLAlchemy's and MLflow's exceptions: the causes are followed."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFull):
+            return error.path
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(error.filename or "")
+        if "database or disk is full" in str(error) or "No space left on device" in str(error):
+            return ""
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def unknown_name(kind: str, name: str, names: Iterable[str]) -> str:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -53,6 +53,8 @@ class MlflowRecorder(Callback):
         self.reference, self.dataset = reference, dataset
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
+        self.failures: dict[str, str] = {}  # training id -> the last line of its error
+        self.disk_full: Optional[str] = None  # `disk full: PATH` once a trial ran out of space: the run stops
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "tracker": None, "_recorders": {}, "_last": {}}
@@ -82,10 +84,13 @@ class MlflowRecorder(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         recorder = self._recorder(trial)
         self.tracker.set_tags(recorder.run_id, {"orch.retries": trial.num_failures,
-                                                "orch.last_error": _error_text(trial)})
+                                                "orch.last_error": self._failed(trial)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, {})
+        if self.disk_full and not last.get("final"):  # stopped for the full disk: `orch resume` continues it
+            self._recorder(trial).end("FAILED", self.disk_full)
+            return
         with _local_checkpoint(trial) as checkpoint:
             if last.get("final"):
                 self._recorder(trial).complete(last, checkpoint)
@@ -95,7 +100,37 @@ class MlflowRecorder(Callback):
                                                reason=f"stopped early by the scheduler after epoch {epoch:.0f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._recorder(trial).end("FAILED", _error_text(trial))
+        self._recorder(trial).end("FAILED", self._failed(trial))
+
+    def _failed(self, trial) -> str:
+        """The trial's error in one line, kept for the driver's summary; Ray's pickle of it is dropped
+        unread (nothing from storage is unpickled: a pickle cut short on a full disk broke Ray's result grid)."""
+        if trial.run_metadata.pickled_error_filename is not None:
+            Path(trial.pickled_error_file).unlink(missing_ok=True)
+            trial.run_metadata.pickled_error_filename = None
+        reason = _error_text(trial)
+        if DISK_FULL in reason:
+            reason = reason[reason.index(DISK_FULL):]
+            self.disk_full = self.disk_full or reason
+        self.failures[trial_id(trial)] = reason
+        return reason
+
+
+DISK_FULL = "disk full: "  # trainers.errors.DiskFull's message
+
+
+class StopWhenDiskFull(Stopper):
+    """Stops every trial once one ran out of space: the others would fail on the same disk, each after
+    its retries, and a resume after space is freed continues them all from their last whole epoch."""
+
+    def __init__(self, recorder: MlflowRecorder):
+        self.recorder = recorder
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.recorder.disk_full is not None
 
 
 def _error_text(trial) -> str:
@@ -103,7 +138,7 @@ def _error_text(trial) -> str:
     text = ""
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
-        text = Path(path).read_text()
+        text = Path(path).read_text(errors="replace")
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:2000] if lines else "the trial failed (no error text)"
 

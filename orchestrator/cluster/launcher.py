@@ -14,6 +14,7 @@ invocation's studies are rebuilt from orch's own records, never from Ray Tune's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -22,10 +23,10 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.cluster import auth, preflight
-from orchestrator.cluster.callbacks import LiveTable, MlflowRecorder, trial_id
+from orchestrator.cluster.callbacks import DISK_FULL, LiveTable, MlflowRecorder, StopWhenDiskFull, trial_id
 from orchestrator.cluster.trainable import remove_work_folders
 from orchestrator.credentials import masked
-from orchestrator.cluster.studies import (Study, resume_studies, stored_checkpoints, studies_of,
+from orchestrator.cluster.studies import (Study, check_room_to_resume, resume_studies, stored_checkpoints, studies_of,
                                           trial_done)
 from orchestrator.experiment.keys import apply_overrides
 from orchestrator.experiment.loader import dump_resolved
@@ -37,12 +38,12 @@ from orchestrator.settings import RunSettings
 from orchestrator.storage import save_invocation
 from orchestrator.tracking.cost import log_totals
 from orchestrator.tracking.names import TAG_TRIAL
-from orchestrator.tracking.provenance import log_provenance, prepared_dataset, standard_tags
+from orchestrator.tracking.provenance import describe_experiment, log_provenance, prepared_dataset, standard_tags
 from orchestrator.tracking.reader import cell_rows
 from orchestrator.tracking.writer import Tracker
 from trainers import determinism
 from trainers.config import selection_metric
-from trainers.errors import InputError
+from trainers.errors import DiskFull, InputError, disk_full
 
 INTERRUPTED = "interrupted (Ctrl-C) before this run ended"
 
@@ -70,7 +71,7 @@ def _scheduler(config: ExperimentConfig, metric: str, mode: str):
     return FIFOScheduler()
 
 
-def _tuner(settings: RunSettings, study: Study, trainable, callbacks: list):
+def _tuner(settings: RunSettings, study: Study, trainable, callbacks: list, stopper: StopWhenDiskFull):
     """A new Tuner for `study`, writing under the invocation folder through the storage's filesystem."""
     from ray import tune
 
@@ -103,7 +104,7 @@ def _tuner(settings: RunSettings, study: Study, trainable, callbacks: list):
                                     trial_name_creator=trial_id, trial_dirname_creator=trial_id),
         run_config=tune.RunConfig(
             name=study.name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0,
-            callbacks=callbacks,
+            callbacks=callbacks, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
             # The newest: every checkpoint also holds the best weights so far (trainers.checkpoint).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=config.ray.keep_checkpoints)),
@@ -121,6 +122,18 @@ def _init_ray(settings: RunSettings) -> None:
     # job; a local Ray's inherit this process's.
     ray.init(address=settings.ray_address, log_to_driver=False, include_dashboard=False,
              configure_logging=True, logging_level="ERROR", runtime_env={"env_vars": determinism.environment()})
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(_not_said_by_orch)
+
+
+def _not_said_by_orch(record: logging.LogRecord) -> bool:
+    """Ray's lines that orch says better stay off the terminal: a full disk's tracebacks (a trial's, its
+    experiment state's; orch says it in one line, callbacks.StopWhenDiskFull, and the trial's error file
+    keeps the whole text) and "Trials did not complete" (the table and `failed <trial>: ...` say which)."""
+    error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
+    return disk_full(error) is None and "No space left on device" not in message and \
+        not message.startswith("Trials did not complete")
 
 
 def check_data(config: ExperimentConfig, plan: Plan) -> None:
@@ -143,14 +156,18 @@ def run_plan(settings: RunSettings, plan: Plan, console: Console) -> int:
     live driver is refused before anything starts."""
     if settings.resuming:
         refuse_a_live_driver(settings.storage, settings.folder)
+        check_room_to_resume(settings.storage, settings.folder)
     # An unreachable tracking server, bucket or cluster fails before any trial; a cluster open to all is said.
     for note in preflight.check_settings(settings):
         console.print(f"[yellow]note[/]: {note}", highlight=False)
     check_data(settings.config, plan)
     check_gpus(settings)
+    # The store first: one that cannot be opened is refused before the invocation folder (its lease) is made.
+    tracker = Tracker(settings.tracking_uri, settings.experiment, artifact_root=settings.storage,
+                      journal=settings.journal)
     with DriverLease.acquire(settings.storage, settings.folder, f"orch {'resume' if settings.resuming else 'run'}"):
         try:
-            return _run(settings, plan, console)
+            return _run(settings, plan, console, tracker)
         finally:
             remove_work_folders(settings.run_key)
 
@@ -176,14 +193,12 @@ def check_gpus(settings: RunSettings) -> None:
         raise
 
 
-def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
+def _run(settings: RunSettings, plan: Plan, console: Console, tracker: Tracker) -> int:
     from ray import tune
 
     from orchestrator.cluster.trainable import FAIL_ONCE_ENV, train_trial
 
     config, storage = settings.config, settings.storage
-    # The store first: one that cannot be opened is refused before the invocation folder is made.
-    tracker = Tracker(settings.tracking_uri, settings.experiment, artifact_root=storage, journal=settings.journal)
     tracker.run_tags = standard_tags(f"orch run {config.name}")
     if not settings.resuming:
         save_invocation(storage, config.name, settings.invocation, dump_resolved(config),
@@ -210,39 +225,51 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
     dataset = prepared_dataset(base["data"]["prepared"])
     if not settings.resuming:
         log_provenance(tracker, parent, dump_resolved(config), plan.to_dict(), dataset)
+        describe_experiment(tracker, config.name, config.trainer, config.eval.select_by)
     recorder = MlflowRecorder(tracker, parent, settings.run_key, base, cells, {d.id: d.params for d in plan.decode_variants},
                               {d.id: d.overrides for d in plan.decode_variants}, plan.reference_variant, dataset)
     callbacks = [recorder, LiveTable(plan, settings.metric, cells, base)]
+    stopper = StopWhenDiskFull(recorder)
 
     console.print(f"ray: {settings.describe_ray()}", highlight=False)
-    failures: list[str] = []
     unfinished: list[str] = []
     status, reason = "FAILED", "the driver stopped"
     try:
         if studies:
             _init_ray(settings)
         for study in studies:
-            grid = _tuner(settings, study, trainable, callbacks).fit()
+            grid = _tuner(settings, study, trainable, callbacks, stopper).fit()
             clean_ray_temp(study.name, [r.path.rsplit("/", 1)[-1] for r in grid])
-            failures += [f"{r.path.rsplit('/', 1)[-1]}: {str(r.error).strip().splitlines()[-1][:300]}"
-                         for r in grid if r.error is not None]
+            if recorder.disk_full:
+                break
             # On Ctrl-C (SIGINT) Tune saves its state and returns early, its running trials unended.
             unfinished = [] if tracker.away and not tracker.settle() else \
                 [run.info.run_name for run in tracker.runs(invocation=settings.run_key, kind="trial")
                  if run.info.status == "RUNNING"]
             if unfinished:
                 break
-        if unfinished:
+        if recorder.disk_full:
+            status, reason = "FAILED", recorder.disk_full
+        elif unfinished:
             status, reason = "KILLED", INTERRUPTED
         else:
-            status, reason = ("FAILED", "; ".join(failures)) if failures else ("FINISHED", "")
+            status, reason = ("FAILED", "; ".join(recorder.failures.values())) if recorder.failures else ("FINISHED", "")
     except KeyboardInterrupt:
         status, reason = "KILLED", INTERRUPTED
         raise
+    except Exception as error:  # noqa: BLE001 - only a full disk is translated; the rest goes on as it was
+        where = disk_full(error)
+        if where is None:
+            raise
+        status, reason = "FAILED", str(DiskFull(where or storage.locate(settings.folder)))
+        raise DiskFull(where or storage.locate(settings.folder)) from None
     finally:
         if not tracker.away or tracker.settle():
-            close_unfinished(tracker, settings.run_key, "KILLED",
-                             INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
+            if reason.startswith(DISK_FULL):
+                closing = ("FAILED", reason)
+            else:
+                closing = ("KILLED", INTERRUPTED if status == "KILLED" else "the driver stopped before this run ended")
+            close_unfinished(tracker, settings.run_key, *closing)
             log_totals(tracker, parent, settings.run_key)
         if dataset is None:  # the trials prepared it themselves (auto-prepared data): it exists now
             tracker.log_input(parent, prepared_dataset(base["data"]["prepared"]))
@@ -254,17 +281,19 @@ def _run(settings: RunSettings, plan: Plan, console: Console) -> int:
                       highlight=False)
         console.print(f"results: {storage.uri(settings.folder)}", highlight=False)
         return 1
+    if recorder.disk_full:  # one line, exit 2 (orchestrator.cli); `orch resume` continues once there is space
+        raise DiskFull(recorder.disk_full.removeprefix(DISK_FULL))
     rows = sort_rows(cell_rows(tracker, settings.run_key), config.eval.select_by)
     console.print(cell_table(rows, config.eval.select_by, f"{config.name} ({settings.invocation}): every ablation cell, "
                                                           f"best val {config.eval.select_by} first"))
-    for failure in failures:
-        console.print(f"[red]failed[/] {failure}", highlight=False)
+    for training, failure in recorder.failures.items():
+        console.print(f"[red]failed[/] {training}: {failure[:300]}", highlight=False)
     if unfinished:
         console.print(f"[yellow]interrupted[/]: {len(unfinished)} trial(s) did not finish; continue with "
                       f"`orch resume {shlex.quote(storage.locate(settings.folder))}`", highlight=False)
     console.print(f"results: {storage.uri(settings.folder)}\nMLflow: {masked(settings.tracking_uri)}\nnext: `orch report "
                   f"{config.name}`, `orch status {config.name}`, `orch ui`", highlight=False)
-    return 1 if failures or unfinished else 0
+    return 1 if recorder.failures or unfinished else 0
 
 
 def clean_ray_temp(study: str, trial_folders: list[str]) -> None:

@@ -13,7 +13,9 @@ identity of the trials they continue, so they log to the same MLflow runs.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -25,7 +27,7 @@ from orchestrator.experiment.schema import ExperimentConfig
 from orchestrator.settings import RunSettings
 from orchestrator.storage import Storage
 from orchestrator.tracking.names import TAG_REASON, TAG_TRIAL
-from trainers.errors import InputError
+from trainers.errors import DiskFull, InputError
 
 
 STOPPED_EARLY = "stopped early by the scheduler"  # a KILLED trial run the scheduler ended: done, never resumed
@@ -108,3 +110,16 @@ def stored_checkpoints(storage: Storage, folder: str, recorded: dict[str, int]) 
         if epoch <= recorded.get(trial_id, 0):
             found.setdefault(trial_id, []).append((epoch, posixpath.dirname(meta)))
     return {trial: [path for _, path in sorted(folders, reverse=True)] for trial, folders in found.items()}
+
+
+def check_room_to_resume(storage: Storage, folder: str) -> None:
+    """A resume writes a checkpoint per trial and epoch: on a local storage with less space free than the
+    largest checkpoint the invocation holds, it is refused in one line before anything starts or is made
+    (`disk full: PATH (N bytes free; ...)`). A bucket's space is not known here: it is not checked."""
+    if not storage.is_local:
+        return
+    sizes = [sum(entry.stat().st_size for entry in os.scandir(storage.path(posixpath.dirname(meta))) if entry.is_file())
+             for meta in storage.find(folder, "meta.json")]
+    need, free = max(sizes, default=0), shutil.disk_usage(storage.path(folder)).free
+    if free < need:
+        raise DiskFull(f"{storage.path(folder)} ({free:,} bytes free; a checkpoint of this run takes {need:,})")

@@ -24,6 +24,7 @@ from ray import tune
 from orchestrator.experiment.keys import apply_overrides
 from orchestrator.storage import Storage
 from trainers.config import DecodeConfig, TrainerConfig
+from trainers.errors import DiskFull, disk_full
 
 if TYPE_CHECKING:
     from trainers.evaluation import DecodeVariant
@@ -93,6 +94,13 @@ def train_trial(params: dict, *, base: dict, cells: dict[str, dict], variants: d
                           _stored_checkpoint(storage, (stored or {}).get(trial_id, []), work_dir, config.train.epochs)]
             resume_from = resume_point(candidates, config.train.epochs)
             run_training(config, work_dir, variants=decode_variants, on_epoch=report, resume_from=resume_from)
+        except Exception as error:
+            where = disk_full(error)
+            if where is None:
+                raise
+            # One line for the driver, which stops the run on it (callbacks.MlflowRecorder), instead of a
+            # traceback that retries would repeat on the same full disk.
+            raise DiskFull(where or tune.get_context().get_storage().trial_fs_path) from None
         finally:
             meter.close()
             _keep_random_encoder(work_dir, run_dir.parent)

@@ -27,11 +27,13 @@ from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelInput, 
                              Metric, Param, RunTag)
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
+from orchestrator.credentials import masked
 from orchestrator.storage import Storage
 from orchestrator.locations import share_endpoint_with_mlflow
 from orchestrator.tracking.journal import JOURNAL_FILE, Journal
 from orchestrator.tracking.names import (MAX_PARAM_LENGTH, TAG_DRIVER, TAG_INVOCATION, TAG_KIND, TAG_REASON,
                                          TAG_TRIAL, TAG_VARIANT)
+from trainers.errors import disk_full
 from orchestrator.tracking.store import (artifact_location, bounded_http_retries, no_printed_passwords, server_answers,
                                          short_reason, store_creation_lock, store_errors, unreachable)
 
@@ -103,7 +105,7 @@ class Tracker:
             try:
                 existing = self._find(tags)
             except Exception as error:  # noqa: BLE001 - only a server away is absorbed
-                if self.journal is None or not unreachable(error):
+                if self.journal is None or not _away(error):
                     raise
                 self._went_away(error)
             else:
@@ -255,7 +257,7 @@ class Tracker:
         try:
             self._apply(entry, live=True)
         except Exception as error:  # noqa: BLE001 - only a server away is absorbed
-            if self.journal is None or not unreachable(error):
+            if self.journal is None or not _away(error):
                 raise
             self._went_away(error)
             self._write(entry)
@@ -264,7 +266,9 @@ class Tracker:
         if self.away_since is None:
             self.away_since = time.monotonic()
             self._last_probe = time.monotonic()
-            self.say(f"MLflow server {self.uri} is not answering ({short_reason(error)}): training goes on; tracking "
+            what = "store" if disk_full(error) is not None else "server"
+            state = "is full" if what == "store" else "is not answering"
+            self.say(f"MLflow {what} {masked(self.uri)} {state} ({short_reason(error)}): training goes on; tracking "
                      f"writes are kept in {self.journal.path} and replayed in order when it is back")
 
     def flush(self, force: bool = True) -> bool:
@@ -282,14 +286,14 @@ class Tracker:
             try:
                 self._apply(entry)
             except Exception as error:  # noqa: BLE001
-                if not unreachable(error):
+                if not _away(error):
                     raise
                 self._went_away(error)
                 return False
             self.journal.mark_done(number)
         self._clear = True
         if self.away or pending:
-            self.say(f"MLflow server {self.uri} is back: replayed {len(pending)} journaled tracking write(s) "
+            self.say(f"MLflow server {masked(self.uri)} is back: replayed {len(pending)} journaled tracking write(s) "
                      f"in order")
             self.away_since = None
         return True
@@ -434,6 +438,12 @@ def replay_journals(uri: str, experiment: str, folder: Path, say=None) -> int:
             if tracker.flush():
                 replayed += pending
     return replayed
+
+
+def _away(error: BaseException) -> bool:
+    """A write the store could not take for now: its server away, or its disk full (SQLite's
+    "database or disk is full"). Both are waited out with the journal; anything else is a bug."""
+    return unreachable(error) or disk_full(error) is not None
 
 
 def _all_pages(client: MlflowClient, experiment_id: str, filter_string: str):

@@ -97,6 +97,28 @@ def test_a_damaged_checkpoint_file_is_named_in_one_error(frozen_run, tmp_path, n
         damaged.training_state(), damaged.best_model()
 
 
+def test_a_checkpoint_copied_short_is_passed_over_for_a_whole_one(frozen_run, tmp_path):
+    """meta.json holds the weights' sizes (written last, after they are synced): a copy missing its last
+    bytes (Ray persisting it to a full disk) is refused before torch reads it, and a resume takes the
+    newest whole checkpoint instead."""
+    from trainers.checkpoint import BEST_MODEL, FILE_SIZES, TRAINING_STATE, checkpoint_epoch, resume_point
+
+    _, checkpoint = frozen_run
+    assert checkpoint.meta[FILE_SIZES] == {name: (checkpoint.folder / name).stat().st_size
+                                           for name in (TRAINING_STATE, BEST_MODEL)}
+    whole, short = tmp_path / "whole", tmp_path / "short"
+    shutil.copytree(checkpoint.folder, whole)
+    shutil.copytree(checkpoint.folder, short)
+    meta = json.loads((short / META).read_text())
+    (short / META).write_text(json.dumps({**meta, "epoch": meta["epoch"] + 1}))  # the newer one
+    data = (short / BEST_MODEL).read_bytes()
+    (short / BEST_MODEL).write_bytes(data[:-1])
+    with pytest.raises(InputError, match=f"{BEST_MODEL}: cut short \\({len(data) - 1} of {len(data)} bytes\\)"):
+        load_checkpoint(short)
+    assert checkpoint_epoch(short) == -1
+    assert resume_point([short, whole], epochs=10) == whole
+
+
 def test_best_weights_are_kept_on_the_cpu_without_the_frozen_encoder(prepared_dir, tmp_path):
     recipe = CaptionRecipe(TrainerConfig.model_validate(tiny_trainer_dict(prepared_dir)), tmp_path)
     recipe.setup()

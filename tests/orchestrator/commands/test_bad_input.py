@@ -22,7 +22,8 @@ def one_error_line(result, *fragments: str) -> str:
     (`orch run` prints its plan before the checks that need the plan)."""
     output = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert output.count("error: ") == 1, result.output
     said = output[output.index("error: "):]
     assert result.output.rstrip().splitlines()[-1].split()[-1] == said.split()[-1], result.output  # the last line
@@ -226,8 +227,11 @@ def test_score_with_a_truncated_predictions_file(orch, tmp_path):
 
 
 def test_export_of_a_trial_whose_mlflow_checkpoint_is_a_pickle(orch, export_dir, tmp_path, monkeypatch):
-    """A best_checkpoint in MLflow (a shared store) that is a crafted pickle: `orch export` refuses it
-    in one line and its payload never runs."""
+    """A trial's logged model in MLflow (a shared store) whose best_model.pt was replaced by a crafted pickle:
+    `orch export` refuses it in one line and its payload never runs."""
+    import torch
+    from safetensors.torch import load_file
+
     from orchestrator.tracking.writer import Tracker
     from orchestrator.tracking.recorder import TrialRecorder
     from tests.orchestrator.conftest import sqlite_uri
@@ -243,11 +247,16 @@ def test_export_of_a_trial_whose_mlflow_checkpoint_is_a_pickle(orch, export_dir,
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     config = yaml.safe_load((export_dir / "config.yaml").read_text())
-    (checkpoint / "meta.json").write_text(json.dumps({"epoch": 1, "config": config, "vocab": ["<pad>"],
+    vocab = json.loads((export_dir / "vocab.json").read_text())
+    torch.save(load_file(export_dir / "model.safetensors"), checkpoint / "best_model.pt")
+    (checkpoint / "meta.json").write_text(json.dumps({"epoch": 1, "config": config, "vocab": vocab["itos"],
                                                       "variants": {"d01": config["decode"]}}))
-    marker = tmp_path / "unpickled"
-    plant_pickle(checkpoint / "best_model.pt", marker)
     recorder.complete(report, checkpoint)
+    stored = [path for path in storage.rglob("best_model.pt")]
+    assert stored, "the trial's logged model holds its best checkpoint"
+    marker = tmp_path / "unpickled"
+    for path in stored:
+        plant_pickle(path, marker)
     result = orch("export", "shared", "--storage", storage, "--out", tmp_path / "exports")
     one_error_line(result, "best_model.pt: a pickle holding more than tensors", "export another trial")
     assert not marker.exists()
@@ -314,3 +323,23 @@ def test_score_with_truncated_references(orch, tmp_path):
     preds = tmp_path / "preds.json"
     preds.write_text('[{"image_id": 1, "caption": "a b"}]')
     one_error_line(orch("score", "--references", refs, "--predictions", preds), str(refs))
+
+
+# ------------------------------------------------------------------------------------- a full disk
+@pytest.mark.parametrize("command", ["synth", "prepare"])
+def test_a_full_disk_is_one_line_naming_it_and_leaves_nothing(orch, synth_dir, small_disk, command):
+    """Writing images or a prepared dataset onto a full disk: `disk full: OUT` in one line, exit 2, and
+    no half-written output (the staging folder is removed)."""
+    from tests.conftest import fill
+
+    disk = small_disk(1)
+    ballast = fill(disk)
+    out = disk / "out"
+    args = {"synth": ["synth", out, "--n", "300", "--size", "64"],
+            "prepare": ["prepare", synth_dir / "dataset.json", "--images", synth_dir, "--out", out]}[command]
+    result = orch(*args)  # progress bars may come first
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.count("error: ") == 1, result.output
+    last = " ".join(result.output[result.output.index("error: "):].split())
+    assert last.startswith(f"error: disk full: {out} (free some space") and "orch resume" in last, result.output
+    assert list(disk.iterdir()) == [ballast]

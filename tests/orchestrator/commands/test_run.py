@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.cluster.trainable import _work_root as work_root
 from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, plant_pickle, sqlite_uri, stop_server, write_yaml
 from orchestrator.storage import resolve
 
@@ -33,10 +34,11 @@ GRID = {"model.decoder": ["lstm", "gru"], "decode.length_penalty": [0.0, 0.5, 1.
 
 
 # --------------------------------------------------------------------------------------- helpers
-def runs_of(client: MlflowClient, experiment: str) -> dict[str, list]:
-    """The experiment's runs by their `orch.kind` tag: parent, trial, variant."""
+def runs_of(client: MlflowClient, experiment: str, invocation: str = "") -> dict[str, list]:
+    """The experiment's runs (of one invocation, when given) by their `orch.kind` tag: parent, trial, variant."""
     found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], max_results=1000)
+    query = f"tags.`orch.invocation` = '{invocation}'" if invocation else ""
+    runs = client.search_runs([found.experiment_id], query, max_results=1000)
     kinds: dict[str, list] = {"parent": [], "trial": [], "variant": []}
     for run in runs:
         kinds[run.data.tags["orch.kind"]].append(run)
@@ -493,6 +495,8 @@ def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_ex
     for run in [*kinds["parent"], *kinds["trial"], *kinds["variant"]]:
         assert (run.info.status, run.data.tags["orch.failure_reason"]) == \
             ("KILLED", "interrupted (Ctrl-C) before this run ended")
+    (invocation,) = [folder.name for folder in (storage / "interrupted").iterdir() if folder.name.startswith("run-")]
+    assert not work_root(f"interrupted/{invocation}").exists()  # the trial's scratch folder is gone
 
     resumed = invoke_orch("resume", "interrupted", "--storage", storage)
     assert resumed.exit_code == 0, resumed.output
