@@ -40,6 +40,7 @@ from orchestrator.tracking.cost import log_totals
 from orchestrator.tracking.names import TAG_TRIAL
 from orchestrator.tracking.provenance import describe_experiment, log_provenance, prepared_dataset, standard_tags
 from orchestrator.tracking.reader import cell_rows
+from orchestrator.tracking.store import store_path
 from orchestrator.tracking.writer import Tracker
 from trainers import determinism
 from trainers.config import selection_metric
@@ -275,6 +276,10 @@ def _run(settings: RunSettings, plan: Plan, console: Console, tracker: Tracker) 
             tracker.log_input(parent, prepared_dataset(base["data"]["prepared"]))
         tracker.end(parent, status, reason)
     if tracker.away and not tracker.settle():
+        if tracker.store_full:  # one line, exit 2: what waits where, and what replays it
+            raise DiskFull(f"{store_path(settings.tracking_uri)}, the MLflow store ({len(tracker.journal.pending())} "
+                           f"tracking writes wait in {tracker.journal.path}; once there is space, `orch status "
+                           f"{config.name} --storage {shlex.quote(storage.locate())}` replays them)")
         console.print(f"[yellow]MLflow server {masked(settings.tracking_uri)} did not come back[/]: {len(tracker.journal.pending())} "
                       f"tracking write(s) are kept in order in {tracker.journal.path}; `orch status {config.name} "
                       f"--storage {shlex.quote(storage.locate())}` (or `orch resume`) replays them once it answers",

@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from orchestrator.credentials import masked
 from orchestrator.storage import Storage
-from trainers.errors import InputError
+from trainers.errors import DiskFull, InputError, disk_full
 
 SERVER_SCHEMES = ("http", "https", "databricks")  # stores whose server decides where artifacts go
 
@@ -88,7 +88,11 @@ class store_errors:
         if error is not None and self.uri.startswith(("http://", "https://")) and unreachable(error):
             raise InputError(f"{masked(self.uri)}: the MLflow server does not answer ({short_reason(error)}) (start it, or point "
                              f"tracking.uri / MLFLOW_TRACKING_URI at the right one)") from None
-        if error is None or not self.uri.startswith("sqlite:///"):
+        if error is None:
+            return False
+        if disk_full(error) is not None:
+            raise DiskFull(store_path(self.uri)) from None
+        if not self.uri.startswith("sqlite:///"):
             return False
         chain, seen = [], error
         while seen is not None and len(chain) < 10:
@@ -103,6 +107,11 @@ class store_errors:
         return False
 
 
+
+
+def store_path(uri: str) -> str:
+    """Where a store keeps its data, as a user would look for it: a sqlite file's path, else the URI (masked)."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else masked(uri)
 
 
 def short_reason(error: BaseException) -> str:

@@ -65,12 +65,14 @@ class Tracker:
         `journal`: the journal file of this run (None: writes fail when the server does).
         `say`: prints one line to the user (default: stderr)."""
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury our tables
+        logging.getLogger("mlflow.store.db.utils").addFilter(_not_a_full_store)  # said once, below
         bounded_http_retries()
         no_printed_passwords(uri)
         self.uri = uri
         self.journal = Journal(journal) if journal is not None else None
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.away_since: Optional[float] = None
+        self.store_full = False  # away because its disk is full, not because its server does not answer
         self._last_probe = 0.0
         self._clear = self.journal is None or not self.journal.pending()  # nothing waits: write straight through
         self.run_tags: dict[str, str] = {}  # given to every run this tracker creates (provenance.standard_tags)
@@ -266,9 +268,11 @@ class Tracker:
         if self.away_since is None:
             self.away_since = time.monotonic()
             self._last_probe = time.monotonic()
-            what = "store" if disk_full(error) is not None else "server"
-            state = "is full" if what == "store" else "is not answering"
-            self.say(f"MLflow {what} {masked(self.uri)} {state} ({short_reason(error)}): training goes on; tracking "
+            self.store_full = disk_full(error) is not None
+            what = "store" if self.store_full else "server"
+            state = "is full" if self.store_full else "is not answering"
+            reason = "database or disk is full" if self.store_full else short_reason(error)
+            self.say(f"MLflow {what} {masked(self.uri)} {state} ({reason}): training goes on; tracking "
                      f"writes are kept in {self.journal.path} and replayed in order when it is back")
 
     def flush(self, force: bool = True) -> bool:
@@ -299,8 +303,9 @@ class Tracker:
         return True
 
     def settle(self, wait_s: float = 60.0) -> bool:
-        """Give a server that went away a bounded while to come back and take the journal; True when it did."""
-        deadline = time.monotonic() + wait_s
+        """Give a server that went away a bounded while to come back and take the journal; True when it did.
+        A full store is tried once: space does not come back by waiting."""
+        deadline = time.monotonic() + (0.0 if self.store_full else wait_s)
         while not self.flush():
             if time.monotonic() > deadline:
                 return False
@@ -438,6 +443,12 @@ def replay_journals(uri: str, experiment: str, folder: Path, say=None) -> int:
             if tracker.flush():
                 replayed += pending
     return replayed
+
+
+def _not_a_full_store(record: logging.LogRecord) -> bool:
+    """MLflow logs each write a full sqlite store refuses with its traceback; the Tracker says it in one line."""
+    return disk_full(record.exc_info[1] if record.exc_info else None) is None and \
+        "database or disk is full" not in record.getMessage()
 
 
 def _away(error: BaseException) -> bool:

@@ -204,3 +204,13 @@ def s3_server(tmp_path_factory):
             patch.delenv(variable, raising=False)
         yield S3Server(f"127.0.0.1:{port}")
     stop_server(server)
+
+
+def orch_process(*args, cwd: Path, log: Path) -> subprocess.Popen:
+    """`orch ARGS` as a process of its own, with a local Ray of its own (no RAY_ADDRESS) and this session's
+    environment, its output (long lines unwrapped) appended to `log`."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(REPO_ROOT), COLUMNS="1000")
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,18 +20,9 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.storage import resolve
-from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
-from tests.orchestrator.commands.test_run import assert_tree_finished, epochs_logged, runs_of, trial_progress
+from tests.orchestrator.conftest import invoke_orch, orch_process, sqlite_uri, write_yaml
+from tests.orchestrator.commands.test_run import assert_tree_finished, epochs_logged, runs_of, wait_for_first_epoch
 from trainers.inference import caption_images, load_model
-
-
-def orch_subprocess(*args, cwd: Path, log: Path) -> subprocess.Popen:
-    """`orch ARGS` as its own process, with this session's environment (the bucket's dummy keys)."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a Ray of its own
-    env.update(PYTHONPATH=str(REPO_ROOT), COLUMNS="1000")  # long lines unwrapped
-    with log.open("a") as out:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def finish(process: subprocess.Popen, log: Path, timeout_s: float = 600) -> tuple[int, str]:
@@ -56,12 +46,8 @@ def test_a_run_on_a_bucket_is_interrupted_resumed_from_it_and_exported(s3_server
 
     # ---- run, Ctrl-C once epoch 1 is recorded
     log = tmp_path / "run.log"
-    driver = orch_subprocess("run", config, cwd=tmp_path, log=log)
-    deadline = time.monotonic() + 400
-    while trial_progress(db).get("c001", ("", 0))[1] < 1:
-        assert driver.poll() is None, log.read_text()[-4000:]
-        assert time.monotonic() < deadline, f"no epoch recorded in 400 s:\n{log.read_text()[-4000:]}"
-        time.sleep(0.2)
+    driver = orch_process("run", config, cwd=tmp_path, log=log)
+    wait_for_first_epoch(db, driver, log, timeout_s=400)
     os.kill(driver.pid, signal.SIGINT)
     code, output = finish(driver, log)
     assert code == 1, output
@@ -76,7 +62,7 @@ def test_a_run_on_a_bucket_is_interrupted_resumed_from_it_and_exported(s3_server
 
     # ---- resume from the bucket, by the URI the run printed
     log = tmp_path / "resume.log"
-    code, output = finish(orch_subprocess("resume", run_uri, cwd=tmp_path, log=log), log)
+    code, output = finish(orch_process("resume", run_uri, cwd=tmp_path, log=log), log)
     assert code == 0, output
     assert f"resuming s3://{storage.root}/bucketed/{run}" in output
     client = MlflowClient(sqlite_uri(db.parent))
@@ -128,7 +114,7 @@ def test_orch_train_on_a_bucket_killed_in_epoch_2_resumes_from_the_bucket_on_ano
         "trained", setting, train={"epochs": 3}, tracking={"uri": sqlite_uri(db.parent)}))
     monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "machine-a"))
     log = tmp_path / "train.log"
-    driver = orch_subprocess("train", config, cwd=tmp_path, log=log)
+    driver = orch_process("train", config, cwd=tmp_path, log=log)
     deadline = time.monotonic() + 400
     while True:  # epoch 1's checkpoint is in the bucket: epoch 2 is in flight
         metas = storage.find("trained", "meta.json") if storage.folders("trained") else []
@@ -144,7 +130,7 @@ def test_orch_train_on_a_bucket_killed_in_epoch_2_resumes_from_the_bucket_on_ano
 
     monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path / "machine-b"))
     log = tmp_path / "resume.log"
-    code, output = finish(orch_subprocess("resume", storage.locate(f"trained/{run}"), cwd=tmp_path, log=log), log)
+    code, output = finish(orch_process("resume", storage.locate(f"trained/{run}"), cwd=tmp_path, log=log), log)
     assert code == 0, output
     assert "from its epoch checkpoint" in " ".join(output.split())
     client = MlflowClient(sqlite_uri(db.parent))

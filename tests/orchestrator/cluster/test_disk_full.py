@@ -7,16 +7,13 @@ the test skips where the kernel refuses it."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import fill
-from tests.orchestrator.cluster.test_one_driver import start_orch
-from tests.orchestrator.commands.test_run import runs_of, trial_progress
-from tests.orchestrator.conftest import sqlite_uri, write_yaml
+from tests.orchestrator.commands.test_run import runs_of, wait_for_first_epoch
+from tests.orchestrator.conftest import orch_process, sqlite_uri, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +38,9 @@ def test_a_storage_that_fills_up_stops_in_one_line_and_resume_finishes_it(small_
     sections = {"train": {"epochs": epochs}, "tracking": {"uri": sqlite_uri(store)}}
     config = write_yaml(tmp_path / "full.yaml", tiny_experiment("full", storage, **sections))
 
-    driver = start_orch("run", config, cwd=tmp_path, log=tmp_path / "run.log")
+    driver = orch_process("run", config, cwd=tmp_path, log=tmp_path / "run.log")
     try:
-        deadline = time.monotonic() + 600
-        while trial_progress(store / "mlflow.db").get("c001", ("", 0))[1] < 1:  # epoch 1 recorded
-            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for_first_epoch(store / "mlflow.db", driver, tmp_path / "run.log")
         ballast = fill(disk)
         assert driver.wait(timeout=600) == 2, (tmp_path / "run.log").read_text()[-4000:]
     finally:
@@ -65,19 +58,19 @@ def test_a_storage_that_fills_up_stops_in_one_line_and_resume_finishes_it(small_
     (folder,) = [f for f in (storage / "full").iterdir() if f.name.startswith("run-")]
     studies = sorted(f.name for f in folder.iterdir() if f.is_dir())
 
-    refused = start_orch("resume", folder, cwd=tmp_path, log=tmp_path / "refused.log")
+    refused = orch_process("resume", folder, cwd=tmp_path, log=tmp_path / "refused.log")
     assert refused.wait(timeout=300) == 2, (tmp_path / "refused.log").read_text()[-3000:]
     assert "bytes free" in one_last_error((tmp_path / "refused.log").read_text())
     assert sorted(f.name for f in folder.iterdir() if f.is_dir()) == studies  # no resume-* study made
 
     ballast.unlink()
-    resumed = start_orch("resume", folder, cwd=tmp_path, log=tmp_path / "resume.log")
+    resumed = orch_process("resume", folder, cwd=tmp_path, log=tmp_path / "resume.log")
     assert resumed.wait(timeout=900) == 0, (tmp_path / "resume.log").read_text()[-4000:]
 
     # The same run never interrupted, on the ordinary disk: the resumed one has its numbers.
     whole = write_yaml(tmp_path / "whole.yaml", tiny_experiment("whole", tmp_path / "whole", **{
         **sections, "tracking": {"uri": sqlite_uri(tmp_path / "whole-store")}}))
-    uninterrupted = start_orch("run", whole, cwd=tmp_path, log=tmp_path / "whole.log")
+    uninterrupted = orch_process("run", whole, cwd=tmp_path, log=tmp_path / "whole.log")
     assert uninterrupted.wait(timeout=900) == 0, (tmp_path / "whole.log").read_text()[-4000:]
 
     (trial,) = runs_of(client, "full")["trial"]
@@ -88,3 +81,36 @@ def test_a_storage_that_fills_up_stops_in_one_line_and_resume_finishes_it(small_
         got = history(client, trial, key)
         assert [step for step, _ in got] == list(range(1, epochs + 1)), (key, got)  # each epoch once
         assert got == history(reference_client, reference, key), key
+
+
+def test_a_full_sqlite_store_loses_nothing_and_says_so_in_one_line(small_disk, tiny_experiment, tmp_path):
+    """The sqlite store on a tmpfs that fills up while the run trains: training goes on, every tracking
+    write waits in the journal (on the storage's disk), the run ends with one line naming the store and
+    what replays it, exit 2; once there is space, `orch status` replays them: every run FINISHED, each
+    epoch logged once."""
+    disk = small_disk(24)
+    epochs = 3
+    storage = tmp_path / "results"
+    config = write_yaml(tmp_path / "store.yaml", tiny_experiment("store", storage, train={"epochs": epochs},
+                                                                  tracking={"uri": sqlite_uri(disk)}))
+    driver = orch_process("run", config, cwd=tmp_path, log=tmp_path / "run.log")
+    try:
+        wait_for_first_epoch(disk / "mlflow.db", driver, tmp_path / "run.log")
+        ballast = fill(disk)
+        assert driver.wait(timeout=900) == 2, (tmp_path / "run.log").read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    log = (tmp_path / "run.log").read_text()
+    last = one_last_error(log)
+    assert f"disk full: {disk / 'mlflow.db'}, the MLflow store (" in last and "orch status store" in last
+    assert log.count(f"MLflow store sqlite:///{disk / 'mlflow.db'} is full") == 1, log[-3000:]
+
+    ballast.unlink()
+    status = orch_process("status", "store", "--config", config, cwd=tmp_path, log=tmp_path / "status.log")
+    assert status.wait(timeout=300) == 0, (tmp_path / "status.log").read_text()[-3000:]
+    client = MlflowClient(sqlite_uri(disk))
+    kinds = runs_of(client, "store")
+    assert {run.info.status for runs in kinds.values() for run in runs} == {"FINISHED"}, kinds
+    (trial,) = kinds["trial"]
+    assert [step for step, _ in history(client, trial, "val/CIDEr")] == list(range(1, epochs + 1))

@@ -3,34 +3,21 @@ invocations with clean runs each; `orch resume` beside a live driver is refused 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from orchestrator.lease import LEASE_FILE
-from tests.orchestrator.commands.test_run import assert_tree_finished, epochs_logged, runs_of, trial_progress
-from tests.orchestrator.conftest import REPO_ROOT, invoke_orch, sqlite_uri, write_yaml
+from tests.orchestrator.commands.test_run import assert_tree_finished, epochs_logged, runs_of, wait_for_first_epoch
+from tests.orchestrator.conftest import invoke_orch, orch_process, sqlite_uri, write_yaml
 
 pytestmark = pytest.mark.integration
-
-
-def start_orch(*args, cwd: Path, log: Path) -> subprocess.Popen:
-    """`orch ARGS` in a process of its own, with a local Ray of its own."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**env, "PYTHONPATH": str(REPO_ROOT)})
 
 
 def test_two_runs_of_one_file_started_together_are_two_invocations_with_their_own_runs(tiny_experiment, tmp_path):
     storage = tmp_path / "results"
     config = write_yaml(tmp_path / "twice.yaml", tiny_experiment("twice", storage))
-    drivers = [start_orch("run", config, cwd=tmp_path, log=tmp_path / f"run{i}.log") for i in (1, 2)]
+    drivers = [orch_process("run", config, cwd=tmp_path, log=tmp_path / f"run{i}.log") for i in (1, 2)]
     for i, driver in enumerate(drivers, start=1):
         assert driver.wait(timeout=900) == 0, (tmp_path / f"run{i}.log").read_text()[-3000:]
 
@@ -47,13 +34,9 @@ def test_two_runs_of_one_file_started_together_are_two_invocations_with_their_ow
 def test_resume_beside_a_live_driver_is_refused_and_trains_nothing(tiny_experiment, tmp_path):
     storage = tmp_path / "results"
     config = write_yaml(tmp_path / "busy.yaml", tiny_experiment("busy", storage, train={"epochs": 6}))
-    driver = start_orch("run", config, cwd=tmp_path, log=tmp_path / "run.log")
+    driver = orch_process("run", config, cwd=tmp_path, log=tmp_path / "run.log")
     try:
-        deadline = time.monotonic() + 600
-        while trial_progress(storage / "mlflow.db").get("c001", ("", 0))[1] < 1:  # training, epoch 1 recorded
-            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        wait_for_first_epoch(storage / "mlflow.db", driver, tmp_path / "run.log")  # training, epoch 1 recorded
         (folder,) = [f for f in (storage / "busy").iterdir() if f.name.startswith("run-")]
         refused = invoke_orch("resume", folder)
         assert refused.exit_code == 2, refused.output

@@ -3,20 +3,8 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from orchestrator import cli
 from trainers.data.prepared import PreparedDataset
-
-
-@pytest.fixture
-def orch(monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 400)  # no wrapping of long messages
-
-    def invoke(*args):
-        return CliRunner().invoke(cli.app, [str(arg) for arg in args])
-
-    return invoke
 
 
 @pytest.fixture

@@ -327,6 +327,16 @@ def trial_progress(db: Path) -> dict[str, tuple[str, float]]:
         return {}
 
 
+def wait_for_first_epoch(db: Path, driver: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
+    """Until `driver` (an `orch` process writing `log`) has recorded c001's first epoch in the sqlite store
+    `db`; fails with the log's tail when the driver ends or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while trial_progress(db).get("c001", ("", 0))[1] < 1:
+        assert driver.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"no epoch recorded in {timeout_s:.0f} s:\n{log.read_text()[-4000:]}"
+        time.sleep(0.2)
+
+
 @pytest.mark.integration
 def test_resume_after_a_killed_driver_continues_without_duplicates(local_ray, tiny_experiment, tmp_path):
     """c001 (1 epoch) finishes, c002 (8 epochs) is mid-way when the driver gets SIGKILL.
