@@ -77,3 +77,41 @@ def test_features_are_placed_by_the_memory_they_would_take():
     assert placement(4 << 30, gpu, 80 << 30, 100 << 30) == "device"  # 4.8 GB Flickr8k cache, an idle H100
     assert placement(4 << 30, gpu, 8 << 30, 100 << 30) == "host"
     assert placement(40 << 30, gpu, 8 << 30, 100 << 30) == "mapped"
+
+
+def test_images_become_floats_in_0_1_and_are_resized_only_when_their_size_differs():
+    from trainers.features import resize_batch
+
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 8, 8).contiguous()
+    same = resize_batch(images, 8)
+    assert same.dtype == torch.float32 and same.shape == (2, 3, 8, 8)
+    assert torch.equal(same[0, :, 0, 0], torch.tensor([0.0, 0.2, 1.0]))
+    smaller = resize_batch(images, 4)  # a flat image stays flat whatever the filter
+    assert smaller.shape == (2, 3, 4, 4) and torch.allclose(smaller[1, :, 3, 3], torch.tensor([0.0, 0.2, 1.0]))
+    checker = (torch.arange(8).view(8, 1) + torch.arange(8)) % 2 * 255  # (8, 8): antialiasing averages it
+    halved = resize_batch(checker.to(torch.uint8).expand(1, 3, 8, 8), 4)
+    assert torch.allclose(halved, torch.full((1, 3, 4, 4), 0.5), atol=0.02)
+
+
+def test_the_cache_key_changes_with_everything_that_changes_the_features(prepared_dir):
+    """The dataset's source and options, the encoder's name and weights, the image and grid sizes, autocast."""
+    from trainers.features import cache_key, encoder_digest
+
+    dataset = PreparedDataset(prepared_dir)
+    torch.manual_seed(0)
+    encoder = nn.Linear(3, 3)
+    base = dict(encoder_name="linear", image_size=32, encoded_size=2)
+    key = cache_key(dataset, encoder, **base)
+    assert len(key) == 20 and key == cache_key(dataset, encoder, **base)
+    other_weights = nn.Linear(3, 3)
+    assert len(encoder_digest(encoder)) == 16 and encoder_digest(encoder) != encoder_digest(other_weights)
+    changed = [cache_key(dataset, other_weights, **base),
+               cache_key(dataset, encoder, **{**base, "encoder_name": "resnet18"}),
+               cache_key(dataset, encoder, **{**base, "image_size": 64}),
+               cache_key(dataset, encoder, **{**base, "encoded_size": 3}),
+               cache_key(dataset, encoder, **base, autocast=torch.bfloat16)]
+    dataset.manifest = {**dataset.manifest, "source_sha256": "0" * 64}
+    changed.append(cache_key(dataset, encoder, **base))
+    dataset.manifest = {**dataset.manifest, "options": {**dataset.manifest["options"], "max_len": 7}}
+    changed.append(cache_key(dataset, encoder, **base))
+    assert len({key, *changed}) == len(changed) + 1
