@@ -45,13 +45,21 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 
 def image_source(value: str | bytes) -> str | bytes:
     """An `image` cell as trainers.inference reads it: an existing file's path stays a path; anything else
-    that is strict base64 is the image's bytes; the rest is a path (captioned as 'no such file')."""
-    if isinstance(value, bytes) or Path(value).is_file():
+    that is strict base64 is the image's bytes; the rest is a path (captioned as 'no such file').
+    A base64 image is longer than any file name may be: asking the file system about it is an error."""
+    if isinstance(value, bytes) or _is_file(value):
         return value
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return value
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except OSError:  # ENAMETOOLONG: a name (or one of its parts) longer than the file system takes
+        return False
 
 
 if __name__ != "orchestrator.pyfunc":  # MLflow runs this file as a saved model's code (models-from-code)
