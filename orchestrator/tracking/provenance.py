@@ -52,8 +52,11 @@ def log_provenance(tracker, run_id: str, resolved_yaml: str, plan: Optional[dict
 
 # ------------------------------------------------------------------------------- the experiment
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's Model training view, not GenAI's
-VIEW = "orch"  # the stored view of every run's curves: <experiment>?viewStateShareKey=orch (orch ui prints it)
+VIEW = "orch"  # the stored view of every run's curves: <experiment>/runs?viewStateShareKey=orch (orch ui prints it)
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
+# The UI opens in its GenAI mode unless the address says otherwise (MLflow 3.17 reads the mode from the
+# address or the browser's last choice, not from the experiment's mlflow.experimentKind tag).
+VIEW_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW}&compareRunsMode=CHART"
 # The UI charts only the first 10 rows of the run table unless told otherwise; a parent, 4 trainings and
 # their 12 variant rows would hide half the trainings' curves. The view shows every run's.
 VIEW_STATE = {"runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True, "useGroupedValuesInCharts": True}
@@ -75,8 +78,9 @@ def describe_experiment(tracker, name: str, trainer: str, select_by: str) -> Non
 - **Models**: a logged model per training, named after it (its params, its val scores at its best
   epoch, its own decode's test scores): sort by `{metric}` to rank the trainings. `orch export {name}
   --register` registers the best as `models:/{name}@champion`.
-- **Charts**: every training's curve shows in the view `orch ui` prints (this experiment with
-  `?viewStateShareKey={VIEW}`); elsewhere, in Chart view, the eye menu's *Show all runs*.""",
+- **Charts**: `orch ui` prints this experiment's chart view (`?viewStateShareKey={VIEW}`, which
+  charts every run, not only the first 10 rows); MLflow folds each run's children under it: expand
+  the parent run's row (its ⊞) to chart every training. Elsewhere, the eye menu's *Show all runs*.""",
                                  "orch.trainer": trainer, "orch.select_by": metric,
                                  VIEW_TAG: json.dumps(VIEW_STATE)})
 

@@ -60,11 +60,11 @@ def stored_views(uri: str, server: str) -> dict[str, str]:
     """Each experiment's stored view of every run's curves (provenance.VIEW) as a URL of the UI at `server`."""
     from mlflow import MlflowClient
 
-    from orchestrator.tracking.provenance import VIEW, VIEW_TAG
+    from orchestrator.tracking.provenance import VIEW_QUERY, VIEW_TAG
 
     with store_errors(uri):
         experiments = MlflowClient(tracking_uri=uri).search_experiments()
-    return {e.name: f"{server}/#/experiments/{e.experiment_id}?viewStateShareKey={VIEW}&compareRunsMode=CHART"
+    return {e.name: f"{server}/#/experiments/{e.experiment_id}/runs?{VIEW_QUERY}"
             for e in experiments if VIEW_TAG in e.tags}
 
 

@@ -174,8 +174,8 @@ def test_orch_ui_runs_one_worker_no_job_runners_and_prints_the_view_of_every_cur
     assert command[command.index("--workers") + 1] == "1" and command[command.index("--port") + 1] == "5123"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     experiment = MlflowClient(recorded.uri).get_experiment_by_name(NAME).experiment_id
-    assert f"http://127.0.0.1:5123/#/experiments/{experiment}?viewStateShareKey=orch&compareRunsMode=CHART" in \
-        result.output
+    assert (f"http://127.0.0.1:5123/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            "&viewStateShareKey=orch&compareRunsMode=CHART") in result.output
     assert invoke_orch("ui", "--storage", recorded.storage, "--workers", "3").exit_code == 0
     assert started[-1][0][started[-1][0].index("--workers") + 1] == "3"
 
