@@ -55,5 +55,9 @@ def use_token(token: Optional[str]) -> None:
 
 
 def prepare(address: str) -> None:
-    """Before ray.init(address): a fresh token for a new local Ray, else the one the environment gives."""
-    use_token(secrets.token_hex(32) if address == LOCAL_RAY else given_token()[0])
+    """Before ray.init(address): a fresh token for a new local Ray; for a join, the one the environment
+    gives, unless preflight found the cluster open and turned the mode off (check_ray_token)."""
+    if address == LOCAL_RAY:
+        use_token(secrets.token_hex(32))
+    elif os.environ.get(MODE_VARIABLE) != "disabled":
+        use_token(given_token()[0])

@@ -160,11 +160,11 @@ def check_ray_address(address: Optional[str], source: str = "ray.address", timeo
 def check_ray_token(address: str, source: str) -> Optional[str]:
     """The Ray cluster whose GCS is at `address` takes the token the environment gives
     (orchestrator.cluster.auth), and this process is left sending it; a note when it asks for none.
-    Asked without a token first: an open cluster takes any."""
+    Asked without a token first: an open cluster is joined without one (its workers would refuse a
+    job that sends one; Ray's own ~/.ray/auth_token, written for a local Ray, is no token for it)."""
     token, origin = auth.given_token()
     auth.use_token(None)
     if _gcs_takes(address, source):
-        auth.use_token(token)
         return (f"{source}: the Ray cluster at {address} has no token authentication: anyone who reaches it can "
                 f"run code on it (docs/cluster.md, Security)")
     if token is None:

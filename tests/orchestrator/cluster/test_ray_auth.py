@@ -157,11 +157,13 @@ def test_orch_joins_a_token_cluster_with_its_token_and_is_refused_without_it(tin
 
 
 @pytest.mark.integration
-def test_joining_a_cluster_without_authentication_is_said_in_one_line(tiny_experiment, tmp_path):
-    """The note comes with the preflight; the run then stops at the GPU count (the cluster has none)."""
+def test_joining_a_cluster_without_authentication_is_said_in_one_line_and_trains(tiny_experiment, tmp_path):
+    """The note comes with the preflight, and the run trains on the open cluster without a token, also
+    where Ray left its own ~/.ray/auth_token from a local Ray (a job sending it lost every trial's actor)."""
     home, ray_tmp = tmp_path / "home", Path(tempfile.mkdtemp(prefix="orchopen", dir="/tmp"))
-    home.mkdir()
-    config = write_yaml(tmp_path / "open.yaml", tiny_experiment("open", tmp_path / "results", resources={"gpu": 1}))
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-ray-wrote-for-a-local-ray\n")
+    config = write_yaml(tmp_path / "open.yaml", tiny_experiment("open", tmp_path / "results"))
     try:
         with ray_head(None) as address:
             result = orch("run", config, "--address", address, env=clean_environment(home, ray_tmp), cwd=tmp_path)
@@ -169,7 +171,8 @@ def test_joining_a_cluster_without_authentication_is_said_in_one_line(tiny_exper
         notes = [line for line in output.splitlines() if "no token authentication" in line]
         assert notes == [f"note: --address: the Ray cluster at {address} has no token authentication: anyone who "
                          f"reaches it can run code on it (docs/cluster.md, Security)"], output[-3000:]
-        assert result.returncode == 2 and "resources.gpu" in output.strip().splitlines()[-1], output[-3000:]
+        assert result.returncode == 0, output[-3000:]
+        assert "failed" not in output, output[-3000:]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
