@@ -132,7 +132,7 @@ def test_the_launch_caps_concurrent_trials_as_the_plan_says(tmp_path, monkeypatc
     made = {}
     monkeypatch.setattr(tune, "Tuner", lambda trainable, **kwargs: made.update(kwargs))
     launch = RunSettings.resolve(config, storage=resolve(str(tmp_path / "results")))  # what the launcher reads
-    _tuner(launch, studies_of(config, plan)[0], trainable=None, callbacks=[])
+    _tuner(launch, studies_of(config, plan)[0], trainable=None, callbacks=[], stopper=None)
     assert made["tune_config"].max_concurrent_trials == cap
 
 
