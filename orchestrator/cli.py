@@ -182,7 +182,7 @@ def score(
     if as_json:
         print(json.dumps(scores))
     else:
-        print(format_scores(scores))
+        print(format_scores(scores, metrics or None))
         console.print(SCORE_SCALE, highlight=False)
 
 

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from trainers.errors import InputError
 from trainers.text import tokenize
@@ -119,10 +119,11 @@ def score_files(references_path: str | Path, predictions_path: str | Path,
 SCORE_SCALE = "scores: pycocoevalcap scale, as in MLflow (CIDEr 0-10, the others 0-1)"
 
 
-def format_scores(scores: Mapping[str, float]) -> str:
-    """A two-column table for the terminal, METEOR marked when it could not be computed."""
+def format_scores(scores: Mapping[str, float], asked: Optional[Sequence[str]] = None) -> str:
+    """A two-column table for the terminal, METEOR marked when it was asked for (`asked`: the metrics
+    asked for, None: all) and could not be computed."""
     rows = [(name, f"{value:.4f}") for name, value in scores.items()]
-    if "METEOR" not in scores and not java_available():
+    if "METEOR" not in scores and (asked is None or "METEOR" in asked) and not java_available():
         rows.append(("METEOR", "n/a (Java not found)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

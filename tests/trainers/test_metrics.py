@@ -101,6 +101,7 @@ def test_without_java_scores_use_the_python_tokenizer_and_leave_out_meteor(monke
     assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
     assert scores == score_captions(REFERENCES, PREDICTIONS, metrics=["Bleu", "ROUGE_L", "CIDEr"], tokenizer="python")
     assert "n/a (Java not found)" in format_scores(scores)
+    assert "METEOR" not in format_scores(scores, ["Bleu", "CIDEr"])  # not asked for: no row
 
 
 @needs_java
