@@ -53,7 +53,7 @@ class MlflowRecorder(Callback):
         self.reference, self.dataset = reference, dataset
         self._recorders: dict[str, TrialRecorder] = {}
         self._last: dict[str, dict] = {}
-        self.failures: dict[str, str] = {}  # training id -> the last line of its error
+        self.failures: dict[str, str] = {}  # training id -> the last line of the error it ended with
         self.disk_full: Optional[str] = None  # `disk full: PATH` once a trial ran out of space: the run stops
 
     def __getstate__(self) -> dict:
@@ -100,11 +100,13 @@ class MlflowRecorder(Callback):
                                                reason=f"stopped early by the scheduler after epoch {epoch:.0f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._recorder(trial).end("FAILED", self._failed(trial))
+        reason = self._failed(trial)
+        self.failures[trial_id(trial)] = reason  # out of retries: the driver's summary names it
+        self._recorder(trial).end("FAILED", reason)
 
     def _failed(self, trial) -> str:
-        """The trial's error in one line, kept for the driver's summary; Ray's pickle of it is dropped
-        unread (nothing from storage is unpickled: a pickle cut short on a full disk broke Ray's result grid)."""
+        """The trial's error in one line (a retry's too); Ray's pickle of it is dropped unread (nothing
+        from storage is unpickled: a pickle cut short on a full disk broke Ray's result grid)."""
         if trial.run_metadata.pickled_error_filename is not None:
             Path(trial.pickled_error_file).unlink(missing_ok=True)
             trial.run_metadata.pickled_error_filename = None
@@ -112,7 +114,6 @@ class MlflowRecorder(Callback):
         if DISK_FULL in reason:
             reason = reason[reason.index(DISK_FULL):]
             self.disk_full = self.disk_full or reason
-        self.failures[trial_id(trial)] = reason
         return reason
 
 
