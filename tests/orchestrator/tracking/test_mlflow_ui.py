@@ -52,6 +52,9 @@ def test_the_mlflow_ui_lists_the_tree_the_fields_the_cost_and_the_champion(local
     try:
         exported = invoke_orch("export", "ui", "--top-k", "2", "--register", "--out", tmp_path / "exports")
         assert exported.exit_code == 0, exported.output
+        # Each orch command is a process of its own; in this one, MLflow's model loading during export
+        # resets its tracking URI, and with it the variable: set again, as the user's shell still has it.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         reported = invoke_orch("report", "ui", "--out", tmp_path / "report")
         assert reported.exit_code == 0, reported.output
 
