@@ -258,11 +258,8 @@ def test_an_mlflow_server_that_goes_away_mid_run_loses_nothing(local_ray, tiny_e
     restarted: list[subprocess.Popen] = []
 
     def kill_then_restart() -> None:
-        deadline = time.monotonic() + 300
-        while trial_progress(folder / "mlflow.db").get("c001", ("", 0))[1] < 1:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.2)
+        if not first_epoch_recorded(folder / "mlflow.db"):
+            return
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         time.sleep(20)
@@ -326,6 +323,16 @@ def trial_progress(db: Path) -> dict[str, tuple[str, float]]:
             return {cell: (status, epoch or 0) for cell, status, epoch in connection.execute(TRIAL_PROGRESS)}
     except sqlite3.Error:
         return {}
+
+
+def first_epoch_recorded(db: Path, timeout_s: float = 300) -> bool:
+    """Waits until c001's first epoch is in the sqlite store `db`; False when the time ran out first."""
+    deadline = time.monotonic() + timeout_s
+    while trial_progress(db).get("c001", ("", 0))[1] < 1:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def wait_for_first_epoch(db: Path, driver: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
@@ -491,11 +498,8 @@ def test_ctrl_c_ends_the_runs_killed_and_resume_finishes_them(local_ray, tiny_ex
     config = write_yaml(tmp_path / "interrupted.yaml", tiny_experiment("interrupted", storage, train={"epochs": 3}))
 
     def interrupt_after_the_first_epoch() -> None:
-        deadline = time.monotonic() + 300
-        while trial_progress(storage / "mlflow.db").get("c001", ("", 0))[1] < 1:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.2)
+        if not first_epoch_recorded(storage / "mlflow.db"):
+            return
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
