@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -250,3 +251,29 @@ def test_the_dry_run_text_names_the_reference_decode_the_search_and_the_tables(t
     assert ("reference decode: length_penalty 0.5 (= variant d02); it alone selects each training's checkpoint and "
             "steers LR on plateau and early stopping; every variant decodes that checkpoint") in text
     assert "minimise CIDEr" in text and "at most 1 at once" in text and "train.lr ~ loguniform [1e-05, 0.001]" in text
+
+
+PRINTOUTS = {  # what `orch run --dry-run` prints, whole, for two plans that take every branch of the printout
+    "optuna_asha_packed_autoscaling": ["scheduler.kind=asha", "resources.gpu=0.25", "ray.autoscaling=true"],
+    "grid_fifo_cpu_joined_reference_apart": ["search=null", "scheduler.kind=fifo", "resources.gpu=0",
+                                             "ablation.decode.length_penalty=[0.5,1.5]", "eval.select_by=neg_loss",
+                                             "ray.address=10.0.0.1:6379", "ablation.model.encoder=[resnet101]"],
+    "base_config_two_decode_factors_two_search_keys": [
+        "ablation={decode.length_penalty: [0.5, 1.0], decode.beam_size: [2, 5]}",
+        "search.space={train.lr: {loguniform: [1.0e-5, 1.0e-3]}, train.encoder_lr: {loguniform: [1.0e-5, 1.0e-4]}}",
+        "search.num_samples=2", "search.algorithm=random", "scheduler.kind=fifo"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRINTOUTS))
+def test_the_printed_plan_is_the_one_a_user_reads(tmp_path, monkeypatch, name):
+    """Word for word (tests/orchestrator/experiment/printouts/): counts, tables, the reference decode,
+    search, scheduler, resources and the Ray line. A change to the printout is made here on purpose."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the plans' own ray.address, not the shell's
+    config = coursework(tmp_path, PRINTOUTS[name])
+    console = Console(file=io.StringIO(), width=1000)
+    console.print(render_plan(make_plan(config), config, RunSettings.resolve(config).describe_ray()))
+    printed = "\n".join(line.rstrip() for line in console.file.getvalue().replace(str(tmp_path), "<tmp>").splitlines())
+    expected = (Path(__file__).parent / "printouts" / f"{name}.txt").read_text()
+    assert printed + "\n" == expected
