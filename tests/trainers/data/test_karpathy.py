@@ -1,4 +1,6 @@
 import json
+import re
+from pathlib import PurePosixPath
 
 import pytest
 from hypothesis import given
@@ -106,3 +108,61 @@ def test_raw_text_is_lower_cased_and_stripped_of_punctuation_like_tokens(caption
         sentence["tokens"] = words
         del sentence["raw"]
     assert from_raw == parse([entry]).images[0].captions == tuple(tuple(words) for words in captions)
+
+
+def _entry(**changes):
+    entry = image_entry("a.jpg", "train", 0, ["x"])
+    entry.update(changes)
+    return entry
+
+
+@pytest.mark.parametrize("entry, said", [
+    ("not an object", r"dataset\.json: images\[0\] is not an object$"),
+    (_entry(filename=""), r"dataset\.json: images\[0\] needs a non-empty 'filename' string \(and 'filepath', when "
+                          r"present, a string\)$"),
+    (_entry(filename=7), r"images\[0\] needs a non-empty 'filename' string"),
+    (_entry(filepath=3), r"images\[0\] needs a non-empty 'filename' string"),
+    (_entry(sentences="a red square"), r"dataset\.json: images\[0\]\.sentences is not a list$"),
+    (_entry(split="dev"), r"images\[0\] has split 'dev'; expected one of train, restval, val, test$"),
+])
+def test_each_malformed_entry_is_named_in_words(entry, said):
+    """The message a user reads, whole: the file, the image's index and what is wrong with it."""
+    with pytest.raises(InputError, match=said):
+        parse([entry])
+
+
+def test_a_missing_key_lists_every_key_an_image_needs():
+    entry = _entry()
+    del entry["sentences"]
+    with pytest.raises(InputError, match=r"images\[0\] has no 'sentences' key \(a Karpathy split JSON image needs "
+                                         r"filename, split, sentences\)$"):
+        parse([entry])
+
+
+@pytest.mark.parametrize("filename, filepath", [
+    ("/etc/passwd", None), ("../x.png", None), ("x.png", "../up"), ("a\\b.png", None), ("C:x.png", None),
+    ("x.png", "/abs"),
+])
+def test_a_path_outside_the_images_folder_is_refused_naming_it(filename, filepath):
+    entry = image_entry(filename, "train", 0, ["x"], filepath=filepath)
+    named = str(PurePosixPath(filepath or "", filename))
+    with pytest.raises(InputError, match=rf"images\[0\] names {re.escape(repr(named))}, outside the --images folder"):
+        parse([entry])
+
+
+@pytest.mark.parametrize("filename, filepath", [("a..b.png", None), ("x.png", "val2014"), ("d/x.png", "c")])
+def test_relative_paths_inside_the_images_folder_are_kept(filename, filepath):
+    (image,) = parse([image_entry(filename, "train", 0, ["x"], filepath=filepath)]).images
+    assert image.path == str(PurePosixPath(filepath or "", filename))
+
+
+def test_ground_truth_that_is_not_an_object_is_left_out():
+    assert parse([_entry(synthetic=["not", "an", "object"])]).images[0].ground_truth is None
+
+
+def test_uncaptioned_and_repeated_images_are_named_with_the_file():
+    with pytest.raises(InputError, match=r"^dataset\.json: 1 images have no caption:\n  images\[0\] a\.jpg$"):
+        parse([image_entry("a.jpg", "train", 0, []), image_entry("b.jpg", "train", 1, ["y"])])
+    with pytest.raises(InputError, match=r"^dataset\.json: image ids must be unique; these repeat:\n"
+                                         r"  images\[0\] id 5\n  images\[1\] id 5$"):
+        parse([image_entry("a.jpg", "train", 5, ["x"]), image_entry("b.jpg", "val", 5, ["y"])])
