@@ -161,8 +161,10 @@ def test_ground_truth_that_is_not_an_object_is_left_out():
 
 
 def test_uncaptioned_and_repeated_images_are_named_with_the_file():
-    with pytest.raises(InputError, match=r"^dataset\.json: 1 images have no caption:\n  images\[0\] a\.jpg$"):
-        parse([image_entry("a.jpg", "train", 0, []), image_entry("b.jpg", "train", 1, ["y"])])
+    with pytest.raises(InputError, match=r"^dataset\.json: 2 images have no caption:\n  images\[0\] a\.jpg\n"
+                                         r"  images\[2\] c\.jpg$"):
+        parse([image_entry("a.jpg", "train", 0, []), image_entry("b.jpg", "train", 1, ["y"]),
+               image_entry("c.jpg", "train", 2, [])])
     with pytest.raises(InputError, match=r"^dataset\.json: image ids must be unique; these repeat:\n"
                                          r"  images\[0\] id 5\n  images\[1\] id 5$"):
         parse([image_entry("a.jpg", "train", 5, ["x"]), image_entry("b.jpg", "val", 5, ["y"])])
