@@ -262,8 +262,9 @@ def _run(settings: RunSettings, plan: Plan, console: Console, tracker: Tracker) 
         where = disk_full(error)
         if where is None:
             raise
-        status, reason = "FAILED", str(DiskFull(where or storage.locate(settings.folder)))
-        raise DiskFull(where or storage.locate(settings.folder)) from None
+        full = DiskFull(where or storage.locate(settings.folder))
+        status, reason = "FAILED", str(full)
+        raise full from None
     finally:
         if not tracker.away or tracker.settle():
             if reason.startswith(DISK_FULL):

@@ -8,6 +8,8 @@ the test skips where the kernel refuses it."""
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -30,6 +32,20 @@ def one_last_error(log: str) -> str:
     return last
 
 
+def run_until_the_disk_fills(config: Path, db: Path, disk: Path, log: Path, timeout_s: float) -> Path:
+    """`orch run CONFIG`, `disk` filled once its first epoch is in the store `db`; the run must then exit 2.
+    The ballast file that fills the disk."""
+    driver = orch_process("run", config, cwd=log.parent, log=log)
+    try:
+        wait_for_first_epoch(db, driver, log)
+        ballast = fill(disk)
+        assert driver.wait(timeout=timeout_s) == 2, log.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return ballast
+
+
 def test_a_storage_that_fills_up_stops_in_one_line_and_resume_finishes_it(small_disk, tiny_experiment, tmp_path):
     disk = small_disk(24)
     epochs = 4
@@ -38,14 +54,7 @@ def test_a_storage_that_fills_up_stops_in_one_line_and_resume_finishes_it(small_
     sections = {"train": {"epochs": epochs}, "tracking": {"uri": sqlite_uri(store)}}
     config = write_yaml(tmp_path / "full.yaml", tiny_experiment("full", storage, **sections))
 
-    driver = orch_process("run", config, cwd=tmp_path, log=tmp_path / "run.log")
-    try:
-        wait_for_first_epoch(store / "mlflow.db", driver, tmp_path / "run.log")
-        ballast = fill(disk)
-        assert driver.wait(timeout=600) == 2, (tmp_path / "run.log").read_text()[-4000:]
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    ballast = run_until_the_disk_fills(config, store / "mlflow.db", disk, tmp_path / "run.log", timeout_s=600)
     last = one_last_error((tmp_path / "run.log").read_text())
     assert str(disk) in last and "orch resume" in last
 
@@ -93,14 +102,7 @@ def test_a_full_sqlite_store_loses_nothing_and_says_so_in_one_line(small_disk, t
     storage = tmp_path / "results"
     config = write_yaml(tmp_path / "store.yaml", tiny_experiment("store", storage, train={"epochs": epochs},
                                                                   tracking={"uri": sqlite_uri(disk)}))
-    driver = orch_process("run", config, cwd=tmp_path, log=tmp_path / "run.log")
-    try:
-        wait_for_first_epoch(disk / "mlflow.db", driver, tmp_path / "run.log")
-        ballast = fill(disk)
-        assert driver.wait(timeout=900) == 2, (tmp_path / "run.log").read_text()[-4000:]
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    ballast = run_until_the_disk_fills(config, disk / "mlflow.db", disk, tmp_path / "run.log", timeout_s=900)
     log = (tmp_path / "run.log").read_text()
     last = one_last_error(log)
     assert f"disk full: {disk / 'mlflow.db'}, the MLflow store (" in last and "orch status store" in last
