@@ -187,9 +187,9 @@ class FeatureStore:
     def batch(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Features (B, P, C) float16 on the device for a loader batch: its inputs (the collated rows when
         mapped) and rows (B,) on the host."""
-        if self.held is None:
+        if self.where == "mapped":
             return inputs.to(self.device, non_blocking=True)
-        if self.held.device.type == self.device.type:  # held where the batch is used
+        if self.where == "device":  # held where the batch is used
             return self.held[rows.to(self.held.device, non_blocking=True)]
         staged = torch.empty((len(rows), *self.held.shape[1:]), dtype=self.held.dtype,
                              pin_memory=self.held.is_pinned())  # (B, P, C)

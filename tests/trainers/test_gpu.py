@@ -89,6 +89,44 @@ def test_beam_search_on_the_gpu_gives_the_cpu_captions():
     assert all(a.score == pytest.approx(b.score, abs=1e-3) for a, b in zip(on_cpu, on_gpu))
 
 
+@pytest.mark.parametrize("where", ["device", "host", "mapped"])
+def test_a_feature_store_on_the_gpu_holds_its_split_where_it_says_and_gives_each_row_its_features(tmp_path, where):
+    """The GPU placements: on the GPU (one gather there), in pinned host memory (gathered into a pinned
+    buffer, then copied), or memory-mapped (the loader's rows copied over), all giving the same batch."""
+    import numpy as np
+
+    from trainers.features import FeatureStore
+
+    features = np.random.default_rng(0).standard_normal((600, 4, 3)).astype(np.float16)  # (N, P, C)
+    np.save(tmp_path / "train.npy", features)
+    store = FeatureStore(tmp_path / "train.npy", torch.device("cuda"), where=where)
+    if where == "mapped":
+        assert store.held is None
+    else:
+        assert (store.held.device.type, store.held.is_pinned()) == {"device": ("cuda", False), "host": ("cpu", True)}[where]
+    rows = torch.tensor([599, 256, 0, 511, 512])
+    inputs = torch.from_numpy(features[rows.numpy()])  # what the loader collates when mapped
+    batch = store.batch(inputs, rows)
+    assert batch.device.type == "cuda" and torch.equal(batch.cpu(), inputs)
+    assert FeatureStore(tmp_path / "train.npy", torch.device("cuda")).where == "device"  # 14 kB on an idle GPU
+
+
+def test_features_cached_on_the_gpu_are_those_cached_on_the_cpu(prepared_dir, tmp_path):
+    """The GPU writer (pinned copies, written while the next batch encodes) stores every batch's rows."""
+    import numpy as np
+
+    from tests.trainers.test_features import Linear
+    from trainers.data.prepared import PreparedDataset
+    from trainers.features import cached_features
+
+    dataset = PreparedDataset(prepared_dir)
+    common = dict(encoder_name="linear", image_size=32, encoded_size=2, batch_size=5)
+    on_cpu = cached_features(dataset, Linear(), **common, cache_dir=tmp_path / "cpu", device=torch.device("cpu"))
+    on_gpu = cached_features(dataset, Linear().cuda(), **common, cache_dir=tmp_path / "gpu", device=torch.device("cuda"))
+    for split in ("train", "val", "test"):
+        assert np.allclose(np.load(on_gpu[split]), np.load(on_cpu[split]), atol=1e-3)
+
+
 @scores_captions
 @pytest.mark.parametrize("compile_step", [False, True])
 def test_a_run_trains_on_the_gpu_in_bf16_by_default(prepared_dir, tmp_path, compile_step):
