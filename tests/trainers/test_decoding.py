@@ -151,7 +151,7 @@ def test_a_model_that_never_ends_gets_max_len_words_instead_of_a_crash(strategy)
     with torch.no_grad():
         model.fc.bias[END_ID] = -1e4
     for hypothesis in decode(model, features, DecodeConfig(strategy=strategy, beam_size=3, max_len=7)):
-        assert len(hypothesis.tokens) == 7 and not hypothesis.finished
+        assert len(hypothesis.tokens) == 7 and hypothesis.finished is False  # a bool, as JSON writes it
         assert math.isfinite(hypothesis.log_prob)
         assert hypothesis.alphas.shape == (7, PIXELS)
 
@@ -201,6 +201,21 @@ def test_beta_trades_a_likely_short_caption_for_a_longer_one():
     by_beta = [best(beam_size=3, length_penalty=beta).tokens for beta in (0.0, 0.5, 1.0, 2.0)]
     assert by_beta == [[a], [a], [a, b], [a, b]]
     assert best(beam_size=3, length_penalty=1.0).log_prob == pytest.approx(math.log(0.48), abs=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [2, 3])
+def test_a_tie_goes_to_the_caption_that_ended_first_as_in_the_tutorial(beam_size):
+    """<start> -> <end> or a, each 1/2; a -> <end> surely: "" and "a" have the same log P, exactly (the
+    table's other entries underflow to 0). The tutorial keeps the first of equal scores in its list of
+    complete captions, the one that ended first: "", finished, log P = log 1/2."""
+    a = 4
+    table = torch.full((5, 5), -200.0)
+    table[1, END_ID] = table[1, a] = 0.0
+    table[a, END_ID] = 0.0
+    model, features = bigram_decoder(table), torch.zeros(1, 1, 1)
+    found = decode(model, features, DecodeConfig(beam_size=beam_size, length_penalty=0.0, max_len=5))[0]
+    assert (found.tokens, found.finished) == ([], True)
+    assert found.log_prob == pytest.approx(math.log(0.5), abs=1e-6)
 
 
 def test_sampling_is_reproducible_and_cold_sampling_is_greedy():
