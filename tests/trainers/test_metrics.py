@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -11,11 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainers.errors import InputError
-from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files
+from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files, stop_meteor
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 ALL_SCORES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
 needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need Java")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def meteor_freed_after_the_module():
+    """The METEOR JVM these tests start (1 GB) ends with them, not when pytest exits."""
+    yield
+    stop_meteor()
 
 
 def fixture_dir(name: str) -> Path:
@@ -129,6 +137,36 @@ def test_unknown_metric_names_are_refused_with_the_valid_ones_listed(metrics):
         score_captions(REFERENCES, PREDICTIONS, metrics=metrics)
 
 
+@pytest.mark.parametrize("metrics, named", [(["BLEU", "Meteor"], "'BLEU', 'Meteor'"), ([], "(none given)")])
+def test_an_unknown_metric_is_named_in_the_message(metrics, named):
+    with pytest.raises(InputError) as error:
+        score_captions(REFERENCES, PREDICTIONS, metrics=metrics)
+    assert str(error.value) == f"unknown metric(s) {named}: choose from Bleu, METEOR, ROUGE_L, CIDEr"
+
+
+def test_an_unknown_tokenizer_is_refused_with_the_three_named():
+    with pytest.raises(InputError) as error:
+        score_captions(REFERENCES, PREDICTIONS, tokenizer="spacy")
+    assert str(error.value) == "unknown tokenizer 'spacy': use 'ptb', 'python' or 'none'"
+
+
+@pytest.mark.parametrize("extra, listed", [(10, "'x0', 'x1', 'x2', 'x3', 'x4', 'x5', 'x6', 'x7', 'x8', 'x9'"),
+                                           (11, "'x0', 'x1', 'x2', 'x3', 'x4', 'x5', 'x6', 'x7', 'x8', 'x9' (and 1 more)")])
+def test_ten_keys_are_listed_whole_and_the_eleventh_counted(extra, listed):
+    with pytest.raises(InputError) as error:
+        score_captions(REFERENCES, dict(PREDICTIONS, **{f"x{i}": "a dog" for i in range(extra)}), tokenizer="none")
+    assert str(error.value) == f"{extra} prediction(s) for images without references: {listed}"
+
+
+def test_nothing_to_score_against_and_images_without_captions_are_refused():
+    with pytest.raises(InputError) as error:
+        score_captions({}, {}, tokenizer="none")
+    assert str(error.value) == "no reference captions to score against"
+    with pytest.raises(InputError) as error:
+        score_captions(dict(REFERENCES, cow=[], owl=[]), dict(PREDICTIONS, cow="a cow", owl="an owl"), tokenizer="none")
+    assert str(error.value) == "2 image(s) with no reference caption: 'cow', 'owl'"
+
+
 def test_predictions_for_unknown_images_are_listed_first_ten_and_a_count():
     predictions = dict(PREDICTIONS, **{f"extra{i}": "a dog" for i in range(12)})
     with pytest.raises(InputError) as error:
@@ -137,6 +175,25 @@ def test_predictions_for_unknown_images_are_listed_first_ten_and_a_count():
     assert "12 prediction(s) for images without references" in message
     assert "'extra0'" in message and "'extra9'" in message and "'extra10'" not in message
     assert "(and 2 more)" in message
+
+
+def test_without_java_only_what_needs_it_is_given_up_and_the_warning_names_the_callers_line(monkeypatch):
+    """Pre-tokenized captions and no METEOR asked for need no Java: no warning, captions as given (a
+    tokenizer would lower-case "Dog"). PTB or METEOR asked for: a warning pointing at the caller's line."""
+    monkeypatch.setenv(NO_JAVA_ENV, "1")
+    references, predictions = {1: ["a Dog runs", "the Dog runs"]}, {1: "a dog runs"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_given = score_captions(references, predictions, metrics=["Bleu"], tokenizer="none")
+    assert as_given["Bleu_1"] == pytest.approx(2 / 3)
+    for tokenizer, metrics in [("ptb", ["Bleu"]), ("none", ["Bleu", "METEOR"]), ("python", ["METEOR", "Bleu"])]:
+        with pytest.warns(RuntimeWarning) as caught:
+            scores = score_captions(references, predictions, metrics=metrics, tokenizer=tokenizer)
+        assert str(caught[0].message) == ("Java not found (pycocoevalcap's PTB tokenizer and METEOR need it): "
+                                          "tokenizing captions in Python and leaving METEOR out of the scores")
+        assert caught[0].filename == __file__
+        assert list(scores) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
+        assert scores["Bleu_1"] == pytest.approx(2 / 3 if tokenizer == "none" else 1.0)
 
 
 def test_images_without_a_prediction_are_listed():
@@ -209,8 +266,47 @@ def test_malformed_predictions_are_named(coco_files, tmp_path, predictions, mess
 
 def test_string_and_integer_ids_that_only_differ_in_type_get_a_hint(coco_files, tmp_path):
     path = write_json(tmp_path / "string_ids.json", [{"image_id": "1", "caption": "a"}, {"image_id": "2", "caption": "b"}])
-    with pytest.raises(InputError, match="make image_id the same type"):
+    with pytest.raises(InputError) as error:
         score_files(coco_files[0], path)
+    assert str(error.value) == (
+        f"{path} does not match {coco_files[0]}: 2 prediction(s) for images without references: '1', '2'; "
+        "2 image(s) without a prediction: 1, 2 (the ids match as text: make image_id the same type, string or "
+        "integer, in both files)")
+    other = write_json(tmp_path / "other_ids.json", [{"image_id": "1", "caption": "a"}, {"image_id": 3, "caption": "b"}])
+    with pytest.raises(InputError) as error:
+        score_files(coco_files[0], other)
+    assert str(error.value).endswith("2 image(s) without a prediction: 1, 2")  # no hint: they differ as text too
+
+
+@pytest.mark.parametrize("references, message", [
+    ({"images": [{"id": 1}]}, "{path}: references must be COCO caption format, an object with 'annotations'"),
+    (["annotations"], "{path}: references must be COCO caption format, an object with 'annotations'"),
+    ({"annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 2}]},
+     "{path}: annotations[1] needs an 'image_id' (string or integer) and a string 'caption', got {{'image_id': 2}}"),
+])
+def test_malformed_references_are_named_with_the_file(coco_files, tmp_path, references, message):
+    path = write_json(tmp_path / "bad_refs.json", references)
+    with pytest.raises(InputError) as error:
+        score_files(path, coco_files[1])
+    assert str(error.value) == message.format(path=path)
+
+
+def test_a_bad_entry_is_shown_cut_to_200_characters(coco_files, tmp_path):
+    entry = {"image_id": 1, "caption": None, "note": "x" * 300}
+    path = write_json(tmp_path / "long.json", [entry])
+    with pytest.raises(InputError) as error:
+        score_files(coco_files[0], path)
+    assert str(error.value) == (f"{path}: the top level[0] needs an 'image_id' (string or integer) and a string "
+                                f"'caption', got {str(entry)[:200]}")
+
+
+def test_references_that_cannot_be_read_are_named(coco_files, tmp_path):
+    with pytest.raises(InputError) as error:
+        score_files(tmp_path / "nowhere.json", coco_files[1])
+    assert str(error.value) == f"references file {tmp_path / 'nowhere.json'} not found"
+    with pytest.raises(InputError) as error:
+        score_files(tmp_path, coco_files[1])  # a folder
+    assert str(error.value).startswith(f"references file {tmp_path} could not be read: [Errno 21] Is a directory")
 
 
 def test_an_image_listed_without_captions_is_named(coco_files, tmp_path):
@@ -223,6 +319,29 @@ def test_an_image_listed_without_captions_is_named(coco_files, tmp_path):
 def test_format_scores_prints_one_row_per_metric():
     table = format_scores({"Bleu_4": 0.35735, "METEOR": 0.28787, "CIDEr": 1.23461})
     assert table.splitlines() == ["Bleu_4  0.3574", "METEOR  0.2879", "CIDEr   1.2346"]
+
+
+def test_without_java_the_table_marks_meteor_only_when_it_was_asked_for(monkeypatch):
+    monkeypatch.setenv(NO_JAVA_ENV, "1")
+    scores = {"Bleu_4": 0.35735, "CIDEr": 1.23461}
+    marked = ["Bleu_4  0.3574", "CIDEr   1.2346", "METEOR  n/a (Java not found)"]
+    assert format_scores(scores).splitlines() == marked
+    assert format_scores(scores, ["Bleu", "METEOR"]).splitlines() == marked
+    assert format_scores(scores, ["Bleu", "CIDEr"]).splitlines() == marked[:2]
+    monkeypatch.setenv(NO_JAVA_ENV, "0")  # "0" is no: Java is used where it is installed
+    assert format_scores(scores).splitlines() == (marked[:2] if shutil.which("java") else marked)
+
+
+def test_java_is_used_where_a_java_is_on_the_path_unless_turned_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv(NO_JAVA_ENV, raising=False)
+    assert not java_available()
+    (tmp_path / "java").write_text("#!/bin/sh\n")
+    (tmp_path / "java").chmod(0o755)
+    assert java_available()
+    for value, available in [("", True), ("0", True), ("1", False), ("yes", False)]:
+        monkeypatch.setenv(NO_JAVA_ENV, value)
+        assert java_available() is available, value
 
 
 # Captions as PTB and trainers.text leave them (lower case, no punctuation), so every tokenizer keeps
