@@ -43,6 +43,16 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def meteor_freed_after_the_module():
+    """The METEOR JVM a scoring module's tests start (1 GB) ends with the module rather than at exit, so
+    a mutation tester's forks do not all inherit one from its first run."""
+    from trainers.metrics import stop_meteor
+
+    yield
+    stop_meteor()
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """orch synth output, 40 images of 32 px (32 train, 4 val, 4 test)."""

@@ -12,18 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainers.errors import InputError
-from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files, stop_meteor
+from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 ALL_SCORES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+pytestmark = pytest.mark.usefixtures("meteor_freed_after_the_module")
 needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need Java")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def meteor_freed_after_the_module():
-    """The METEOR JVM these tests start (1 GB) ends with them, not when pytest exits."""
-    yield
-    stop_meteor()
 
 
 def fixture_dir(name: str) -> Path:

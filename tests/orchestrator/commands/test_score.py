@@ -6,6 +6,8 @@ import pytest
 
 from trainers.metrics import java_available
 
+pytestmark = pytest.mark.usefixtures("meteor_freed_after_the_module")
+
 
 @pytest.fixture
 def references(tmp_path):
