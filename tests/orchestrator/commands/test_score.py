@@ -94,10 +94,9 @@ def test_json_scores_are_pycocoevalcaps_own_values(orch, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
 def test_json_scores_with_java_are_pycocoevalcaps_own_seven_values(orch, tmp_path):
-    from tests.trainers.test_metrics import TOKENIZED_PREDICTIONS, TOKENIZED_REFERENCES, pycocoevalcap_scores
+    from tests.trainers.test_metrics import pycocoevalcaps_seven_scores_of_the_fixed_pairs
 
     references, predictions = write_tokenized_pair(tmp_path)
     result = orch("score", "--references", references, "--predictions", predictions, "--json")
     assert result.exit_code == 0, result.output
-    expected = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS, meteor=True)
-    assert json.loads(result.stdout) == pytest.approx(expected, abs=1e-12)
+    assert json.loads(result.stdout) == pytest.approx(pycocoevalcaps_seven_scores_of_the_fixed_pairs(), abs=1e-12)
