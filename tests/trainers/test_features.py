@@ -253,3 +253,19 @@ def test_another_image_size_or_grid_gets_its_own_cache(prepared_dir, tmp_path):
 
     folders = {cache(32, 2).parent, cache(16, 2).parent, cache(32, 3).parent, cache(16, 3).parent}
     assert len(folders) == 4 and len(list(tmp_path.glob("*.lock"))) == 4
+
+
+@pytest.mark.parametrize("where, held_on", [("device", "meta"), ("host", "cpu"), ("mapped", None)])
+def test_a_store_holds_its_split_where_its_placement_says_and_each_batch_reaches_its_device(tmp_path, where, held_on):
+    """PyTorch's meta device stands in for a GPU: it keeps where each tensor lives and its shape, not
+    values (those are checked on the CPU above, and on a real GPU by tests/trainers/test_gpu.py). A
+    `device=` dropped anywhere would leave a split or a batch on the CPU."""
+    from trainers.features import FeatureStore
+
+    features = np.random.default_rng(0).standard_normal((300, 3, 2)).astype(np.float16)  # (N, P, C)
+    np.save(tmp_path / "train.npy", features)
+    store = FeatureStore(tmp_path / "train.npy", torch.device("meta"), where=where)
+    assert (store.held.device.type if store.held is not None else None) == held_on
+    rows = torch.tensor([299, 0, 7])
+    batch = store.batch(torch.from_numpy(features[rows.numpy()]), rows)
+    assert (batch.device.type, batch.shape, batch.dtype) == ("meta", (3, 3, 2), torch.float16)
