@@ -51,10 +51,17 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 KILLED = {"killed", "timeout", "segfault", "suspicious"}  # a test noticed (a hang or a crash counts)
 NOT_RUN = {"no tests", "skipped"}  # no selected test reaches the mutated function
 
-# Scoring runs with Java, as users score: its tests end their METEOR JVM when their module ends, and a
-# JVM whose Python process is gone (a mutant's, ended by mutmut without exit handlers) reads the end
-# of its input and exits. Without Java (or ORCH_NO_JAVA=1 in the environment) the PTB and METEOR
-# plumbing is reached by no selected test and counted apart, as not run.
+# Scoring runs twice: first with Java hidden (ORCH_NO_JAVA=1), where each mutant's tests take seconds,
+# then with Java, as users score, for the mutants that left alive or did not reach (the PTB and METEOR
+# plumbing): their tests start JVMs, so that run is the long one. Its tests end their METEOR JVM when
+# their module ends, and a JVM whose Python process is gone (a mutant's, ended by mutmut without exit
+# handlers) reads the end of its input and exits. Without Java on the machine the second run reaches
+# the plumbing no better, and it stays "not run".
+# A mutant that desyncs METEOR's stream waits forever: the Java run's timeout is 4 x its tests' clean
+# time (about 30 s), not 15 x.
+NO_JAVA_ENV = "ORCH_NO_JAVA"
+JAVA_SECOND = {"metrics"}
+JAVA_TIMEOUT_MULTIPLIER = 4
 
 # decoding.py is too big to finish on a shared 2-core machine (524 mutants, its tests decode for
 # seconds, and a mutant that never ends a caption waits out its timeout): its key functions only, the
@@ -99,43 +106,63 @@ def mutmut_config(module: str, tests: list[str], deselected: list[str], timeout_
 
 def run_module(name: str, children: int, show_survivors: bool, keep: bool, committed: bool = False) -> dict:
     module, tests = MODULES[name]
+    started = time.monotonic()
+    if name in JAVA_SECOND:  # fast first with Java hidden, then with Java what that left alive
+        statuses, diffs = _run_mutmut(name, children, FUNCTIONS.get(name, []), {NO_JAVA_ENV: "1"}, show_survivors,
+                                      keep, committed, TIMEOUT_MULTIPLIER.get(name, 15))
+        again = sorted((mutant for mutant, status in statuses.items() if status not in KILLED), key=_natural)
+        if again:
+            with_java, diffs = _run_mutmut(name, children, again, {}, show_survivors, keep, committed,
+                                           JAVA_TIMEOUT_MULTIPLIER)
+            statuses.update(with_java)
+    else:
+        statuses, diffs = _run_mutmut(name, children, FUNCTIONS.get(name, []), {}, show_survivors, keep, committed,
+                                      TIMEOUT_MULTIPLIER.get(name, 15))
+    survivors = sorted((mutant for mutant, status in statuses.items() if status not in KILLED | NOT_RUN), key=_natural)
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    return {"module": module, "tests": tests, "mutants": len(statuses), "statuses": counts,
+            "killed": sum(status in KILLED for status in statuses.values()),
+            "not_run": sum(status in NOT_RUN for status in statuses.values()),
+            "seconds": round(time.monotonic() - started),
+            "survivors": {mutant: statuses[mutant] for mutant in survivors},
+            "diffs": {mutant: diffs[mutant] for mutant in survivors if mutant in diffs}}
+
+
+def _run_mutmut(name: str, children: int, mutants: list[str], environment: dict[str, str], show_survivors: bool,
+                keep: bool, committed: bool, timeout_multiplier: float) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """One mutmut run over a fresh copy of the tree: each mutant's status (only those named, where
+    `mutants` names some or gives patterns), and the diffs of those that survived."""
+    module, tests = MODULES[name]
     folder = Path(tempfile.mkdtemp(prefix=f"orch-mutation-{name}-"))
     try:
         copy_working_tree(folder, committed)
         (folder / "pyproject.toml").write_text(  # mutmut reads [tool.mutmut] there first: leave it only setup.cfg
             re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", (folder / "pyproject.toml").read_text()))
-        (folder / "setup.cfg").write_text(mutmut_config(module, tests, DESELECTED.get(name, []),
-                                                        TIMEOUT_MULTIPLIER.get(name, 15)))
+        (folder / "setup.cfg").write_text(mutmut_config(module, tests, DESELECTED.get(name, []), timeout_multiplier))
         # The tests read ../shared/fixtures beside the checkout; mutmut runs them from <copy>/mutants.
         if (ROOT.parent / "shared").is_dir():
             (folder / "shared").symlink_to(ROOT.parent / "shared")
-        started = time.monotonic()
-        run = subprocess.run(["mutmut", "run", "--max-children", str(children), *FUNCTIONS.get(name, [])], cwd=folder,
-                             capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
-        seconds = time.monotonic() - started
+        inherited = {key: value for key, value in os.environ.items() if key != NO_JAVA_ENV}
+        run = subprocess.run(["mutmut", "run", "--max-children", str(children), *mutants], cwd=folder,
+                             capture_output=True, text=True, env={**inherited, **ONE_THREAD, **environment})
         results = subprocess.run(["mutmut", "results", "--all", "true"], cwd=folder, capture_output=True,
                                  text=True).stdout
         statuses = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", results, flags=re.M))
-        if name in FUNCTIONS:
+        if mutants:
             statuses = {mutant: status for mutant, status in statuses.items()
-                        if any(fnmatch.fnmatch(mutant, pattern) for pattern in FUNCTIONS[name])}
+                        if any(fnmatch.fnmatch(mutant, pattern) for pattern in mutants)}
         if run.returncode != 0 or not statuses:
             raise SystemExit(f"mutmut failed on {module} (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
-        survivors = sorted((mutant for mutant, status in statuses.items() if status not in KILLED | NOT_RUN),
-                           key=_natural)
         diffs = {}
         if show_survivors:
-            for mutant in survivors:
-                shown = subprocess.run(["mutmut", "show", mutant], cwd=folder, capture_output=True, text=True).stdout
-                diffs[mutant] = [line for line in shown.splitlines()
-                                 if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-        counts: dict[str, int] = {}
-        for status in statuses.values():
-            counts[status] = counts.get(status, 0) + 1
-        return {"module": module, "tests": tests, "mutants": len(statuses), "statuses": counts,
-                "killed": sum(status in KILLED for status in statuses.values()),
-                "not_run": sum(status in NOT_RUN for status in statuses.values()), "seconds": round(seconds),
-                "survivors": {mutant: statuses[mutant] for mutant in survivors}, "diffs": diffs}
+            for mutant, status in statuses.items():
+                if status not in KILLED | NOT_RUN:
+                    shown = subprocess.run(["mutmut", "show", mutant], cwd=folder, capture_output=True, text=True).stdout
+                    diffs[mutant] = [line for line in shown.splitlines()
+                                     if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        return statuses, diffs
     finally:
         if keep:
             print(f"kept {folder}", file=sys.stderr)
