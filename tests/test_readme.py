@@ -32,6 +32,7 @@ def test_the_readme_gives_two_commands_one_runs_the_quickstart_one_the_tests():
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # the run's own limit below is 1500 s: the suite's 900 s would cut it first
 def test_the_quickstart_runs_as_the_readme_says(tmp_path):
     """`orch run search_spaces/quickstart.yaml` (the install half is this environment's), in a copy of
     the checkout so its default results folder is a temporary one: exit 0, 4 trainings and 12 decode

@@ -94,7 +94,7 @@ def train_in_a_new_process(folder: Path, busy: bool) -> tuple[list, dict]:
     neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", str(config), "--json"], cwd=folder,
-                              capture_output=True, text=True, timeout=2400,
+                              capture_output=True, text=True, timeout=1200,
                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     finally:
         if neighbour is not None:
@@ -111,6 +111,7 @@ def train_in_a_new_process(folder: Path, busy: bool) -> tuple[list, dict]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(2700)  # two trainings of at most 1200 s each: the suite's 900 s would cut them first
 def test_a_fine_tuned_training_repeats_bit_for_bit_beside_a_busy_process(tmp_path):
     quiet = train_in_a_new_process(tmp_path / "quiet", busy=False)
     loaded = train_in_a_new_process(tmp_path / "loaded", busy=True)
