@@ -22,6 +22,7 @@ METEOR is left out of the result (its key is absent, never NaN, so JSON and MLfl
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -265,7 +266,8 @@ class _StreamingMeteor:
         return self.meteor_p.poll() is None
 
     def close(self) -> None:
-        self.meteor_p.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a JVM that died leaves its input unflushable
+            self.meteor_p.stdin.close()
         self.meteor_p.kill()
         self.meteor_p.wait()
 
@@ -276,8 +278,10 @@ class _StreamingMeteor:
         return line.translate(_LINE_BREAKS)  # one line in, one line out, or the stream desyncs
 
     def _write(self, lines: list[str]) -> None:
-        self.meteor_p.stdin.write("".join(line + "\n" for line in lines).encode())
-        self.meteor_p.stdin.flush()
+        """Sends lines; if the JVM has died, sends nothing: the next read says so, with what it printed."""
+        with contextlib.suppress(BrokenPipeError):
+            self.meteor_p.stdin.write("".join(line + "\n" for line in lines).encode())
+            self.meteor_p.stdin.flush()
 
     def _read_line(self) -> str:
         line = self.meteor_p.stdout.readline().decode().strip()

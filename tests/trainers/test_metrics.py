@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainers.errors import InputError
-from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files
+from trainers.metrics import NO_JAVA_ENV, format_scores, java_available, score_captions, score_files, stop_meteor
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 ALL_SCORES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
@@ -111,6 +111,71 @@ def test_without_java_scores_use_the_python_tokenizer_and_leave_out_meteor(monke
 def test_ptb_and_python_tokenizers_agree_on_ordinary_captions():
     metrics = ["Bleu", "ROUGE_L", "CIDEr"]
     assert score_captions(REFERENCES, PREDICTIONS, metrics) == score_captions(REFERENCES, PREDICTIONS, metrics, "python")
+
+
+@needs_java
+def test_meteor_reads_a_caption_holding_its_separator_or_double_spaces_as_pycocoevalcap_does():
+    """METEOR's input lines are fields split by "|||": a hypothesis holding one, or runs of spaces, is
+    cleaned as pycocoevalcap's Meteor cleans it, so the scores stay equal."""
+    references = {1: ["a dog runs on the grass", "a brown dog outside"], 2: ["a red bus on a road"]}
+    predictions = {1: "a dog ||| runs  on the  grass", 2: "a red  bus|||on a road"}
+    scores = score_captions(references, predictions, metrics=["METEOR"], tokenizer="none")
+    assert scores["METEOR"] == pytest.approx(pycocoevalcaps_meteor(references, predictions), abs=1e-12)
+    assert scores["METEOR"] > 0.3
+
+
+def fake_java(folder: Path, script: str) -> Path:
+    """A `java` on PATH that runs `script` (sh) whatever it is asked."""
+    folder.mkdir()
+    (folder / "java").write_text(f"#!/bin/sh\n{script}\n")
+    (folder / "java").chmod(0o755)
+    return folder
+
+
+def test_a_java_scorer_that_fails_is_reported_with_the_end_of_what_it_said(monkeypatch, tmp_path):
+    """The last 2000 characters of its stderr, undecodable bytes replaced: the PTB tokenizer's, and METEOR's."""
+    stderr = b"x" * 3000 + b" \xff the end\n"
+    (tmp_path / "stderr").write_bytes(stderr)
+    monkeypatch.setenv("PATH", str(fake_java(tmp_path / "bin", f"/bin/cat {tmp_path / 'stderr'} >&2; exit 1")))
+    monkeypatch.delenv(NO_JAVA_ENV, raising=False)
+    said = stderr.decode(errors="replace")[-2000:]
+    with pytest.raises(RuntimeError) as error:
+        score_captions(REFERENCES, PREDICTIONS, metrics=["Bleu"], tokenizer="ptb")
+    assert str(error.value) == f"PTB tokenizer failed: {said}"
+    stop_meteor()  # a METEOR an earlier test started would answer instead
+    try:
+        with pytest.raises(RuntimeError) as error:
+            score_captions(REFERENCES, PREDICTIONS, metrics=["METEOR"], tokenizer="none")
+        assert str(error.value) == f"METEOR stopped: {said}"
+    finally:
+        stop_meteor()
+
+
+def test_one_meteor_process_serves_every_scoring_until_stop_meteor_ends_it(monkeypatch, tmp_path):
+    """A stand-in `java` that waits on its input as METEOR does: started once, reused, ended by
+    stop_meteor, and started afresh by the next scoring."""
+    from trainers.metrics import _shared_meteor
+
+    monkeypatch.setenv("PATH", str(fake_java(tmp_path / "bin", "exec /bin/cat > /dev/null")))
+    stop_meteor()  # whatever an earlier test left
+    try:
+        first = _shared_meteor()
+        assert _shared_meteor() is first and first.is_running()
+        stop_meteor()
+        assert first.meteor_p.poll() is not None
+        second = _shared_meteor()
+        assert second is not first and second.is_running()
+    finally:
+        stop_meteor()
+
+
+def test_without_a_java_on_the_path_scores_use_the_python_tokenizer(monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.delenv(NO_JAVA_ENV, raising=False)
+    with pytest.warns(RuntimeWarning, match="Java not found"):
+        scores = score_captions(REFERENCES, PREDICTIONS)
+    assert scores == score_captions(REFERENCES, PREDICTIONS, metrics=["Bleu", "ROUGE_L", "CIDEr"], tokenizer="python")
 
 
 @needs_java
@@ -366,22 +431,27 @@ def pycocoevalcap_scores(references, predictions) -> dict[str, float]:
     return scores
 
 
-@functools.cache
-def pycocoevalcaps_seven_scores_of_the_fixed_pairs() -> dict[str, float]:
-    """All seven of pycocoevalcap's own scores of TOKENIZED_PREDICTIONS, METEOR from its own Meteor (a JVM
-    of its own, started once a session: the value does not depend on orch's code)."""
+def pycocoevalcaps_meteor(references, predictions) -> float:
+    """pycocoevalcap's own Meteor (a JVM of its own, ended here), as COCOEvalCap calls it."""
     from pycocoevalcap.meteor.meteor import Meteor
 
-    scores = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
     scorer = Meteor()
     try:
-        scores["METEOR"] = scorer.compute_score({key: list(captions) for key, captions in TOKENIZED_REFERENCES.items()},
-                                                {key: [caption] for key, caption in TOKENIZED_PREDICTIONS.items()})[0]
+        return scorer.compute_score({key: list(captions) for key, captions in references.items()},
+                                    {key: [predictions[key]] for key in references})[0]
     finally:
         scorer.meteor_p.kill()
         for stream in (scorer.meteor_p.stdin, scorer.meteor_p.stdout, scorer.meteor_p.stderr):
             stream.close()
         scorer.meteor_p.wait()
+
+
+@functools.cache
+def pycocoevalcaps_seven_scores_of_the_fixed_pairs() -> dict[str, float]:
+    """All seven of pycocoevalcap's own scores of TOKENIZED_PREDICTIONS, computed once a session (the
+    values do not depend on orch's code; its METEOR JVM takes seconds to start)."""
+    scores = pycocoevalcap_scores(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
+    scores["METEOR"] = pycocoevalcaps_meteor(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS)
     return {name: scores[name] for name in ALL_SCORES}
 
 
