@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from trainers.metrics import NO_JAVA_ENV  # noqa: E402  (the checkout's own, whether orch is installed or not)
 
 # name: (module to mutate, its fast unit tests). The integration tests (-m integration) never run here.
 MODULES: dict[str, tuple[str, list[str]]] = {
@@ -59,7 +61,6 @@ NOT_RUN = {"no tests", "skipped"}  # no selected test reaches the mutated functi
 # the plumbing no better, and it stays "not run".
 # A mutant that desyncs METEOR's stream waits forever: the Java run's timeout is 4 x its tests' clean
 # time (about 30 s), not 15 x.
-NO_JAVA_ENV = "ORCH_NO_JAVA"
 JAVA_SECOND = {"metrics"}
 JAVA_TIMEOUT_MULTIPLIER = 4
 
@@ -107,17 +108,14 @@ def mutmut_config(module: str, tests: list[str], deselected: list[str], timeout_
 def run_module(name: str, children: int, show_survivors: bool, keep: bool, committed: bool = False) -> dict:
     module, tests = MODULES[name]
     started = time.monotonic()
-    if name in JAVA_SECOND:  # fast first with Java hidden, then with Java what that left alive
-        statuses, diffs = _run_mutmut(name, children, FUNCTIONS.get(name, []), {NO_JAVA_ENV: "1"}, show_survivors,
-                                      keep, committed, TIMEOUT_MULTIPLIER.get(name, 15))
-        again = sorted((mutant for mutant, status in statuses.items() if status not in KILLED), key=_natural)
-        if again:
-            with_java, diffs = _run_mutmut(name, children, again, {}, show_survivors, keep, committed,
-                                           JAVA_TIMEOUT_MULTIPLIER)
-            statuses.update(with_java)
-    else:
-        statuses, diffs = _run_mutmut(name, children, FUNCTIONS.get(name, []), {}, show_survivors, keep, committed,
-                                      TIMEOUT_MULTIPLIER.get(name, 15))
+    java_second = name in JAVA_SECOND  # fast first with Java hidden, then with Java what that left alive
+    statuses, diffs = _run_mutmut(name, children, FUNCTIONS.get(name, []), {NO_JAVA_ENV: "1"} if java_second else {},
+                                  show_survivors, keep, committed, TIMEOUT_MULTIPLIER.get(name, 15))
+    again = sorted((mutant for mutant, status in statuses.items() if status not in KILLED), key=_natural)
+    if java_second and again:
+        with_java, diffs = _run_mutmut(name, children, again, {}, show_survivors, keep, committed,
+                                       JAVA_TIMEOUT_MULTIPLIER)
+        statuses.update(with_java)
     survivors = sorted((mutant for mutant, status in statuses.items() if status not in KILLED | NOT_RUN), key=_natural)
     counts: dict[str, int] = {}
     for status in statuses.values():
