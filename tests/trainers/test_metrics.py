@@ -393,11 +393,10 @@ def test_without_java_the_table_marks_meteor_only_when_it_was_asked_for(monkeypa
 
 
 def test_java_is_used_where_a_java_is_on_the_path_unless_turned_off(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.delenv(NO_JAVA_ENV, raising=False)
     assert not java_available()
-    (tmp_path / "java").write_text("#!/bin/sh\n")
-    (tmp_path / "java").chmod(0o755)
+    fake_java(tmp_path / "bin", "exit 0")
     assert java_available()
     for value, available in [("", True), ("0", True), ("1", False), ("yes", False)]:
         monkeypatch.setenv(NO_JAVA_ENV, value)
